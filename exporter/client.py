@@ -1,0 +1,323 @@
+"""HTTP client for one Neo account: auth, timeouts, retries, and concurrent paging.
+
+Retries: connection errors, timeouts, 429 (honouring `Retry-After`), 5xx and bodies that
+are not a valid page are retried with exponential backoff and full jitter, up to
+`http.max_retries` per request and `http.retry_budget` per read. A 429 pauses every worker
+of the account, not just the one that got it. 401/403/404 and other 4xx are not retried.
+
+Paging: `to` is pinned by the caller for the whole read; the first page gives `total`, the
+remaining offsets are fetched concurrently (at most `http.concurrency` at once), and if the
+last page still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
+Duplicates across pages are expected and left to the state to drop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import requests
+
+from exporter import __version__
+from exporter.config import AccountConfig, HttpConfig
+from exporter.models import Page, PageError, parse_page
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this
+
+# `code` label values for requests that got no HTTP status.
+CODE_TIMEOUT = "timeout"
+CODE_CONNECTION = "connection_error"
+
+
+class ApiError(RuntimeError):
+    """A request that failed for good; the message is safe to log (it holds no secret)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(ApiError):
+    """401 or 403: retrying will not help, the token or its role must change."""
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageProgress:
+    pages_done: int
+    pages_total: int | None
+    rows_done: int
+    rows_total: int | None
+
+
+RequestHook = Callable[[str, str], None]  # (endpoint, code)
+RetryHook = Callable[[str, str], None]  # (endpoint, reason)
+
+
+class _Budget:
+    """Retries left for one read, shared by its concurrent page fetches."""
+
+    def __init__(self, retries: int) -> None:
+        self._left = retries
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._left <= 0:
+                return False
+            self._left -= 1
+            return True
+
+
+class NeoClient:
+    """One `requests.Session` per account; safe to use from several threads."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        http: HttpConfig,
+        *,
+        wait: Callable[[float], bool],
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_request: RequestHook | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        """`wait(seconds)` sleeps and returns True if the exporter is stopping."""
+        self._base_url = account.base_url
+        self._http = http
+        self._wait = wait
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        self._on_request = on_request or (lambda endpoint, code: None)
+        self._on_retry = on_retry or (lambda endpoint, reason: None)
+        self._pause_until = 0.0
+        self._pause_lock = threading.Lock()
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=max(http.concurrency, 1)
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers["User-Agent"] = f"neo-exporter/{__version__}"
+        self._session.headers["Accept"] = "application/json"
+        token = account.token.reveal()
+        if account.auth_header == "x-api-key":
+            self._session.headers["X-Api-Key"] = token
+        else:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+        self._executor: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._session.close()
+
+    # --- one request ---------------------------------------------------------------------
+
+    def get_json(
+        self, path: str, params: Mapping[str, str], endpoint: str, *, budget: _Budget | None = None
+    ) -> object:
+        """GET a JSON body, retrying what is worth retrying."""
+        return self._request(path, params, endpoint, budget or self.new_budget(), as_page=False)
+
+    def new_budget(self) -> _Budget:
+        return _Budget(self._http.retry_budget)
+
+    def _request(
+        self, path: str, params: Mapping[str, str], endpoint: str, budget: _Budget, *, as_page: bool
+    ) -> object:
+        url = self._base_url + path
+        timeout = (self._http.connect_timeout, self._http.read_timeout)
+        attempt = 0
+        while True:
+            self._wait_for_pause()
+            retry_after: float | None = None
+            try:
+                response = self._session.get(
+                    url, params=params, timeout=timeout, allow_redirects=False
+                )
+            except requests.Timeout:
+                self._on_request(endpoint, CODE_TIMEOUT)
+                reason = "timeout"
+            except requests.RequestException as exc:
+                self._on_request(endpoint, CODE_CONNECTION)
+                reason = "connection_error"
+                log.debug("%s: %s", endpoint, type(exc).__name__)
+            else:
+                status = response.status_code
+                self._on_request(endpoint, str(status))
+                if status == 200:
+                    try:
+                        body = json.loads(response.content)
+                        return parse_page(body) if as_page else body
+                    except (ValueError, PageError) as exc:
+                        reason = "invalid_body"
+                        log.warning("%s: invalid response body (%s); retrying", endpoint, exc)
+                elif status in (401, 403):
+                    raise AuthError(_auth_message(status, endpoint), status=status)
+                elif status == 429:
+                    reason = "429"
+                    retry_after = _retry_after(response.headers.get("Retry-After"), time.time())
+                elif status >= 500:
+                    reason = "5xx"
+                else:
+                    raise ApiError(
+                        f"{endpoint}: HTTP {status} from {path} (not retried)", status=status
+                    )
+            if attempt >= self._http.max_retries or not budget.take():
+                raise ApiError(f"{endpoint}: gave up after {attempt + 1} attempts (last: {reason})")
+            self._on_retry(endpoint, reason)
+            delay = self._backoff(attempt)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if reason == "429":
+                self._pause(delay)  # every worker of this account waits, not only this one
+            elif self._wait(delay):
+                raise Stopped
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self._http.backoff_max, self._http.backoff_base * (2**attempt))
+        return self._rng.uniform(cap / 2, cap)  # jitter, but never a busy retry
+
+    def _pause(self, delay: float) -> None:
+        with self._pause_lock:
+            self._pause_until = max(self._pause_until, self._monotonic() + delay)
+        self._wait_for_pause()
+
+    def _wait_for_pause(self) -> None:
+        while True:
+            with self._pause_lock:
+                left = self._pause_until - self._monotonic()
+            if left <= 0:
+                return
+            if self._wait(left):
+                raise Stopped
+
+    # --- paging --------------------------------------------------------------------------
+
+    def pages(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        endpoint: str,
+        *,
+        on_progress: Callable[[PageProgress], None] | None = None,
+    ) -> Iterator[Page]:
+        """Yield every page of a list read; pages after the first may come in any order."""
+        limit = self._http.page_size
+        budget = self.new_budget()
+        progress = on_progress or (lambda p: None)
+
+        def fetch(offset: int) -> Page:
+            query = {**params, "limit": str(limit), "offset": str(offset)}
+            page = self._request(path, query, endpoint, budget, as_page=True)
+            assert isinstance(page, Page)
+            return page
+
+        first = fetch(0)
+        rows_total = first.total
+        pages_total = None if rows_total is None else max(1, math.ceil(rows_total / limit))
+        done, rows = 1, len(first.rows)
+        progress(PageProgress(done, pages_total, rows, rows_total))
+        yield first
+        if not first.has_more:
+            return
+        last_page, next_offset = first, limit
+        if pages_total is not None and pages_total > 1:
+            self._check_cap(pages_total)
+            offsets = [limit * i for i in range(1, pages_total)]
+            for offset, page in self._fetch_all(fetch, offsets):
+                done, rows = done + 1, rows + len(page.rows)
+                progress(PageProgress(done, pages_total, rows, rows_total))
+                if offset == offsets[-1]:
+                    last_page = page
+                yield page
+            next_offset = offsets[-1] + limit
+        # Rows that arrived while paging push the end further out: follow has_more.
+        while last_page.has_more:
+            done += 1
+            self._check_cap(done)
+            last_page = fetch(next_offset)
+            rows += len(last_page.rows)
+            progress(PageProgress(done, max(done, pages_total or 0), rows, rows_total))
+            next_offset += limit
+            yield last_page
+
+    def _check_cap(self, pages: int) -> None:
+        if pages > self._http.max_pages:
+            raise ApiError(
+                f"a read needs {pages} pages, more than http.max_pages={self._http.max_pages}"
+            )
+
+    def _fetch_all(
+        self, fetch: Callable[[int], Page], offsets: list[int]
+    ) -> Iterator[tuple[int, Page]]:
+        """Fetch offsets with bounded concurrency, yielding pages as they arrive."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._http.concurrency, thread_name_prefix="neo-page"
+            )
+        pending: dict[Future[Page], int] = {}
+        queue = iter(offsets)
+        try:
+            while True:
+                # Keep at most `concurrency` requests in flight: memory stays a few pages.
+                while len(pending) < self._http.concurrency:
+                    offset = next(queue, None)
+                    if offset is None:
+                        break
+                    pending[self._executor.submit(fetch, offset)] = offset
+                if not pending:
+                    return
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    offset = pending.pop(future)
+                    yield offset, future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+            # A fetch already running finishes on its own; its result is dropped.
+
+
+def _auth_message(status: int, endpoint: str) -> str:
+    if status == 401:
+        return (
+            f"{endpoint}: HTTP 401: the API rejected the token; check the account's token and "
+            "auth_header (bearer for a JWT, x-api-key for a neo_sk_ key)"
+        )
+    return (
+        f"{endpoint}: HTTP 403: this token may not read usage; only a team admin's or a solo "
+        "user's token can (team members and viewers get 403)"
+    )
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date); None if absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

@@ -1,0 +1,356 @@
+"""A custom Collector: the latest committed snapshot, converted into metric families.
+
+`collect()` does no I/O and takes no lock held by a poll: it reads one immutable snapshot,
+so concurrent scrapes never race and vanished label sets simply disappear.
+Every business metric carries `account`. HELP names the API field behind each metric.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+from exporter import __version__
+from exporter.snapshot import Snapshot, SnapshotStore
+from exporter.state import (
+    AGENT_TRIGGERS,
+    CHANGED_RECORDS,
+    STEP_LATENCY,
+    STREAM_DURATION,
+    TOOL_CALL_DURATION,
+    TOOL_CALLS,
+    TOOL_TIME,
+)
+
+REFRESH = "Refreshed every poll, not at scrape time."
+STREAM_SOURCE = "/api/v1/usage/streams"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDoc:
+    """One exported metric: its name as exposed, type, labels and HELP (source field)."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+def _stream_counter(name: str, what: str, field: str) -> MetricDoc:
+    return MetricDoc(
+        name,
+        "counter",
+        ("account", "model", "status", "byok"),
+        f"{what}, each stream counted once (field {field} of {STREAM_SOURCE}). {REFRESH}",
+    )
+
+
+STREAM_COUNTER_DOCS = (
+    _stream_counter("neo_streams_total", "Streams (task executions) that ended", "stream_id"),
+    _stream_counter("neo_credits_total", "Neo credits consumed", "neo_credits"),
+    _stream_counter("neo_llm_cost_usd_total", "LLM cost of BYOK runs in USD", "llm_cost"),
+    _stream_counter(
+        "neo_platform_cost_usd_total", "Neo platform fee of BYOK runs in USD", "neo_cost"
+    ),
+    _stream_counter("neo_steps_total", "Agent steps executed", "step_count"),
+    _stream_counter("neo_tool_calls_total", "Tool calls made", "tool_calls"),
+    _stream_counter("neo_agent_triggers_total", "Agent triggers", "agent_triggers"),
+    _stream_counter("neo_llm_time_seconds_total", "LLM inference time", "llm_time_ms"),
+    _stream_counter("neo_tool_time_seconds_total", "Tool execution time", "tool_time_ms"),
+    _stream_counter(
+        "neo_execution_time_seconds_total", "Total execution time", "total_execution_ms"
+    ),
+)
+
+BREAKDOWN_DOCS = (
+    MetricDoc(
+        AGENT_TRIGGERS,
+        "counter",
+        ("account", "agent"),
+        f"Agent triggers by agent (field agent_breakdown of {STREAM_SOURCE}). {REFRESH}",
+    ),
+    MetricDoc(
+        TOOL_CALLS,
+        "counter",
+        ("account", "tool"),
+        f"Tool calls by tool (field tool_breakdown.*.calls of {STREAM_SOURCE}). {REFRESH}",
+    ),
+    MetricDoc(
+        TOOL_TIME,
+        "counter",
+        ("account", "tool"),
+        f"Tool time by tool (field tool_breakdown.*.duration_ms of {STREAM_SOURCE}). {REFRESH}",
+    ),
+)
+
+HISTOGRAM_DOCS = (
+    MetricDoc(
+        TOOL_CALL_DURATION,
+        "histogram",
+        ("account", "tool"),
+        "Duration of each tool call, one observation per entry "
+        f"(field tool_call_history[].duration_ms of {STREAM_SOURCE}). {REFRESH}",
+    ),
+    MetricDoc(
+        STREAM_DURATION,
+        "histogram",
+        ("account", "model"),
+        f"Execution time of each stream (field total_execution_ms of {STREAM_SOURCE}). {REFRESH}",
+    ),
+    MetricDoc(
+        STEP_LATENCY,
+        "histogram",
+        ("account", "model"),
+        "Average step latency of each stream: one observation per stream of its own "
+        f"average, nulls skipped (field avg_step_latency_ms of {STREAM_SOURCE}). {REFRESH}",
+    ),
+)
+
+WINDOW_DOCS = (
+    MetricDoc(
+        "neo_window_streams",
+        "gauge",
+        ("account", "status"),
+        "Streams created within the window (polling.window) that the exporter has counted, "
+        f"by status (from its state, fed by {STREAM_SOURCE}). {REFRESH}",
+    ),
+    MetricDoc(
+        "neo_window_tasks",
+        "gauge",
+        ("account", "status"),
+        "Tasks created within the window, by status (field status of /api/v1/usage/tasks). "
+        f"{REFRESH}",
+    ),
+    MetricDoc(
+        "neo_window_credits",
+        "gauge",
+        ("account",),
+        f"Neo credits of the tasks created within the window (field neo_credits of "
+        f"/api/v1/usage/tasks). {REFRESH}",
+    ),
+    MetricDoc(
+        "neo_window_llm_cost_usd",
+        "gauge",
+        ("account",),
+        f"BYOK LLM cost in USD of the tasks created within the window (field llm_cost of "
+        f"/api/v1/usage/tasks). {REFRESH}",
+    ),
+    MetricDoc(
+        "neo_window_platform_cost_usd",
+        "gauge",
+        ("account",),
+        f"Neo platform fee in USD of the tasks created within the window (field neo_cost of "
+        f"/api/v1/usage/tasks). {REFRESH}",
+    ),
+)
+
+HEALTH_DOCS = (
+    MetricDoc(
+        "neo_up",
+        "gauge",
+        ("account", "endpoint"),
+        "1 if the last read of this Neo API endpoint succeeded, else 0.",
+    ),
+    MetricDoc(
+        "neo_exporter_last_success_timestamp_seconds",
+        "gauge",
+        ("account", "endpoint"),
+        "Unix time of the last successful read of this endpoint.",
+    ),
+    MetricDoc(
+        "neo_exporter_last_poll_duration_seconds",
+        "gauge",
+        ("account",),
+        "Wall time of the last successful streams read.",
+    ),
+    MetricDoc(
+        "neo_exporter_watermark_timestamp_seconds",
+        "gauge",
+        ("account",),
+        "The `to` of the last complete streams read: rows created before it have been read.",
+    ),
+    MetricDoc(
+        "neo_exporter_seen_streams",
+        "gauge",
+        ("account",),
+        "Stream ids held in the state for deduplication (the window plus the lookback).",
+    ),
+    MetricDoc(
+        CHANGED_RECORDS,
+        "counter",
+        ("account",),
+        "Streams whose values changed after they were counted (logged, not recounted).",
+    ),
+    MetricDoc(
+        "neo_exporter_state_size_bytes",
+        "gauge",
+        (),
+        "Size of the SQLite state.",
+    ),
+    MetricDoc(
+        "neo_exporter_window_seconds",
+        "gauge",
+        (),
+        "The configured polling.window, over which the neo_window_* gauges are computed.",
+    ),
+    MetricDoc(
+        "neo_exporter_build_info",
+        "gauge",
+        ("version", "python_version"),
+        "Always 1; labels carry the exporter and Python versions.",
+    ),
+)
+
+CATALOG: tuple[MetricDoc, ...] = (
+    STREAM_COUNTER_DOCS + BREAKDOWN_DOCS + HISTOGRAM_DOCS + WINDOW_DOCS + HEALTH_DOCS
+)
+_DOCS = {doc.name: doc for doc in CATALOG}
+
+
+def _counter(name: str) -> CounterMetricFamily:
+    doc = _DOCS[name]
+    return CounterMetricFamily(name, doc.help, labels=list(doc.labels))
+
+
+def _gauge(name: str) -> GaugeMetricFamily:
+    doc = _DOCS[name]
+    return GaugeMetricFamily(name, doc.help, labels=list(doc.labels))
+
+
+def stream_counters(snapshot: Snapshot) -> Iterator[Metric]:
+    """Counters from each stream, and the per-agent and per-tool breakdowns.
+
+    neo_credits_total{account="acme",model="gpt-5",status="completed",byok="false"} 12.5
+    neo_credits_created{account="acme",model="gpt-5",status="completed",byok="false"} 1.76e+09
+    neo_tool_calls_by_tool_total{account="acme",tool="nuclei"} 310.0
+    """
+    families = {doc.name: _counter(doc.name) for doc in STREAM_COUNTER_DOCS + BREAKDOWN_DOCS}
+    for account in snapshot.accounts:
+        for (metric, labels), value in account.counts.counters.items():
+            family = families.get(metric)
+            if family is not None:
+                family.add_metric([account.name, *labels], value.value, created=value.created)
+    yield from families.values()
+
+
+def histograms(snapshot: Snapshot) -> Iterator[Metric]:
+    """Histograms of tool call durations, stream durations and per-stream step latency.
+
+    neo_stream_duration_seconds_bucket{account="acme",model="gpt-5",le="60.0"} 41.0
+    neo_stream_duration_seconds_bucket{account="acme",model="gpt-5",le="+Inf"} 50.0
+    neo_stream_duration_seconds_count{account="acme",model="gpt-5"} 50.0
+    neo_stream_duration_seconds_sum{account="acme",model="gpt-5"} 2210.4
+    """
+    families = {
+        doc.name: HistogramMetricFamily(doc.name, doc.help, labels=list(doc.labels))
+        for doc in HISTOGRAM_DOCS
+    }
+    for account in snapshot.accounts:
+        for (metric, labels), value in account.counts.histograms.items():
+            family = families[metric]
+            doc = _DOCS[metric]
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound, count in zip(value.bounds, value.buckets, strict=False):
+                cumulative += count
+                buckets.append((floatToGoString(bound), float(cumulative)))
+            buckets.append(("+Inf", float(value.count)))
+            label_values = [account.name, *labels]
+            family.add_metric(label_values, buckets, value.sum)
+            family.samples.append(
+                Sample(
+                    f"{doc.name}_created",
+                    dict(zip(doc.labels, label_values, strict=True)),
+                    value.created,
+                )
+            )
+    yield from families.values()
+
+
+def window_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    """Gauges over the configured window: streams from the state, tasks from /usage/tasks.
+
+    neo_window_streams{account="acme",status="completed"} 1843.0
+    neo_window_tasks{account="acme",status="error"} 12.0
+    neo_window_credits{account="acme"} 904.2
+    """
+    streams = _gauge("neo_window_streams")
+    tasks = _gauge("neo_window_tasks")
+    credits = _gauge("neo_window_credits")
+    llm = _gauge("neo_window_llm_cost_usd")
+    platform_fee = _gauge("neo_window_platform_cost_usd")
+    for account in snapshot.accounts:
+        for status, count in sorted(account.window_streams.items()):
+            streams.add_metric([account.name, status], count)
+        if account.tasks is not None:
+            for status, count in sorted(account.tasks.tasks_by_status.items()):
+                tasks.add_metric([account.name, status], count)
+            credits.add_metric([account.name], account.tasks.credits)
+            llm.add_metric([account.name], account.tasks.llm_cost)
+            platform_fee.add_metric([account.name], account.tasks.platform_cost)
+    yield from (streams, tasks, credits, llm, platform_fee)
+
+
+def health(snapshot: Snapshot) -> Iterator[Metric]:
+    """The exporter's view of each account: up, freshness, state, build.
+
+    neo_up{account="acme",endpoint="streams"} 1.0
+    neo_exporter_last_success_timestamp_seconds{account="acme",endpoint="streams"} 1.76e+09
+    neo_exporter_changed_records_total{account="acme"} 0.0
+    neo_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
+    """
+    up = _gauge("neo_up")
+    last_success = _gauge("neo_exporter_last_success_timestamp_seconds")
+    duration = _gauge("neo_exporter_last_poll_duration_seconds")
+    watermark = _gauge("neo_exporter_watermark_timestamp_seconds")
+    seen = _gauge("neo_exporter_seen_streams")
+    changed = _counter(CHANGED_RECORDS)
+    for account in snapshot.accounts:
+        for endpoint in ("streams", "tasks"):
+            state = account.endpoints.get(endpoint)
+            up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
+            if state and state.last_success is not None:
+                last_success.add_metric([account.name, endpoint], state.last_success)
+        if account.last_poll_duration is not None:
+            duration.add_metric([account.name], account.last_poll_duration)
+        if account.watermark is not None:
+            watermark.add_metric([account.name], account.watermark)
+        seen.add_metric([account.name], account.seen_streams)
+        counted = account.counts.counters.get((CHANGED_RECORDS, ()))
+        changed.add_metric(
+            [account.name],
+            counted.value if counted else 0.0,
+            created=counted.created if counted else None,
+        )
+    state_size = _gauge("neo_exporter_state_size_bytes")
+    state_size.add_metric([], snapshot.state_bytes)
+    window = _gauge("neo_exporter_window_seconds")
+    window.add_metric([], snapshot.window_seconds)
+    build = _gauge("neo_exporter_build_info")
+    build.add_metric([__version__, platform.python_version()], 1.0)
+    yield from (up, last_success, duration, watermark, seen, changed, state_size, window, build)
+
+
+class NeoCollector(Collector):
+    """Registered on the exporter's own registry; reads the store at each scrape."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self._store.get()
+        yield from stream_counters(snapshot)
+        yield from histograms(snapshot)
+        yield from window_gauges(snapshot)
+        yield from health(snapshot)

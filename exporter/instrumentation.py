@@ -1,0 +1,82 @@
+"""The exporter's own doings (requests, retries, skipped rows, polls) as standard metrics.
+
+These are plain `prometheus_client` counters on the run's own registry: they describe this
+process, so they start at zero with it. Business metrics come from the snapshot instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter
+
+from exporter.models import ROW_REASONS
+
+ENDPOINTS = ("streams", "tasks")
+POLL_KINDS = ("incremental", "reconcile", "tasks")
+DETAIL_FIELDS = ("agent_breakdown", "tool_breakdown", "tool_call_history")
+
+
+class ExporterMetrics:
+    def __init__(self, registry: CollectorRegistry, accounts: tuple[str, ...]) -> None:
+        self.api_requests = Counter(
+            "neo_exporter_api_requests",
+            "Requests made to the Neo API, by endpoint and HTTP status code "
+            "(timeout and connection_error when no status came back).",
+            ["account", "endpoint", "code"],
+            registry=registry,
+        )
+        self.api_retries = Counter(
+            "neo_exporter_api_retries",
+            "Requests to the Neo API that were retried, by reason "
+            "(429, 5xx, timeout, connection_error, invalid_body).",
+            ["account", "endpoint", "reason"],
+            registry=registry,
+        )
+        self.skipped_records = Counter(
+            "neo_exporter_skipped_records",
+            "Rows returned by the API that could not be counted, by reason; a row that stays "
+            "bad is counted again at every read that returns it.",
+            ["account", "endpoint", "reason"],
+            registry=registry,
+        )
+        self.invalid_details = Counter(
+            "neo_exporter_invalid_details",
+            "Malformed entries of a row's optional detail fields (breakdowns, tool call "
+            "history) that were dropped while the row itself was counted; per read.",
+            ["account", "field"],
+            registry=registry,
+        )
+        self.polls = Counter(
+            "neo_exporter_polls",
+            "Reads of the Neo API by kind (incremental lookback, reconcile of the whole "
+            "window, tasks) and result.",
+            ["account", "kind", "result"],
+            registry=registry,
+        )
+        # Known label sets start at 0 so that the first increment shows in increase().
+        for account in accounts:
+            for kind in POLL_KINDS:
+                for result in ("success", "failure"):
+                    self.polls.labels(account, kind, result)
+            for endpoint in ENDPOINTS:
+                for reason in ROW_REASONS:
+                    self.skipped_records.labels(account, endpoint, reason)
+            for field in DETAIL_FIELDS:
+                self.invalid_details.labels(account, field)
+
+    def request_hook(self, account: str) -> Callable[[str, str], None]:
+        """For the client: count one request by endpoint and code."""
+
+        def hook(endpoint: str, code: str) -> None:
+            self.api_requests.labels(account, endpoint, code).inc()
+
+        return hook
+
+    def retry_hook(self, account: str) -> Callable[[str, str], None]:
+        """For the client: count one retry by endpoint and reason."""
+
+        def hook(endpoint: str, reason: str) -> None:
+            self.api_retries.labels(account, endpoint, reason).inc()
+
+        return hook

@@ -1,0 +1,355 @@
+"""Background polling of one account: what to read when, and handing results to the state.
+
+Streams, every `polling.interval`: read `[min(now - lookback, watermark), now]`, the
+watermark being the `to` of the last complete read (so a restart re-reads its downtime,
+up to `polling.catch_up_limit`). Every `polling.reconcile_interval`, and on first start,
+read the whole window `[now - window, now]` instead, to catch rows that appeared long
+after their `created_at`. `to` is pinned for the whole read; rows are committed in
+batches (ids and counter increments together), and the watermark moves only once the
+read is complete, so a crash mid-read just means the next read starts earlier.
+
+Tasks, every `polling.tasks_interval`: read the window and keep gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter.client import ApiError, NeoClient, PageProgress, Stopped
+from exporter.config import AccountConfig, PollingConfig
+from exporter.instrumentation import ExporterMetrics
+from exporter.models import (
+    RowError,
+    StreamRecord,
+    TaskRecord,
+    format_timestamp,
+    parse_stream,
+    parse_task,
+)
+from exporter.snapshot import EndpointHealth, ReadProgress, SnapshotStore, TaskWindow
+from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS, State
+
+log = logging.getLogger(__name__)
+
+STREAMS_PATH = "/api/v1/usage/streams"
+TASKS_PATH = "/api/v1/usage/tasks"
+BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
+PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
+LOGGED_SKIPS = 5  # per read; the rest are summed in one line
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    kind: str  # "incremental" | "reconcile"
+    start: float
+    end: float
+
+
+def plan_streams_read(
+    now: float, polling: PollingConfig, watermark: float | None, reconciled: float | None
+) -> ReadPlan:
+    """Decide the next streams read from the clock and the saved watermarks."""
+    window_start = now - polling.window
+    if reconciled is None or now - reconciled >= polling.reconcile_interval or watermark is None:
+        return ReadPlan("reconcile", window_start, now)
+    start = min(now - polling.lookback, watermark)
+    start = max(start, now - polling.catch_up_limit, window_start)
+    return ReadPlan("incremental", start, now)
+
+
+class _ProgressLog:
+    """Progress of one read: a log line every few seconds and the landing page's figures."""
+
+    def __init__(
+        self,
+        account: str,
+        kind: str,
+        clock: Callable[[], float],
+        publish: Callable[[ReadProgress | None], None],
+    ) -> None:
+        self._account = account
+        self._kind = kind
+        self._clock = clock
+        self._publish = publish
+        self._started = clock()
+        self._last_log = self._started
+
+    def __call__(self, p: PageProgress) -> None:
+        now = self._clock()
+        elapsed = now - self._started
+        eta = None
+        if p.rows_total and p.rows_done:
+            eta = max(0.0, elapsed * (p.rows_total - p.rows_done) / p.rows_done)
+        self._publish(
+            ReadProgress(
+                self._kind,
+                self._started,
+                p.pages_done,
+                p.pages_total,
+                p.rows_done,
+                p.rows_total,
+                eta,
+            )
+        )
+        if now - self._last_log >= PROGRESS_EVERY:
+            self._last_log = now
+            log.info(
+                "account=%s %s read: pages %d/%s, rows %d/%s, about %s left",
+                self._account,
+                self._kind,
+                p.pages_done,
+                p.pages_total if p.pages_total is not None else "?",
+                p.rows_done,
+                p.rows_total if p.rows_total is not None else "?",
+                f"{eta:.0f}s" if eta is not None else "?",
+            )
+
+
+class AccountPoller:
+    """Polls one account; `run()` loops until the stop event, `poll_once()` reads once."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        polling: PollingConfig,
+        state: State,
+        client: NeoClient,
+        store: SnapshotStore,
+        metrics: ExporterMetrics,
+        *,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = account.name
+        self._polling = polling
+        self._state = state
+        self._client = client
+        self._store = store
+        self._metrics = metrics
+        self._stop = stop
+        self._clock = clock
+        self._endpoints: dict[str, EndpointHealth] = {}
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        next_streams = next_tasks = self._clock()
+        while not self._stop.is_set():
+            now = self._clock()
+            if now >= next_streams:
+                next_streams = max(next_streams + self._polling.interval, now)
+                self.poll_streams()
+            if self._stop.is_set():
+                break
+            now = self._clock()
+            if now >= next_tasks:
+                next_tasks = max(next_tasks + self._polling.tasks_interval, now)
+                self.poll_tasks()
+            self._store.update(self.name, first_poll_done=True)
+            self._stop.wait(max(0.0, min(next_streams, next_tasks) - self._clock()))
+
+    def poll_once(self) -> bool:
+        """Read the whole window of streams and the tasks once; True if both succeeded."""
+        streams_ok = self.poll_streams(force_reconcile=True)
+        tasks_ok = self.poll_tasks()
+        self._store.update(self.name, first_poll_done=True)
+        return streams_ok and tasks_ok
+
+    # --- streams -------------------------------------------------------------------------
+
+    def poll_streams(self, *, force_reconcile: bool = False) -> bool:
+        now = self._clock()
+        plan = plan_streams_read(
+            now,
+            self._polling,
+            self._state.watermark(self.name, WATERMARK_STREAMS),
+            None if force_reconcile else self._state.watermark(self.name, WATERMARK_RECONCILE),
+        )
+        started = time.monotonic()
+        try:
+            new, duplicates, changed = self._read_streams(plan)
+        except Stopped:
+            return False
+        except ApiError as exc:
+            self._failed("streams", plan.kind, exc)
+            return False
+        except Exception as exc:  # a bug must not kill the thread: report it and go on
+            log.exception("account=%s streams read failed unexpectedly", self.name)
+            self._failed("streams", plan.kind, ApiError(f"internal error: {type(exc).__name__}"))
+            return False
+        duration = time.monotonic() - started
+        self._succeeded("streams", plan.kind)
+        log.info(
+            "account=%s %s read of %s..%s: %d new, %d already counted, %d changed, %.2fs",
+            self.name,
+            plan.kind,
+            format_timestamp(plan.start),
+            format_timestamp(plan.end),
+            new,
+            duplicates,
+            changed,
+            duration,
+        )
+        self._publish(last_poll_duration=duration, progress=None, window=True)
+        return True
+
+    def _read_streams(self, plan: ReadPlan) -> tuple[int, int, int]:
+        params = {
+            "from": format_timestamp(plan.start),
+            "to": format_timestamp(plan.end),  # pinned for every page of this read
+            "sort": "created_at",
+        }
+        progress = _ProgressLog(
+            self.name, plan.kind, self._clock, lambda p: self._publish(progress=p)
+        )
+        skips = _SkipLog(self.name, "streams", self._metrics)
+        batch: list[StreamRecord] = []
+        new = duplicates = changed = 0
+        for page in self._client.pages(STREAMS_PATH, params, "streams", on_progress=progress):
+            for row in page.rows:
+                try:
+                    record = parse_stream(row)
+                except RowError as exc:
+                    skips.add(row, exc)
+                    continue
+                for name in record.invalid_details:
+                    self._metrics.invalid_details.labels(self.name, name).inc()
+                batch.append(record)
+            if len(batch) >= BATCH_ROWS:
+                n, d, c = self._ingest(batch)
+                new, duplicates, changed = new + n, duplicates + d, changed + c
+                batch = []
+        n, d, c = self._ingest(batch)
+        skips.summarise()
+        self._state.finish_read(
+            self.name,
+            to=plan.end,
+            whole_window=plan.kind == "reconcile",
+            prune_before=plan.end - self._polling.window - self._polling.lookback,
+        )
+        return new + n, duplicates + d, changed + c
+
+    def _ingest(self, batch: list[StreamRecord]) -> tuple[int, int, int]:
+        if not batch:
+            return 0, 0, 0
+        result = self._state.ingest(self.name, batch, self._clock())
+        if result.changed_ids:
+            log.warning(
+                "account=%s %d stream(s) changed after they were counted (not recounted): %s",
+                self.name,
+                result.changed,
+                ", ".join(result.changed_ids[:5]),
+            )
+        if result.before_horizon:
+            log.warning(
+                "account=%s %d row(s) older than the pruned part of the window were not counted",
+                self.name,
+                result.before_horizon,
+            )
+        if result.new or result.changed:
+            self._publish()
+        return result.new, result.duplicates, result.changed
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def poll_tasks(self) -> bool:
+        now = self._clock()
+        params = {
+            "from": format_timestamp(now - self._polling.window),
+            "to": format_timestamp(now),
+        }
+        skips = _SkipLog(self.name, "tasks", self._metrics)
+        by_status: Tally[str] = Tally()
+        credits = llm_cost = platform_cost = 0.0
+        seen: set[str] = set()
+        try:
+            for page in self._client.pages(TASKS_PATH, params, "tasks"):
+                for row in page.rows:
+                    try:
+                        task: TaskRecord = parse_task(row)
+                    except RowError as exc:
+                        skips.add(row, exc)
+                        continue
+                    if task.task_id in seen:  # offset paging can repeat a row
+                        continue
+                    seen.add(task.task_id)
+                    by_status[task.status] += 1
+                    credits += task.credits
+                    llm_cost += task.llm_cost
+                    platform_cost += task.neo_cost
+        except Stopped:
+            return False
+        except ApiError as exc:
+            self._failed("tasks", "tasks", exc)
+            return False
+        skips.summarise()
+        self._succeeded("tasks", "tasks")
+        self._publish(tasks=TaskWindow(dict(by_status), credits, llm_cost, platform_cost))
+        return True
+
+    # --- health and publishing -----------------------------------------------------------
+
+    def _succeeded(self, endpoint: str, kind: str) -> None:
+        self._metrics.polls.labels(self.name, kind, "success").inc()
+        self._endpoints[endpoint] = EndpointHealth(True, self._clock(), None)
+        self._publish()
+
+    def _failed(self, endpoint: str, kind: str, exc: ApiError) -> None:
+        self._metrics.polls.labels(self.name, kind, "failure").inc()
+        log.error("account=%s %s read failed: %s", self.name, kind, exc)
+        previous = self._endpoints.get(endpoint, EndpointHealth())
+        self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
+        self._publish(progress=None)
+
+    def _publish(self, *, window: bool = False, **changes: object) -> None:
+        """Put committed state into the snapshot; `window` also recounts window gauges."""
+        if window:
+            since = self._clock() - self._polling.window
+            changes["window_streams"] = self._state.window_streams(self.name, since)
+            changes["seen_streams"] = self._state.seen_streams(self.name)
+        self._store.update(
+            self.name,
+            state_bytes=self._state.size_bytes() if window else None,
+            counts=self._state.counts(self.name),
+            endpoints=dict(self._endpoints),
+            watermark=self._state.watermark(self.name, WATERMARK_STREAMS),
+            **changes,
+        )
+
+
+class _SkipLog:
+    """Counts skipped rows and logs the first few of a read with their reasons."""
+
+    def __init__(self, account: str, endpoint: str, metrics: ExporterMetrics) -> None:
+        self._account = account
+        self._endpoint = endpoint
+        self._metrics = metrics
+        self._count = 0
+
+    def add(self, row: object, exc: RowError) -> None:
+        self._count += 1
+        self._metrics.skipped_records.labels(self._account, self._endpoint, exc.reason).inc()
+        if self._count <= LOGGED_SKIPS:
+            row_id = row.get("stream_id") or row.get("task_id") if isinstance(row, dict) else None
+            log.warning(
+                "account=%s skipped a %s row (id %.64r): %s",
+                self._account,
+                self._endpoint,
+                row_id,
+                exc,
+            )
+
+    def summarise(self) -> None:
+        if self._count > LOGGED_SKIPS:
+            log.warning(
+                "account=%s skipped %d %s rows in this read (%d more than shown)",
+                self._account,
+                self._count,
+                self._endpoint,
+                self._count - LOGGED_SKIPS,
+            )

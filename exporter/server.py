@@ -1,0 +1,150 @@
+"""HTTP endpoints: `/metrics`, the landing page `/`, `/-/healthy` and `/-/ready`.
+
+A threading server, so one slow scrape never holds up another; each request renders the
+current snapshot and touches neither the API nor the database.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.snapshot import AccountSnapshot, Snapshot, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many scrapers at once should queue, not be refused.
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        store: SnapshotStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.clock = clock
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = host if isinstance(host, str) and host not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104
+        if ":" in shown:
+            shown = f"[{shown}]"
+        return f"http://{shown}:{port}"
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        thread.start()
+        return thread
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterServer
+    protocol_version = "HTTP/1.1"
+    server_version = f"neo-exporter/{__version__}"
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/":
+            body = landing_page(self.server.store.get(), self.server.clock())
+            self._send(200, "text/html; charset=utf-8", body.encode())
+        elif path == "/-/healthy":
+            self._send(200, "text/plain; charset=utf-8", b"OK\n")
+        elif path == "/-/ready":
+            if self.server.store.get().ready:
+                self._send(200, "text/plain; charset=utf-8", b"OK\n")
+            else:
+                self._send(503, "text/plain; charset=utf-8", b"first poll not done yet\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
+
+    def _metrics(self) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        body = encoder(self.server.registry)
+        headers = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
+            headers["Content-Encoding"] = "gzip"
+        self._send(200, content_type, body, headers)
+
+    def _send(
+        self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _age(now: float, ts: float | None) -> str:
+    return "never" if ts is None else f"{max(0.0, now - ts):.0f}s ago"
+
+
+def _account_row(account: AccountSnapshot, now: float) -> str:
+    cells = [html.escape(account.name)]
+    for endpoint in ("streams", "tasks"):
+        state = account.endpoints.get(endpoint)
+        if state is None or state.up is None:
+            cells.append("not read yet")
+            continue
+        text = ("up" if state.up else "DOWN") + f", last success {_age(now, state.last_success)}"
+        if state.last_error and not state.up:
+            text += f": {state.last_error}"
+        cells.append(html.escape(text))
+    cells.append(str(account.seen_streams))
+    progress = account.progress
+    if progress is None:
+        cells.append("idle")
+    else:
+        eta = "?" if progress.eta_seconds is None else f"{progress.eta_seconds:.0f}s"
+        cells.append(
+            html.escape(
+                f"{progress.kind}: pages {progress.pages_done}/{progress.pages_total or '?'}, "
+                f"rows {progress.rows_done}/{progress.rows_total or '?'}, about {eta} left"
+            )
+        )
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def landing_page(snapshot: Snapshot, now: float) -> str:
+    rows = "\n".join(_account_row(account, now) for account in snapshot.accounts)
+    ready = "ready" if snapshot.ready else "starting: first poll not done yet"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>neo-exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}
+tr:nth-child(even){{background:#f4f4f4}}</style></head>
+<body><h1>neo-exporter {html.escape(__version__)}</h1>
+<p>Prometheus exporter for ProjectDiscovery Neo usage. Status: {ready}.</p>
+<p><a href="/metrics">Metrics</a> &middot; <a href="/-/healthy">healthy</a> &middot;
+<a href="/-/ready">ready</a></p>
+<table><tr><th>account</th><th>streams</th><th>tasks</th><th>seen streams</th>
+<th>current read</th></tr>
+{rows}
+</table></body></html>
+"""

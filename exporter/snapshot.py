@@ -1,0 +1,101 @@
+"""Immutable snapshots of committed state, handed from the pollers to the collector.
+
+A poller builds a new `AccountSnapshot` after each commit and swaps it into the
+`SnapshotStore`; a scrape takes the current `Snapshot` and never waits for a poll.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from exporter.state import Counts
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    up: bool | None = None  # None until the first request of that endpoint ends
+    last_success: float | None = None
+    last_error: str | None = None  # safe to show: holds no secret
+
+
+@dataclass(frozen=True, slots=True)
+class ReadProgress:
+    """A long read in progress (first start, catch-up, reconcile)."""
+
+    kind: str
+    started: float
+    pages_done: int
+    pages_total: int | None
+    rows_done: int
+    rows_total: int | None
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskWindow:
+    """Gauges over the window, from `/usage/tasks` (mutable sums, so never counters)."""
+
+    tasks_by_status: Mapping[str, int]
+    credits: float
+    llm_cost: float
+    platform_cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    name: str
+    counts: Counts = field(default_factory=lambda: Counts({}, {}))
+    window_streams: Mapping[str, int] = field(default_factory=dict)
+    tasks: TaskWindow | None = None
+    endpoints: Mapping[str, EndpointHealth] = field(default_factory=dict)
+    last_poll_duration: float | None = None
+    seen_streams: int = 0
+    watermark: float | None = None
+    progress: ReadProgress | None = None
+    first_poll_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    accounts: tuple[AccountSnapshot, ...] = ()
+    state_bytes: int = 0
+    window_seconds: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return all(account.first_poll_done for account in self.accounts)
+
+
+class SnapshotStore:
+    """Holds the latest snapshot; an account's part is replaced atomically."""
+
+    def __init__(self, accounts: tuple[str, ...], window_seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot(
+            accounts=tuple(AccountSnapshot(name) for name in accounts),
+            window_seconds=window_seconds,
+        )
+
+    def get(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def account(self, name: str) -> AccountSnapshot:
+        with self._lock:
+            return next(a for a in self._snapshot.accounts if a.name == name)
+
+    def update(self, name: str, state_bytes: int | None = None, **changes: object) -> None:
+        """Replace fields of one account's snapshot (and the state size if given)."""
+        with self._lock:
+            snap = self._snapshot
+            accounts = tuple(
+                replace(a, **changes) if a.name == name else a  # type: ignore[arg-type]
+                for a in snap.accounts
+            )
+            self._snapshot = replace(
+                snap,
+                accounts=accounts,
+                state_bytes=snap.state_bytes if state_bytes is None else state_bytes,
+            )

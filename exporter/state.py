@@ -1,0 +1,534 @@
+"""Durable state in SQLite: seen streams, counter and histogram totals, watermarks.
+
+Exactly-once rests on one invariant: a stream id enters the `streams` table in the same
+transaction that adds its values to the counters. Whatever instant the process dies at,
+the committed counters equal the sum over the committed seen set, and a re-read row is
+recognised by its id. Metrics are built only from values that have been committed.
+
+Counters and histograms are small (bounded by the label budget) and are cached in memory;
+the seen set can hold millions of rows and lives only in SQLite.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from exporter.models import StreamRecord
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+OTHER = "other"
+DOCUMENTED_STATUSES = ("completed", "error", "failed", "aborted", "blocked")
+BYOK_VALUES = ("true", "false")
+
+# Counters fed by every stream, labelled (model, status, byok).
+STREAM_COUNTERS: tuple[tuple[str, Callable[[StreamRecord], float]], ...] = (
+    ("neo_streams_total", lambda r: 1.0),
+    ("neo_credits_total", lambda r: r.credits),
+    ("neo_llm_cost_usd_total", lambda r: r.llm_cost),
+    ("neo_platform_cost_usd_total", lambda r: r.neo_cost),
+    ("neo_steps_total", lambda r: float(r.steps)),
+    ("neo_tool_calls_total", lambda r: float(r.tool_calls)),
+    ("neo_agent_triggers_total", lambda r: float(r.agent_triggers)),
+    ("neo_llm_time_seconds_total", lambda r: r.llm_time),
+    ("neo_tool_time_seconds_total", lambda r: r.tool_time),
+    ("neo_execution_time_seconds_total", lambda r: r.execution_time or 0.0),
+)
+AGENT_TRIGGERS = "neo_agent_triggers_by_agent_total"  # (agent,)
+TOOL_CALLS = "neo_tool_calls_by_tool_total"  # (tool,)
+TOOL_TIME = "neo_tool_time_by_tool_seconds_total"  # (tool,)
+CHANGED_RECORDS = "neo_exporter_changed_records_total"  # ()
+TOOL_CALL_DURATION = "neo_tool_call_duration_seconds"  # histogram (tool,)
+STREAM_DURATION = "neo_stream_duration_seconds"  # histogram (model,)
+STEP_LATENCY = "neo_stream_step_latency_seconds"  # histogram (model,)
+
+WATERMARK_STREAMS = "streams_to"  # `to` of the last complete streams read
+WATERMARK_RECONCILE = "reconcile_to"  # `to` of the last complete read of the whole window
+WATERMARK_HORIZON = "prune_horizon"  # rows created before this may have left the seen set
+
+Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account`)
+
+
+class StateError(RuntimeError):
+    """The state file cannot be used; the message says how to recover."""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    value: float
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramValue:
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]  # per bucket, not cumulative; the last one is +Inf
+    sum: float
+    count: int
+    created: float
+
+    def observe(self, value: float) -> HistogramValue:
+        buckets = list(self.buckets)
+        buckets[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        return HistogramValue(
+            self.bounds, tuple(buckets), self.sum + value, self.count + 1, self.created
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LabelLimitsView:
+    model: int
+    status: int
+    tool: int
+    agent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Committed counter and histogram values of one account (copies: safe to share)."""
+
+    counters: Mapping[Key, CounterValue]
+    histograms: Mapping[Key, HistogramValue]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    new: int = 0
+    duplicates: int = 0
+    changed: int = 0
+    before_horizon: int = 0
+    changed_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Account:
+    counters: dict[Key, CounterValue] = field(default_factory=dict)
+    histograms: dict[Key, HistogramValue] = field(default_factory=dict)
+    labels: dict[str, set[str]] = field(default_factory=dict)  # label -> values in use
+    watermarks: dict[str, float] = field(default_factory=dict)
+
+
+class State:
+    """One SQLite file (or `:memory:`) shared by all accounts; every write is serialised."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        bounds: Mapping[str, tuple[float, ...]],
+        limits: LabelLimitsView,
+    ) -> None:
+        self._bounds = dict(bounds)
+        self._limits = limits
+        self._lock = threading.RLock()
+        self._accounts: dict[str, _Account] = {}
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._prepare()
+            self._load()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"state file {path!r} cannot be used ({exc}). If it is damaged, stop the "
+                "exporter, move the file aside and start again: the exporter re-reads the "
+                "configured window and counters start over (Prometheus sees a counter reset)."
+            ) from exc
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a killed process (not a power cut) and avoids a sync per commit.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS streams (
+                account TEXT NOT NULL, stream_id TEXT NOT NULL, created_ts REAL NOT NULL,
+                status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
+                neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, changed_fingerprint TEXT,
+                PRIMARY KEY (account, stream_id)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS streams_by_time ON streams (account, created_ts);
+            CREATE TABLE IF NOT EXISTS counters (
+                account TEXT NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL,
+                value REAL NOT NULL, created REAL NOT NULL,
+                PRIMARY KEY (account, metric, labels));
+            CREATE TABLE IF NOT EXISTS histograms (
+                account TEXT NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL,
+                bounds TEXT NOT NULL, buckets TEXT NOT NULL, sum REAL NOT NULL,
+                count INTEGER NOT NULL, created REAL NOT NULL,
+                PRIMARY KEY (account, metric, labels));
+            CREATE TABLE IF NOT EXISTS watermarks (
+                account TEXT NOT NULL, kind TEXT NOT NULL, ts REAL NOT NULL,
+                PRIMARY KEY (account, kind));
+            """
+        )
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {row[0]}, this exporter reads version {SCHEMA_VERSION}"
+            )
+
+    def _load(self) -> None:
+        for account, metric, labels, value, created in self._db.execute(
+            "SELECT account, metric, labels, value, created FROM counters"
+        ):
+            key = (metric, tuple(json.loads(labels)))
+            acct = self._account(account)
+            acct.counters[key] = CounterValue(value, created)
+            self._note_labels(acct, key)
+        dropped: set[str] = set()
+        for account, metric, labels, bounds, buckets, total, count, created in self._db.execute(
+            "SELECT account, metric, labels, bounds, buckets, sum, count, created FROM histograms"
+        ):
+            stored = tuple(json.loads(bounds))
+            if stored != self._bounds.get(metric):
+                dropped.add(metric)
+                continue
+            key = (metric, tuple(json.loads(labels)))
+            acct = self._account(account)
+            acct.histograms[key] = HistogramValue(
+                stored, tuple(json.loads(buckets)), total, count, created
+            )
+            self._note_labels(acct, key)
+        for metric in sorted(dropped):
+            # Old observations cannot be re-bucketed; the histogram starts over (a reset).
+            log.warning("buckets of %s changed in the config: its histogram starts over", metric)
+            self._db.execute("DELETE FROM histograms WHERE metric = ?", (metric,))
+        for account, kind, ts in self._db.execute("SELECT account, kind, ts FROM watermarks"):
+            self._account(account).watermarks[kind] = ts
+
+    def _account(self, name: str) -> _Account:
+        acct = self._accounts.get(name)
+        if acct is None:
+            acct = self._accounts[name] = _Account()
+        return acct
+
+    @staticmethod
+    def _note_labels(acct: _Account, key: Key) -> None:
+        metric, values = key
+        names = _LABEL_NAMES.get(metric, ())
+        for name, value in zip(names, values, strict=True):
+            acct.labels.setdefault(name, set()).add(value)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def counts(self, account: str) -> Counts:
+        with self._lock:
+            acct = self._account(account)
+            return Counts(dict(acct.counters), dict(acct.histograms))
+
+    def watermark(self, account: str, kind: str) -> float | None:
+        with self._lock:
+            return self._account(account).watermarks.get(kind)
+
+    def window_streams(self, account: str, since: float) -> dict[str, int]:
+        """Seen streams created at or after `since`, by (folded) status."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM streams WHERE account = ? AND created_ts >= ? "
+                "GROUP BY status",
+                (account, since),
+            ).fetchall()
+        return {status: count for status, count in rows}
+
+    def seen_streams(self, account: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM streams WHERE account = ?", (account,)
+            ).fetchone()
+        return int(row[0])
+
+    def size_bytes(self) -> int:
+        with self._lock:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages) * int(size)
+
+    # --- writes --------------------------------------------------------------------------
+
+    def ingest(self, account: str, records: Iterable[StreamRecord], now: float) -> IngestResult:
+        """Count the records not seen before, in one transaction with their ids."""
+        with self._lock:
+            acct = self._account(account)
+            batch: dict[str, StreamRecord] = {}
+            result = IngestResult()
+            horizon = acct.watermarks.get(WATERMARK_HORIZON, float("-inf"))
+            for record in records:
+                if record.created_ts < horizon:
+                    # It may have been counted and pruned since: counting it could count twice.
+                    result.before_horizon += 1
+                elif record.stream_id in batch:
+                    result.duplicates += 1
+                else:
+                    batch[record.stream_id] = record
+            existing = self._existing(account, list(batch))
+            work = _Work(acct, self._limits, self._bounds, now)
+            new_rows: list[tuple[object, ...]] = []
+            changed_rows: list[tuple[str, str, str]] = []
+            for stream_id, record in batch.items():
+                known = existing.get(stream_id)
+                if known is None:
+                    status = work.add(record)
+                    new_rows.append(
+                        (
+                            account,
+                            stream_id,
+                            record.created_ts,
+                            status,
+                            record.credits,
+                            record.llm_cost,
+                            record.neo_cost,
+                            record.fingerprint(),
+                        )
+                    )
+                    continue
+                fingerprint = record.fingerprint()
+                if fingerprint in known:
+                    result.duplicates += 1
+                    continue
+                # Counted once already: note the change (once per distinct new version).
+                result.changed += 1
+                result.changed_ids.append(stream_id)
+                work.bump(CHANGED_RECORDS, (), 1.0)
+                changed_rows.append((fingerprint, account, stream_id))
+            result.new = len(new_rows)
+            if new_rows or changed_rows:
+                self._commit(account, acct, work, new_rows, changed_rows)
+            return result
+
+    def _existing(self, account: str, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        found: dict[str, tuple[str, str | None]] = {}
+        step = 500  # well under SQLite's host-parameter limit
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step]
+            marks = ",".join("?" * len(chunk))
+            for stream_id, fingerprint, changed in self._db.execute(
+                "SELECT stream_id, fingerprint, changed_fingerprint FROM streams "  # noqa: S608
+                f"WHERE account = ? AND stream_id IN ({marks})",
+                (account, *chunk),
+            ):
+                found[stream_id] = (fingerprint, changed)
+        return found
+
+    def _commit(
+        self,
+        account: str,
+        acct: _Account,
+        work: _Work,
+        new_rows: list[tuple[object, ...]],
+        changed_rows: list[tuple[str, str, str]],
+    ) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO streams (account, stream_id, created_ts, status, credits, llm_cost, "
+                "neo_cost, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                new_rows,
+            )
+            db.executemany(
+                "UPDATE streams SET changed_fingerprint = ? WHERE account = ? AND stream_id = ?",
+                changed_rows,
+            )
+            db.executemany(
+                "INSERT INTO counters (account, metric, labels, value, created) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, metric, labels) "
+                "DO UPDATE SET value = excluded.value",
+                [
+                    (account, metric, json.dumps(labels), value.value, value.created)
+                    for (metric, labels), value in work.counters.items()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO histograms (account, metric, labels, bounds, buckets, sum, count, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account, metric, labels) "
+                "DO UPDATE SET buckets = excluded.buckets, sum = excluded.sum, "
+                "count = excluded.count",
+                [
+                    (
+                        account,
+                        metric,
+                        json.dumps(labels),
+                        json.dumps(value.bounds),
+                        json.dumps(value.buckets),
+                        value.sum,
+                        value.count,
+                        value.created,
+                    )
+                    for (metric, labels), value in work.histograms.items()
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        # Only now, with everything on disk, do the new values become visible.
+        acct.counters.update(work.counters)
+        acct.histograms.update(work.histograms)
+        for name, values in work.new_labels.items():
+            acct.labels.setdefault(name, set()).update(values)
+
+    def finish_read(
+        self, account: str, *, to: float, whole_window: bool, prune_before: float
+    ) -> int:
+        """Record a complete read up to `to` and drop seen rows older than `prune_before`.
+
+        Returns the number of rows pruned.
+        """
+        with self._lock:
+            acct = self._account(account)
+            horizon = max(prune_before, acct.watermarks.get(WATERMARK_HORIZON, float("-inf")))
+            marks = {WATERMARK_STREAMS: to, WATERMARK_HORIZON: horizon}
+            if whole_window:
+                marks[WATERMARK_RECONCILE] = to
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                pruned = db.execute(
+                    "DELETE FROM streams WHERE account = ? AND created_ts < ?",
+                    (account, horizon),
+                ).rowcount
+                db.executemany(
+                    "INSERT INTO watermarks (account, kind, ts) VALUES (?, ?, ?) "
+                    "ON CONFLICT (account, kind) DO UPDATE SET ts = excluded.ts",
+                    [(account, kind, ts) for kind, ts in marks.items()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            acct.watermarks.update(marks)
+            return int(pruned)
+
+
+# Label names of each stored series, in order; `account` is added by the collector.
+_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    **{name: ("model", "status", "byok") for name, _ in STREAM_COUNTERS},
+    AGENT_TRIGGERS: ("agent",),
+    TOOL_CALLS: ("tool",),
+    TOOL_TIME: ("tool",),
+    CHANGED_RECORDS: (),
+    TOOL_CALL_DURATION: ("tool",),
+    STREAM_DURATION: ("model",),
+    STEP_LATENCY: ("model",),
+}
+
+
+def label_names(metric: str) -> tuple[str, ...]:
+    return _LABEL_NAMES[metric]
+
+
+class _Work:
+    """The pending changes of one transaction: new totals and newly used label values."""
+
+    def __init__(
+        self,
+        acct: _Account,
+        limits: LabelLimitsView,
+        bounds: Mapping[str, tuple[float, ...]],
+        now: float,
+    ) -> None:
+        self._acct = acct
+        self._limits = {
+            "model": limits.model,
+            "status": limits.status,
+            "tool": limits.tool,
+            "agent": limits.agent,
+        }
+        self._bounds = bounds
+        self._now = now
+        self.counters: dict[Key, CounterValue] = {}
+        self.histograms: dict[Key, HistogramValue] = {}
+        self.new_labels: dict[str, set[str]] = {}
+
+    def _fold(self, name: str, value: str) -> str:
+        """Keep a value if it is known or the label's budget has room; else `other`."""
+        known = self._acct.labels.get(name, set())
+        pending = self.new_labels.setdefault(name, set())
+        if value in known or value in pending:
+            return value
+        if value != OTHER and len(known - {OTHER}) + len(pending - {OTHER}) >= self._limits[name]:
+            value = OTHER
+            if value in known or value in pending:
+                return value
+        pending.add(value)
+        self._zero_fill(name, value)
+        return value
+
+    def _zero_fill(self, name: str, value: str) -> None:
+        """Start the known label sets of a new model or status at 0, for `increase()`."""
+        if name == "model":
+            statuses = self._values("status") | set(DOCUMENTED_STATUSES)
+            # Documented statuses are in use from now on, exactly as after a reload.
+            self.new_labels.setdefault("status", set()).update(
+                statuses - self._acct.labels.get("status", set())
+            )
+            for status in statuses:
+                for byok in BYOK_VALUES:
+                    for metric, _ in STREAM_COUNTERS:
+                        self.bump(metric, (value, status, byok), 0.0)
+            for metric in (STREAM_DURATION, STEP_LATENCY):
+                self._histogram(metric, (value,))
+        elif name == "status":
+            for model in self._values("model"):
+                for byok in BYOK_VALUES:
+                    for metric, _ in STREAM_COUNTERS:
+                        self.bump(metric, (model, value, byok), 0.0)
+
+    def _values(self, name: str) -> set[str]:
+        return self._acct.labels.get(name, set()) | self.new_labels.get(name, set())
+
+    def bump(self, metric: str, labels: tuple[str, ...], amount: float) -> None:
+        key = (metric, labels)
+        current = self.counters.get(key) or self._acct.counters.get(key)
+        if current is None:
+            current = CounterValue(0.0, self._now)
+        self.counters[key] = CounterValue(current.value + amount, current.created)
+
+    def _histogram(self, metric: str, labels: tuple[str, ...]) -> HistogramValue:
+        key = (metric, labels)
+        current = self.histograms.get(key) or self._acct.histograms.get(key)
+        if current is None:
+            bounds = self._bounds[metric]
+            current = HistogramValue(bounds, (0,) * (len(bounds) + 1), 0.0, 0, self._now)
+            self.histograms[key] = current
+        return current
+
+    def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
+        self.histograms[(metric, labels)] = self._histogram(metric, labels).observe(value)
+
+    def add(self, record: StreamRecord) -> str:
+        """Add one new stream's values; returns its folded status."""
+        model = self._fold("model", record.model)
+        status = self._fold("status", record.status)
+        labels = (model, status, record.byok)
+        for metric, value_of in STREAM_COUNTERS:
+            self.bump(metric, labels, value_of(record))
+        for agent, count in record.agent_breakdown:
+            self.bump(AGENT_TRIGGERS, (self._fold("agent", agent),), float(count))
+        for tool, calls, seconds in record.tool_breakdown:
+            tool_label = (self._fold("tool", tool),)
+            self.bump(TOOL_CALLS, tool_label, float(calls))
+            self.bump(TOOL_TIME, tool_label, seconds)
+        for tool, seconds in record.tool_durations:
+            self.observe(TOOL_CALL_DURATION, (self._fold("tool", tool),), seconds)
+        if record.execution_time is not None:
+            self.observe(STREAM_DURATION, (model,), record.execution_time)
+        if record.step_latency is not None:
+            self.observe(STEP_LATENCY, (model,), record.step_latency)
+        return status

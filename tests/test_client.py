@@ -1,0 +1,300 @@
+"""The API client's edge cases, with `responses` standing in for the network."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from exporter.client import ApiError, AuthError, NeoClient, PageProgress, Stopped, _retry_after
+from exporter.config import AccountConfig, HttpConfig, Secret
+
+BASE = "https://neo.test"
+STREAMS = f"{BASE}/api/v1/usage/streams"
+TOKEN = "secret-token-value-1234"
+
+
+@dataclass
+class Clock:
+    """Monotonic time that only moves when the client waits: no real sleeping."""
+
+    now: float = 0.0
+    waits: list[float] = field(default_factory=list)
+    stop_after: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def monotonic(self) -> float:
+        with self.lock:
+            return self.now
+
+    def wait(self, seconds: float) -> bool:
+        with self.lock:
+            self.waits.append(seconds)
+            self.now += seconds
+            return self.stop_after is not None and len(self.waits) >= self.stop_after
+
+
+def make_client(
+    clock: Clock, *, auth_header: str = "bearer", **http: Any
+) -> tuple[NeoClient, list[tuple[str, str]], list[tuple[str, str]]]:
+    requests_seen: list[tuple[str, str]] = []
+    retries: list[tuple[str, str]] = []
+    account = AccountConfig(
+        name="acme", base_url=BASE, token=Secret(TOKEN), auth_header=auth_header
+    )
+    config = replace(HttpConfig(), **http)
+    client = NeoClient(
+        account,
+        config,
+        wait=clock.wait,
+        monotonic=clock.monotonic,
+        rng=random.Random(1),
+        on_request=lambda e, c: requests_seen.append((e, c)),
+        on_retry=lambda e, r: retries.append((e, r)),
+    )
+    return client, requests_seen, retries
+
+
+def page(rows: list[Any], has_more: bool, total: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"data": rows, "has_more": has_more}
+    if total is not None:
+        body["total"] = total
+    return body
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def test_bearer_token_is_sent_in_the_authorization_header(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, json=page([], False, 0))
+    client, _, _ = make_client(Clock())
+    client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert mocked.calls[0].request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert "X-Api-Key" not in mocked.calls[0].request.headers
+
+
+def test_api_key_is_sent_in_x_api_key_when_configured(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, json=page([], False, 0))
+    client, _, _ = make_client(Clock(), auth_header="x-api-key")
+    client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert mocked.calls[0].request.headers["X-Api-Key"] == TOKEN
+    assert "Authorization" not in mocked.calls[0].request.headers
+
+
+def test_429_waits_for_retry_after_then_succeeds(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, status=429, headers={"Retry-After": "7"})
+    mocked.get(STREAMS, json=page([{"x": 1}], False, 1))
+    clock = Clock()
+    client, seen, retries = make_client(clock)
+    body = client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert body == page([{"x": 1}], False, 1)
+    assert clock.waits and clock.waits[0] >= 7.0
+    assert seen == [("streams", "429"), ("streams", "200")]
+    assert retries == [("streams", "429")]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_is_retried_with_growing_backoff(mocked: responses.RequestsMock, status: int) -> None:
+    for _ in range(3):
+        mocked.get(STREAMS, status=status)
+    mocked.get(STREAMS, json=page([], False, 0))
+    clock = Clock()
+    client, _, retries = make_client(clock, backoff_base=1.0, backoff_max=30.0)
+    client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert [r for _, r in retries] == ["5xx"] * 3
+    # Full jitter within [cap/2, cap] of an exponential cap: 1, 2, 4.
+    for attempt, waited in enumerate(clock.waits):
+        assert 2**attempt / 2 <= waited <= 2**attempt
+
+
+def test_connection_errors_and_timeouts_are_retried(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, body=requests.ConnectionError("reset by peer"))
+    mocked.get(STREAMS, body=requests.ReadTimeout("slow"))
+    mocked.get(STREAMS, json=page([], False, 0))
+    client, seen, retries = make_client(Clock())
+    client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert [c for _, c in seen] == ["connection_error", "timeout", "200"]
+    assert [r for _, r in retries] == ["connection_error", "timeout"]
+
+
+def test_a_malformed_page_is_retried_never_returned(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, body="<html>gateway</html>")
+    mocked.get(STREAMS, json={"data": "oops"})
+    mocked.get(STREAMS, json=page([{"ok": 1}], False, 1))
+    client, _, retries = make_client(Clock())
+    pages = list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    assert [p.rows for p in pages] == [[{"ok": 1}]]
+    assert [r for _, r in retries] == ["invalid_body", "invalid_body"]
+
+
+def test_retries_stop_at_max_retries_with_a_clear_error(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, status=503)
+    client, seen, _ = make_client(Clock(), max_retries=2)
+    with pytest.raises(ApiError, match="gave up after 3 attempts"):
+        client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert len(seen) == 3
+
+
+def test_the_retry_budget_bounds_retries_across_a_whole_read(
+    mocked: responses.RequestsMock,
+) -> None:
+    mocked.get(STREAMS, status=500)
+    client, seen, _ = make_client(Clock(), max_retries=10, retry_budget=3)
+    with pytest.raises(ApiError):
+        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    assert len(seen) == 4  # one try plus the three retries the budget allows
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"), [(401, "rejected the token"), (403, "team admin's or a solo user's")]
+)
+def test_auth_failures_are_not_retried_and_say_what_to_fix(
+    mocked: responses.RequestsMock, status: int, hint: str
+) -> None:
+    mocked.get(STREAMS, status=status, body=f"denied {TOKEN}")
+    client, seen, _ = make_client(Clock())
+    with pytest.raises(AuthError) as caught:
+        client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert hint in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    assert len(seen) == 1
+
+
+def test_other_4xx_are_not_retried(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, status=404)
+    client, seen, _ = make_client(Clock())
+    with pytest.raises(ApiError, match="HTTP 404"):
+        client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert len(seen) == 1
+
+
+def test_redirects_are_not_followed_so_the_token_stays_home(
+    mocked: responses.RequestsMock,
+) -> None:
+    mocked.get(STREAMS, status=302, headers={"Location": "https://elsewhere.test/steal"})
+    mocked.get("https://elsewhere.test/steal", json=page([], False, 0))
+    client, _, _ = make_client(Clock())
+    with pytest.raises(ApiError, match="HTTP 302"):
+        client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert [c.request.url for c in mocked.calls] == [STREAMS]
+
+
+def test_stop_during_a_backoff_ends_the_request(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, status=503)
+    client, seen, _ = make_client(Clock(stop_after=1))
+    with pytest.raises(Stopped):
+        client.get_json("/api/v1/usage/streams", {}, "streams")
+    assert len(seen) == 1
+
+
+def _paged_callback(rows: list[int], *, limit: int, extra_after: int | None = None) -> Any:
+    """A list endpoint over `rows`; `extra_after` appends rows once that offset is read."""
+    data = list(rows)
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        import json
+
+        query = parse_qs(urlsplit(request.url).query)
+        offset, size = int(query["offset"][0]), int(query["limit"][0])
+        assert size == limit
+        chunk = data[offset : offset + size]
+        if extra_after is not None and offset == extra_after:
+            data.extend(range(len(data), len(data) + 3))
+        body = page([{"n": n} for n in chunk], offset + size < len(data), len(data))
+        return 200, {}, json.dumps(body)
+
+    return callback
+
+
+def test_paging_reads_every_offset_once_with_to_pinned(mocked: responses.RequestsMock) -> None:
+    mocked.add_callback(responses.GET, STREAMS, callback=_paged_callback(list(range(23)), limit=5))
+    client, _, _ = make_client(Clock(), page_size=5, concurrency=3)
+    progress: list[PageProgress] = []
+    params = {"from": "2026-11-24T00:00:00.000Z", "to": "2026-11-25T00:00:00.000Z"}
+    pages = list(
+        client.pages("/api/v1/usage/streams", params, "streams", on_progress=progress.append)
+    )
+    assert sorted(row["n"] for p in pages for row in p.rows) == list(range(23))
+    queries = [parse_qs(urlsplit(c.request.url).query) for c in mocked.calls]
+    assert sorted(int(q["offset"][0]) for q in queries) == [0, 5, 10, 15, 20]
+    assert {q["to"][0] for q in queries} == {params["to"]}
+    assert progress[-1] == PageProgress(5, 5, 23, 23)
+
+
+def test_paging_follows_has_more_when_rows_arrive_meanwhile(
+    mocked: responses.RequestsMock,
+) -> None:
+    mocked.add_callback(
+        responses.GET, STREAMS, callback=_paged_callback(list(range(10)), limit=5, extra_after=5)
+    )
+    client, _, _ = make_client(Clock(), page_size=5, concurrency=1)
+    rows = [row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows]
+    assert sorted(rows) == list(range(13))
+
+
+def test_paging_stops_at_the_page_cap(mocked: responses.RequestsMock) -> None:
+    mocked.add_callback(responses.GET, STREAMS, callback=_paged_callback(list(range(50)), limit=5))
+    client, seen, _ = make_client(Clock(), page_size=5, max_pages=4)
+    with pytest.raises(ApiError, match="max_pages=4"):
+        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    assert len(seen) == 1
+
+
+def test_endless_has_more_without_total_hits_the_page_cap(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, json=page([{"n": 1}], True))
+    client, seen, _ = make_client(Clock(), page_size=1, max_pages=6)
+    with pytest.raises(ApiError, match="max_pages"):
+        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    assert len(seen) == 6
+
+
+def test_a_429_pauses_every_concurrent_worker(mocked: responses.RequestsMock) -> None:
+    state = {"throttled": False}
+    lock = threading.Lock()
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        import json
+
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        with lock:
+            if offset == 10 and not state["throttled"]:
+                state["throttled"] = True
+                return 429, {"Retry-After": "30"}, "{}"
+        return 200, {}, json.dumps(page([{"n": offset}], offset < 20, 25))
+
+    mocked.add_callback(responses.GET, STREAMS, callback=callback)
+    clock = Clock()
+    client, _, retries = make_client(clock, page_size=5, concurrency=4)
+    pages = list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    assert len(pages) == 5
+    assert retries == [("streams", "429")]
+    assert clock.now >= 30.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("12", 12.0),
+        ("-3", 0.0),
+        ("99999", 600.0),
+        ("soon", None),
+        ("Wed, 25 Nov 2026 06:00:10 GMT", 10.0),
+    ],
+)
+def test_retry_after_accepts_seconds_and_http_dates(
+    header: str | None, expected: float | None
+) -> None:
+    now = 1795586400.0  # 2026-11-25T06:00:00Z
+    assert _retry_after(header, now) == expected

@@ -1,0 +1,147 @@
+"""The collector: snapshot to exposition, names, HELP, types, escaping, and the docs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import CATALOG, NeoCollector
+from exporter.instrumentation import ExporterMetrics
+from exporter.snapshot import EndpointHealth, SnapshotStore, TaskWindow
+from exporter.state import (
+    STEP_LATENCY,
+    STREAM_DURATION,
+    TOOL_CALL_DURATION,
+    LabelLimitsView,
+    State,
+)
+from tests.conftest import parse_exposition, sample
+from tests.test_state import BOUNDS, record
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+
+def build_registry(model: str = "gpt-5") -> tuple[CollectorRegistry, SnapshotStore]:
+    state = State(":memory:", bounds=BOUNDS, limits=LabelLimitsView(50, 20, 100, 50))
+    state.ingest("acme", [record("s1", model=model), record("s2", model=model)], now=1000.0)
+    store = SnapshotStore(("acme",), 86400.0)
+    store.update(
+        "acme",
+        state_bytes=4096,
+        counts=state.counts("acme"),
+        window_streams={"completed": 2},
+        tasks=TaskWindow({"completed": 1}, 0.2, 0.0, 0.0),
+        endpoints={"streams": EndpointHealth(True, 1000.0, None)},
+        seen_streams=2,
+        watermark=1000.0,
+        last_poll_duration=0.5,
+    )
+    registry = CollectorRegistry()
+    ExporterMetrics(registry, ("acme",))
+    registry.register(NeoCollector(store))
+    return registry, store
+
+
+def test_counters_histograms_and_gauges_carry_committed_values() -> None:
+    registry, _ = build_registry()
+    samples = parse_exposition(generate_latest(registry).decode())
+    labels = {"account": "acme", "model": "gpt-5", "status": "completed", "byok": "false"}
+    assert sample(samples, "neo_streams_total", **labels) == 2
+    assert sample(samples, "neo_credits_total", **labels) == 0.2
+    assert sample(samples, "neo_credits_created", **labels) == 1000.0
+    assert sample(samples, "neo_window_tasks", account="acme", status="completed") == 1
+    assert sample(samples, "neo_up", account="acme", endpoint="streams") == 1
+    assert sample(samples, "neo_up", account="acme", endpoint="tasks") == 0
+    buckets = {
+        "0.5": 2.0,
+        "1.0": 2.0,
+        "5.0": 2.0,
+        "+Inf": 2.0,
+    }
+    for le, count in buckets.items():
+        assert (
+            sample(
+                samples, f"{TOOL_CALL_DURATION}_bucket", account="acme", tool="nuclei", le=le
+            )
+            == count
+        )
+    assert sample(samples, f"{STREAM_DURATION}_sum", account="acme", model="gpt-5") == 40.0
+    assert sample(samples, f"{STEP_LATENCY}_count", account="acme", model="gpt-5") == 2
+
+
+def test_every_family_has_help_and_the_documented_type() -> None:
+    registry, _ = build_registry()
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    for doc in CATALOG:
+        name = doc.name.removesuffix("_total")
+        assert name in families, doc.name
+        assert families[name].type == doc.type, doc.name
+        assert families[name].documentation, doc.name
+
+
+def test_help_names_the_api_field_behind_each_business_metric() -> None:
+    for doc in CATALOG:
+        if doc.name.startswith("neo_") and not doc.name.startswith(("neo_exporter", "neo_up")):
+            assert "field" in doc.help or "state" in doc.help, doc.name
+            assert "Refreshed every poll" in doc.help, doc.name
+
+
+def test_label_values_with_quotes_backslashes_newlines_and_unicode_round_trip() -> None:
+    nasty = 'we"ird\\model\nname \u00e9\u6f22 ' + "x" * 50
+    registry, _ = build_registry(model=nasty)
+    text = generate_latest(registry).decode()
+    samples = parse_exposition(text)
+    labels = {"account": "acme", "model": nasty, "status": "completed", "byok": "false"}
+    assert sample(samples, "neo_streams_total", **labels) == 2
+    om = list(parse_om(generate_openmetrics(registry).decode()))
+    assert any(
+        s.labels.get("model") == nasty for f in om for s in f.samples if f.name == "neo_streams"
+    )
+
+
+def test_a_scrape_reflects_a_new_snapshot_without_touching_the_old_one() -> None:
+    registry, store = build_registry()
+    before = store.get()
+    store.update("acme", window_streams={"completed": 5})
+    samples = parse_exposition(generate_latest(registry).decode())
+    assert sample(samples, "neo_window_streams", account="acme", status="completed") == 5
+    assert dict(before.accounts[0].window_streams) == {"completed": 2}
+
+
+def _documented_metrics() -> set[str]:
+    names = set()
+    for line in DOCS.read_text().splitlines():
+        match = re.match(r"\| `(neo_[a-z_]+)` \|", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def test_metrics_doc_lists_exactly_the_exported_metrics() -> None:
+    registry, _ = build_registry()
+    exported = set()
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        name = family.name
+        if name.endswith("_created"):
+            continue
+        exported.add(name + "_total" if family.type == "counter" else name)
+    documented = _documented_metrics()
+    assert exported - documented == set(), "exported but not in docs/metrics.md"
+    assert documented - exported == set(), "in docs/metrics.md but not exported"
+
+
+def test_metrics_doc_states_each_metrics_type_and_labels() -> None:
+    rows = {
+        m.group(1): (m.group(2), m.group(3))
+        for m in re.finditer(r"\| `(neo_[a-z_]+)` \| (\w+) \| ([^|]*) \|", DOCS.read_text())
+    }
+    for doc in CATALOG:
+        kind, labels = rows[doc.name]
+        assert kind == doc.type, doc.name
+        shown = tuple(x.strip() for x in labels.split(",") if x.strip() not in ("", "-"))
+        assert shown == doc.labels, doc.name

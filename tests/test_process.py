@@ -1,0 +1,258 @@
+"""The real exporter process: SIGKILL at random points, restarts, SIGTERM, the CLI."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import SampleKey, parse_exposition, sample, select, truth_mismatches
+from tests.processes import ROOT, fake_api, start_exporter, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def write_config(path: Path, url: str, state: Path, **extra: Any) -> Path:
+    config = {
+        "accounts": [{"name": "acme", "base_url": url, "token": "${NEO_TEST_TOKEN}"}],
+        "polling": {
+            "interval": "2s",
+            "lookback": "1h",
+            "window": "2d",
+            "reconcile_interval": "6h",
+        },
+        "http": {"page_size": 20, "concurrency": 4, "backoff_base": "50ms", "backoff_max": "1s"},
+        "state": {"path": str(state)},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+ENV = {"NEO_TEST_TOKEN": "fake-admin-token"}
+
+
+def metrics(url: str) -> dict[SampleKey, float]:
+    response = requests.get(f"{url}/metrics", timeout=5)
+    response.raise_for_status()
+    return parse_exposition(response.text)
+
+
+def truth(fake_url: str) -> SimpleNamespace:
+    data = requests.get(f"{fake_url}/_fake/truth", timeout=10).json()
+    return truth_from_json(data)
+
+
+def truth_from_json(data: dict[str, Any]) -> SimpleNamespace:
+    """The fake's Truth.to_json() back into tuple-keyed dicts like conftest expects."""
+
+    def keyed(value: Any) -> Any:
+        if isinstance(value, list):  # [[key parts..., value], ...]
+            return {tuple(item[:-1]) if len(item) > 2 else item[0]: item[-1] for item in value}
+        if isinstance(value, dict):
+            return {
+                k: tuple(v) if isinstance(v, list) else v for k, v in value.items()
+            }
+        return value
+
+    return SimpleNamespace(**{k: keyed(v) for k, v in data.items()})
+
+
+def counters_of(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
+    return {k: v for k, v in samples.items() if k[0].endswith(("_total", "_count", "_sum"))}
+
+
+def test_sigkill_at_random_points_of_a_backfill_never_loses_or_double_counts(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(2026)
+    state = tmp_path / "state.db"
+    with fake_api("--seed", "11", "--streams", "3000", "--history", "1d", "--latency-ms", "15",
+                  "--late-fraction", "0") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, state)
+        expected = truth(fake_url)
+        previous: dict[SampleKey, float] = {}
+        kills = 0
+        for _ in range(5):
+            proc, url = start_exporter("--config.file", str(config), env=ENV)
+            time.sleep(rng.uniform(0.2, 1.2))
+            try:
+                now = counters_of(metrics(url))
+            finally:
+                proc.popen.send_signal(signal.SIGKILL)
+                proc.popen.wait(10)
+            kills += 1
+            # No counter ever goes down, whatever instant the previous process died at.
+            for key, value in previous.items():
+                assert now.get(key, 0.0) >= value - 1e-9, key
+            previous = now
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            def caught_up() -> dict[SampleKey, float] | None:
+                samples = metrics(url)
+                done = sample(samples, "neo_exporter_polls_total", account="acme",
+                              kind="reconcile", result="success")
+                done += sample(samples, "neo_exporter_polls_total", account="acme",
+                               kind="incremental", result="success")
+                return samples if done >= 1 else None
+
+            final = wait_until(caught_up, 60, "a complete read after the restarts")
+        finally:
+            assert proc.stop() == 0
+        assert kills == 5
+        assert truth_mismatches(final, expected, "acme") == []
+        assert sum(select(final, "neo_streams_total").values()) == 3000
+
+
+def test_sigterm_stops_cleanly_with_exit_0(tmp_path: Path) -> None:
+    with fake_api("--seed", "3", "--streams", "500", "--latency-ms", "20") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        time.sleep(0.3)  # likely mid-backfill
+        started = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
+        assert time.monotonic() - started < 10
+        assert "Traceback" not in proc.output
+
+
+def test_endpoints_serve_metrics_landing_page_health_and_readiness(tmp_path: Path) -> None:
+    with fake_api("--seed", "5", "--streams", "200") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            assert requests.get(f"{url}/-/healthy", timeout=5).status_code == 200
+            wait_until(
+                lambda: requests.get(f"{url}/-/ready", timeout=5).status_code == 200, 30, "ready"
+            )
+            landing = requests.get(f"{url}/", timeout=5).text
+            assert 'href="/metrics"' in landing and "acme" in landing
+            om = requests.get(
+                f"{url}/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+                timeout=5,
+            )
+            assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert om.text.rstrip().endswith("# EOF")
+            gz = requests.get(f"{url}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+            assert gz.headers.get("Content-Encoding") == "gzip"
+            assert "neo_streams_total" in gz.text
+            assert requests.get(f"{url}/nope", timeout=5).status_code == 404
+        finally:
+            proc.stop()
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if _tools_required():
+            pytest.fail("promtool is required here (NEO_EXPORTER_REQUIRE_TOOLS is set)")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return path
+
+
+def _tools_required() -> bool:
+    import os
+
+    return bool(os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"))
+
+
+def test_promtool_finds_nothing_to_complain_about_in_metrics(tmp_path: Path) -> None:
+    tool = promtool()
+    with fake_api("--seed", "9", "--streams", "400") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            wait_until(
+                lambda: requests.get(f"{url}/-/ready", timeout=5).status_code == 200, 30, "ready"
+            )
+            text = requests.get(f"{url}/metrics", timeout=5).text
+        finally:
+            proc.stop()
+    assert "neo_credits_total" in text
+    lint = subprocess.run(
+        [tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "NEO_API_TOKEN"}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_config_error_exits_2_naming_every_key_without_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "accounts:\n  - name: acme\n    token: x\n    auth_header: basic\n"
+        "polling:\n  interval: soon\n  intervall: 5m\n"
+    )
+    result = run_cli("--config.file", str(bad))
+    assert result.returncode == 2
+    assert "accounts[0].auth_header" in result.stderr
+    assert "polling.interval" in result.stderr
+    assert "polling.intervall" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_the_example_config() -> None:
+    result = run_cli(
+        "--check-config", "--config.file", "config.example.yaml",
+        env={"NEO_API_TOKEN": "example-token"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+
+
+def test_no_config_and_no_token_is_a_config_error() -> None:
+    result = run_cli("--check-config")
+    assert result.returncode == 2
+    assert "NEO_API_TOKEN" in result.stderr
+
+
+def test_version_prints_the_package_version() -> None:
+    from exporter import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_once_prints_the_window_to_stdout_and_logs_to_stderr(tmp_path: Path) -> None:
+    with fake_api("--seed", "4", "--streams", "300", "--late-fraction", "0") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        result = run_cli("--once", "--config.file", str(config), env=ENV)
+        expected = truth(fake_url)
+    assert result.returncode == 0, result.stderr
+    samples = parse_exposition(result.stdout)
+    assert truth_mismatches(samples, expected, "acme") == []
+    assert "reconcile read" in result.stderr
+    assert "fake-admin-token" not in result.stdout + result.stderr
+
+
+def test_once_exits_non_zero_when_an_account_fails(tmp_path: Path) -> None:
+    with fake_api("--seed", "4", "--streams", "10") as (_, fake_url):
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        result = run_cli("--once", "--config.file", str(config), env={"NEO_TEST_TOKEN": "nope"})
+    assert result.returncode == 1
+    assert "neo_up" in result.stdout
+    assert "rejected the token" in result.stderr

@@ -1,0 +1,252 @@
+"""Durable state: each stream counted once, across reads and across restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from exporter.models import StreamRecord
+from exporter.state import (
+    CHANGED_RECORDS,
+    OTHER,
+    STEP_LATENCY,
+    STREAM_DURATION,
+    TOOL_CALL_DURATION,
+    TOOL_CALLS,
+    LabelLimitsView,
+    State,
+    StateError,
+)
+
+BOUNDS = {
+    TOOL_CALL_DURATION: (0.5, 1.0, 5.0),
+    STREAM_DURATION: (10.0, 60.0),
+    STEP_LATENCY: (1.0, 2.0),
+}
+LIMITS = LabelLimitsView(model=50, status=20, tool=100, agent=50)
+
+
+def record(stream_id: str, **changes: object) -> StreamRecord:
+    base = StreamRecord(
+        stream_id=stream_id,
+        task_id="t",
+        created_ts=1000.0,
+        model="gpt-5",
+        status="completed",
+        byok="false",
+        credits=0.1,
+        llm_cost=0.0,
+        neo_cost=0.0,
+        steps=3,
+        tool_calls=1,
+        agent_triggers=1,
+        llm_time=1.0,
+        tool_time=0.5,
+        execution_time=20.0,
+        step_latency=1.5,
+        agent_breakdown=(("recon", 1),),
+        tool_breakdown=(("nuclei", 1, 0.5),),
+        tool_durations=(("nuclei", 0.5),),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def open_state(path: Path | str = ":memory:", **kwargs: object) -> State:
+    options: dict[str, object] = {"bounds": BOUNDS, "limits": LIMITS, **kwargs}
+    return State(str(path), **options)  # type: ignore[arg-type]
+
+
+def value(state: State, metric: str, labels: tuple[str, ...], account: str = "a") -> float:
+    counter = state.counts(account).counters.get((metric, labels))
+    return 0.0 if counter is None else counter.value
+
+
+LABELS = ("gpt-5", "completed", "false")
+
+
+def test_new_streams_are_counted_and_rereads_are_not() -> None:
+    state = open_state()
+    first = state.ingest("a", [record(f"s{i}") for i in range(10)], now=2000.0)
+    again = state.ingest("a", [record(f"s{i}") for i in range(12)], now=2001.0)
+    assert (first.new, again.new, again.duplicates) == (10, 2, 10)
+    assert value(state, "neo_streams_total", LABELS) == 12
+    assert value(state, "neo_credits_total", LABELS) == pytest.approx(1.2)
+    assert value(state, TOOL_CALLS, ("nuclei",)) == 12
+
+
+def test_duplicates_within_one_batch_count_once() -> None:
+    state = open_state()
+    result = state.ingest("a", [record("s1"), record("s1"), record("s2")], now=2000.0)
+    assert (result.new, result.duplicates) == (2, 1)
+    assert value(state, "neo_streams_total", LABELS) == 2
+
+
+def test_accounts_are_counted_apart() -> None:
+    state = open_state()
+    state.ingest("a", [record("s1")], now=2000.0)
+    state.ingest("b", [record("s1")], now=2000.0)
+    assert value(state, "neo_streams_total", LABELS, "a") == 1
+    assert value(state, "neo_streams_total", LABELS, "b") == 1
+
+
+def test_a_changed_row_is_reported_once_and_not_recounted() -> None:
+    state = open_state()
+    state.ingest("a", [record("s1")], now=2000.0)
+    changed = record("s1", credits=5.0)
+    first = state.ingest("a", [changed], now=2001.0)
+    second = state.ingest("a", [changed], now=2002.0)
+    assert (first.changed, second.changed, second.duplicates) == (1, 0, 1)
+    assert first.changed_ids == ["s1"]
+    assert value(state, "neo_credits_total", LABELS) == pytest.approx(0.1)
+    assert value(state, CHANGED_RECORDS, ()) == 1
+
+
+def test_counters_and_seen_ids_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1"), record("s2", model="claude")], now=2000.0)
+    state.finish_read("a", to=2000.0, whole_window=True, prune_before=0.0)
+    before = state.counts("a")
+    state.close()
+
+    reopened = open_state(path)
+    assert reopened.counts("a") == before
+    assert reopened.watermark("a", "streams_to") == 2000.0
+    result = reopened.ingest("a", [record("s1"), record("s3")], now=3000.0)
+    assert (result.new, result.duplicates) == (1, 1)
+    assert value(reopened, "neo_streams_total", LABELS) == 2
+    # Created times are kept: Prometheus sees the same series, not a reset.
+    created = reopened.counts("a").counters[("neo_streams_total", LABELS)].created
+    assert created == before.counters[("neo_streams_total", LABELS)].created == 2000.0
+
+
+def test_histograms_observe_each_value_once_with_inclusive_upper_bounds() -> None:
+    state = open_state()
+    state.ingest(
+        "a",
+        [
+            record("s1", tool_durations=(("nuclei", 0.5), ("nuclei", 0.75), ("httpx", 9.0))),
+            record("s2", execution_time=None, step_latency=None, tool_durations=()),
+        ],
+        now=2000.0,
+    )
+    hist = state.counts("a").histograms
+    nuclei = hist[(TOOL_CALL_DURATION, ("nuclei",))]
+    assert nuclei.buckets == (1, 1, 0, 0)  # 0.5 falls in le="0.5"
+    assert (nuclei.count, nuclei.sum) == (2, 1.25)
+    assert hist[(TOOL_CALL_DURATION, ("httpx",))].buckets == (0, 0, 0, 1)
+    # s2 has no execution time and a null step latency: not observed.
+    assert hist[(STREAM_DURATION, ("gpt-5",))].count == 1
+    assert hist[(STEP_LATENCY, ("gpt-5",))].count == 1
+
+
+def test_label_values_beyond_the_budget_fold_into_other() -> None:
+    state = open_state(limits=replace(LIMITS, model=2, tool=1))
+    models = ["m1", "m2", "m3", "m4"]
+    state.ingest("a", [record(f"s{i}", model=m) for i, m in enumerate(models)], now=2000.0)
+    seen = {
+        labels[0]
+        for (metric, labels) in state.counts("a").counters
+        if metric == "neo_streams_total"
+    }
+    assert seen == {"m1", "m2", OTHER}
+    assert value(state, "neo_streams_total", (OTHER, "completed", "false")) == 2
+    total = sum(
+        v.value for (m, _), v in state.counts("a").counters.items() if m == "neo_credits_total"
+    )
+    assert total == pytest.approx(0.4)  # folding never loses money
+
+
+def test_folding_decisions_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    limits = replace(LIMITS, model=1)
+    state = open_state(path, limits=limits)
+    state.ingest("a", [record("s1", model="m1"), record("s2", model="m2")], now=2000.0)
+    state.close()
+    reopened = open_state(path, limits=limits)
+    reopened.ingest("a", [record("s3", model="m3"), record("s4", model="m1")], now=3000.0)
+    assert value(reopened, "neo_streams_total", ("m1", "completed", "false")) == 2
+    assert value(reopened, "neo_streams_total", (OTHER, "completed", "false")) == 2
+
+
+def test_known_label_sets_start_at_zero() -> None:
+    state = open_state()
+    state.ingest("a", [record("s1", status="error")], now=2000.0)
+    counters = state.counts("a").counters
+    # Every documented status and both byok values exist for the new model, at zero.
+    for status in ("completed", "failed", "aborted", "blocked"):
+        for byok in ("true", "false"):
+            assert counters[("neo_credits_total", ("gpt-5", status, byok))].value == 0
+    assert counters[("neo_credits_total", ("gpt-5", "error", "false"))].value == 0.1
+    # A later new status gets zero series for the models already known.
+    state.ingest("a", [record("s2", model="claude", status="weird")], now=2001.0)
+    assert ("neo_streams_total", ("gpt-5", "weird", "true")) in state.counts("a").counters
+
+
+def test_rows_before_the_prune_horizon_are_not_counted() -> None:
+    state = open_state()
+    state.ingest("a", [record("old", created_ts=100.0), record("new", created_ts=900.0)], now=1000)
+    assert state.finish_read("a", to=1000.0, whole_window=True, prune_before=500.0) == 1
+    assert state.seen_streams("a") == 1
+    # "old" left the seen set: seeing it again must not count it a second time.
+    result = state.ingest("a", [record("old", created_ts=100.0)], now=1001.0)
+    assert (result.new, result.before_horizon) == (0, 1)
+    assert value(state, "neo_streams_total", LABELS) == 2
+
+
+def test_window_streams_count_by_status_since_a_time() -> None:
+    state = open_state()
+    state.ingest(
+        "a",
+        [
+            record("s1", created_ts=100.0),
+            record("s2", created_ts=200.0, status="error"),
+            record("s3", created_ts=300.0),
+        ],
+        now=400.0,
+    )
+    assert state.window_streams("a", since=150.0) == {"error": 1, "completed": 1}
+
+
+def test_a_commit_failing_midway_changes_nothing_in_memory_or_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1")], now=2000.0)
+    before = state.counts("a")
+    # Make the counters write fail after the stream ids were written in the same transaction.
+    saboteur = sqlite3.connect(str(path))
+    saboteur.execute(
+        "CREATE TRIGGER boom BEFORE UPDATE ON counters BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    saboteur.commit()
+    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        state.ingest("a", [record("s2")], now=2001.0)
+    assert state.counts("a") == before
+    assert state.seen_streams("a") == 1  # s2's id was rolled back with its increments
+    saboteur.execute("DROP TRIGGER boom")
+    saboteur.commit()
+    saboteur.close()
+    assert state.ingest("a", [record("s2")], now=2002.0).new == 1
+    assert value(state, "neo_streams_total", LABELS) == 2
+
+
+def test_changed_histogram_buckets_restart_only_that_histogram(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1")], now=2000.0)
+    state.close()
+    reopened = open_state(path, bounds={**BOUNDS, STREAM_DURATION: (5.0, 50.0)})
+    hist = reopened.counts("a").histograms
+    assert (STREAM_DURATION, ("gpt-5",)) not in hist
+    assert (TOOL_CALL_DURATION, ("nuclei",)) in hist
+    assert value(reopened, "neo_streams_total", LABELS) == 1
+
+
+def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="move the file aside"):
+        open_state(path)
