@@ -205,7 +205,7 @@ class AccountPoller:
             "sort": "created_at",
         }
         progress = _ProgressLog(
-            self.name, plan.kind, self._clock, lambda p: self._publish(progress=p)
+            self.name, plan.kind, self._clock, lambda p: self._store.update(self.name, progress=p)
         )
         skips = _SkipLog(self.name, "streams", self._metrics)
         batch: list[StreamRecord] = []
