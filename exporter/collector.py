@@ -8,9 +8,10 @@ Every business metric carries `account`. HELP names the API field behind each me
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from prometheus_client import utils
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,7 +20,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.snapshot import Snapshot, SnapshotStore
@@ -33,6 +33,8 @@ from exporter.state import (
     TOOL_TIME,
 )
 
+# The client library's own formatting of `le` values (its annotation is missing).
+_format_bound: Callable[[float], str] = utils.floatToGoString
 REFRESH = "Refreshed every poll, not at scrape time."
 STREAM_SOURCE = "/api/v1/usage/streams"
 
@@ -264,7 +266,7 @@ def histograms(snapshot: Snapshot) -> Iterator[Metric]:
             cumulative = 0
             for bound, count in zip(value.bounds, value.buckets, strict=False):
                 cumulative += count
-                buckets.append((floatToGoString(bound), float(cumulative)))
+                buckets.append((_format_bound(bound), float(cumulative)))
             buckets.append(("+Inf", float(value.count)))
             label_values = [account.name, *labels]
             family.add_metric(label_values, buckets, value.sum)

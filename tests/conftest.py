@@ -78,9 +78,7 @@ def select(
     return {k[1]: v for k, v in samples.items() if k[0] == name and wanted <= k[1]}
 
 
-def truth_mismatches(
-    samples: Mapping[SampleKey, float], truth: Any, account: str
-) -> list[str]:
+def truth_mismatches(samples: Mapping[SampleKey, float], truth: Any, account: str) -> list[str]:
     """Every exported business value compared with the fake's ground truth; [] if equal."""
     problems: list[str] = []
 

@@ -238,7 +238,9 @@ def test_paging_follows_has_more_when_rows_arrive_meanwhile(
         responses.GET, STREAMS, callback=_paged_callback(list(range(10)), limit=5, extra_after=5)
     )
     client, _, _ = make_client(Clock(), page_size=5, concurrency=1)
-    rows = [row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows]
+    rows = [
+        row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows
+    ]
     assert sorted(rows) == list(range(13))
 
 

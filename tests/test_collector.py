@@ -65,9 +65,7 @@ def test_counters_histograms_and_gauges_carry_committed_values() -> None:
     }
     for le, count in buckets.items():
         assert (
-            sample(
-                samples, f"{TOOL_CALL_DURATION}_bucket", account="acme", tool="nuclei", le=le
-            )
+            sample(samples, f"{TOOL_CALL_DURATION}_bucket", account="acme", tool="nuclei", le=le)
             == count
         )
     assert sample(samples, f"{STREAM_DURATION}_sum", account="acme", model="gpt-5") == 40.0
@@ -76,7 +74,9 @@ def test_counters_histograms_and_gauges_carry_committed_values() -> None:
 
 def test_every_family_has_help_and_the_documented_type() -> None:
     registry, _ = build_registry()
-    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
     for doc in CATALOG:
         name = doc.name.removesuffix("_total")
         assert name in families, doc.name

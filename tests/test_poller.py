@@ -56,9 +56,7 @@ def make_config(url: str, state: str = ":memory:", **polling: str) -> Config:
 
 
 @pytest.fixture
-def make_exporter(
-    clock: ManualClock, stop_event: threading.Event
-) -> Iterator[Any]:
+def make_exporter(clock: ManualClock, stop_event: threading.Event) -> Iterator[Any]:
     made: list[Exporter] = []
 
     def make(config: Config) -> Exporter:
@@ -146,9 +144,16 @@ def test_a_wrong_token_keeps_metrics_served_and_up_at_zero(
         assert not exporter.pollers[0].poll_once()
     samples = scrape(exporter.registry)
     assert sample(samples, "neo_up", account="acme", endpoint="streams") == 0
-    assert sample(
-        samples, "neo_exporter_api_requests_total", account="acme", endpoint="streams", code="401"
-    ) == 1
+    assert (
+        sample(
+            samples,
+            "neo_exporter_api_requests_total",
+            account="acme",
+            endpoint="streams",
+            code="401",
+        )
+        == 1
+    )
     assert "rejected the token" in caplog.text
     assert "wrong-secret-42" not in caplog.text
 
@@ -243,9 +248,7 @@ def test_a_row_changed_after_counting_is_reported_not_recounted(
     assert sample(samples, "neo_exporter_changed_records_total", account="acme") == 1
 
 
-def test_tasks_feed_window_gauges(
-    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
-) -> None:
+def test_tasks_feed_window_gauges(neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any) -> None:
     rows = neo.generate(120, T0 - DAY, T0 - 60, late_fraction=0.0)
     exporter = make_exporter(make_config(fake.url))
     assert exporter.pollers[0].poll_tasks()

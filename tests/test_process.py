@@ -60,9 +60,7 @@ def truth_from_json(data: dict[str, Any]) -> SimpleNamespace:
         if isinstance(value, list):  # [[key parts..., value], ...]
             return {tuple(item[:-1]) if len(item) > 2 else item[0]: item[-1] for item in value}
         if isinstance(value, dict):
-            return {
-                k: tuple(v) if isinstance(v, list) else v for k, v in value.items()
-            }
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
         return value
 
     return SimpleNamespace(**{k: keyed(v) for k, v in data.items()})
@@ -77,8 +75,18 @@ def test_sigkill_at_random_points_of_a_backfill_never_loses_or_double_counts(
 ) -> None:
     rng = random.Random(2026)
     state = tmp_path / "state.db"
-    with fake_api("--seed", "11", "--streams", "3000", "--history", "1d", "--latency-ms", "15",
-                  "--late-fraction", "0") as (_, fake_url):
+    with fake_api(
+        "--seed",
+        "11",
+        "--streams",
+        "3000",
+        "--history",
+        "1d",
+        "--latency-ms",
+        "15",
+        "--late-fraction",
+        "0",
+    ) as (_, fake_url):
         config = write_config(tmp_path / "config.yaml", fake_url, state)
         expected = truth(fake_url)
         previous: dict[SampleKey, float] = {}
@@ -98,12 +106,23 @@ def test_sigkill_at_random_points_of_a_backfill_never_loses_or_double_counts(
             previous = now
         proc, url = start_exporter("--config.file", str(config), env=ENV)
         try:
+
             def caught_up() -> dict[SampleKey, float] | None:
                 samples = metrics(url)
-                done = sample(samples, "neo_exporter_polls_total", account="acme",
-                              kind="reconcile", result="success")
-                done += sample(samples, "neo_exporter_polls_total", account="acme",
-                               kind="incremental", result="success")
+                done = sample(
+                    samples,
+                    "neo_exporter_polls_total",
+                    account="acme",
+                    kind="reconcile",
+                    result="success",
+                )
+                done += sample(
+                    samples,
+                    "neo_exporter_polls_total",
+                    account="acme",
+                    kind="incremental",
+                    result="success",
+                )
                 return samples if done >= 1 else None
 
             final = wait_until(caught_up, 60, "a complete read after the restarts")
@@ -216,7 +235,9 @@ def test_a_config_error_exits_2_naming_every_key_without_a_traceback(tmp_path: P
 
 def test_check_config_accepts_the_example_config() -> None:
     result = run_cli(
-        "--check-config", "--config.file", "config.example.yaml",
+        "--check-config",
+        "--config.file",
+        "config.example.yaml",
         env={"NEO_API_TOKEN": "example-token"},
     )
     assert result.returncode == 0, result.stderr
