@@ -18,7 +18,6 @@ from typing import TypeVar
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-URL_PATTERN = re.compile(r"(?:listening on|listening on http://\S+ )?(http://127\.0\.0\.1:\d+)")
 T = TypeVar("T")
 
 
