@@ -62,7 +62,7 @@ def plan_streams_read(
     return ReadPlan("incremental", start, now)
 
 
-class _ProgressLog:
+class ProgressLog:
     """Progress of one read: a log line every few seconds and the landing page's figures."""
 
     def __init__(
@@ -204,7 +204,7 @@ class AccountPoller:
             "to": format_timestamp(plan.end),  # pinned for every page of this read
             "sort": "created_at",
         }
-        progress = _ProgressLog(
+        progress = ProgressLog(
             self.name, plan.kind, self._clock, lambda p: self._store.update(self.name, progress=p)
         )
         skips = _SkipLog(self.name, "streams", self._metrics)

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from exporter.cli import Exporter, build
+from exporter.client import PageProgress
 from exporter.config import Config, config_from_mapping
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import format_timestamp
-from exporter.poller import plan_streams_read
+from exporter.poller import ProgressLog, plan_streams_read
+from exporter.snapshot import ReadProgress
 from tests.conftest import ManualClock, sample, scrape, select, truth_mismatches
 
 DAY = 86400.0
@@ -281,3 +283,21 @@ def test_plan_reads_the_window_first_then_the_lookback() -> None:
     assert after_downtime.start == T0 - 5 * 3600
     due = plan_streams_read(T0, polling, T0 - 60, T0 - polling.reconcile_interval)
     assert due.kind == "reconcile"
+
+
+def test_a_long_read_logs_progress_with_an_estimate_of_the_time_left(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    published: list[ReadProgress | None] = []
+    progress = ProgressLog("acme", "reconcile", clock, published.append)
+    caplog.set_level(logging.INFO, logger="exporter.poller")
+    clock.advance(1)
+    progress(PageProgress(1, 10, 200, 2000))  # too soon for a log line
+    clock.advance(5)
+    progress(PageProgress(2, 10, 400, 2000))
+    last = published[-1]
+    assert last is not None
+    assert (last.pages_done, last.rows_done, last.rows_total) == (2, 400, 2000)
+    assert last.eta_seconds == pytest.approx(6 * 1600 / 400)
+    lines = [r.getMessage() for r in caplog.records if "read:" in r.getMessage()]
+    assert lines == ["account=acme reconcile read: pages 2/10, rows 400/2000, about 24s left"]
