@@ -1,0 +1,726 @@
+"""Generate the Grafana dashboards in grafana/dashboards/ from code.
+
+    python grafana/generate.py          # rewrite the JSON files
+    python grafana/generate.py --check  # exit 1 if a committed file differs from the code
+
+The dashboards are built with grafana-foundation-sdk (pinned in the test extra), then given
+stable panel ids and query refIds, and written with sorted keys so that diffs stay small.
+Every panel and query uses the `$datasource` variable; there are no `__inputs`, so the files
+can be provisioned as they are. Days and months are UTC, as in PromQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, stat, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+TOP_N = 10
+
+# Label selectors shared by the panels. Tool and agent breakdowns carry no `model` label.
+ACC = 'account=~"$account"'
+SEL = 'account=~"$account", model=~"$model"'
+ERROR_STATUSES = "error|failed|blocked"
+CREDITS_PER_HOUR = "suffix: credits/h"
+USD = "currencyUSD"
+
+# Seconds left in the current UTC month, for the month projection.
+MONTH_LEFT = "(days_in_month() * 86400 - (day_of_month() - 1) * 86400 - time() % 86400)"
+
+
+def query(expr: str, legend: str = "__auto", *, instant: bool = False) -> prom.Dataquery:
+    q = prom.Dataquery().expr(expr).legend_format(legend).datasource(DS)
+    return q.instant() if instant else q.range()
+
+
+def with_queries(panel: Any, *queries: prom.Dataquery) -> Any:
+    for ref, q in zip("ABCDEFGH", queries, strict=False):
+        panel = panel.with_target(q.ref_id(ref))
+    return panel
+
+
+def stat_panel(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prom.Dataquery,
+    w: int = 6,
+    h: int = 4,
+    time_from: str | None = None,
+    decimals: float | None = 2,
+) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .color_mode(common.BigValueColorMode.NONE)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+    )
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    if time_from:
+        # "now/d" shows today so far, "now/M" this month so far, whatever range is picked.
+        panel = panel.time_from(time_from)
+    return with_queries(panel, *queries)
+
+
+def legend() -> common_builders.VizLegendOptions:
+    return (
+        common_builders.VizLegendOptions()
+        .display_mode(common.LegendDisplayMode.TABLE)
+        .placement(common.LegendPlacement.BOTTOM)
+        .show_legend(True)
+        .calcs(["mean", "max", "lastNotNull"])
+    )
+
+
+def series_panel(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prom.Dataquery,
+    w: int = 12,
+    h: int = 8,
+    stacked: bool = False,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .fill_opacity(10)
+        .legend(legend())
+        .tooltip(
+            common_builders.VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
+    )
+    if stacked:
+        panel = panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+    return with_queries(panel, *queries)
+
+
+def bars_panel(
+    title: str, description: str, unit: str, *queries: prom.Dataquery, w: int = 12, h: int = 8
+) -> bargauge.Panel:
+    panel = (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+    )
+    return with_queries(panel, *queries)
+
+
+def up_mapping() -> list[model.ValueMap]:
+    return [
+        model.ValueMap(
+            options={
+                "0": model.ValueMappingResult(text="DOWN", color="red"),
+                "1": model.ValueMappingResult(text="UP", color="green"),
+            }
+        )
+    ]
+
+
+def datasource_variable() -> dash.DatasourceVariable:
+    return dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def label_variable(name: str, label: str, source: str) -> dash.QueryVariable:
+    return (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DS)
+        .query(
+            {"qryType": 1, "query": source, "refId": "PrometheusVariableQueryEditor-VariableQuery"}
+        )
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(model.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+# --- Neo spend overview ---------------------------------------------------------------------
+
+
+def credits_expr(window: str, by: str = "byok") -> str:
+    return f"sum by ({by}) (increase(neo_credits_total{{{SEL}}}[{window}]))"
+
+
+def usd_queries(window: str) -> tuple[prom.Dataquery, prom.Dataquery]:
+    return (
+        query(
+            f"sum by (byok) (increase(neo_llm_cost_usd_total{{{SEL}}}[{window}]))",
+            "LLM cost, BYOK={{byok}}",
+            instant=True,
+        ),
+        query(
+            f"sum by (byok) (increase(neo_platform_cost_usd_total{{{SEL}}}[{window}]))",
+            "Platform fee, BYOK={{byok}}",
+            instant=True,
+        ),
+    )
+
+
+def projected(metric: str) -> str:
+    # Month so far (the panel's range is forced to "now/M") plus the rest of the month at
+    # the pace of the last 24 hours.
+    return (
+        f"sum by (byok) (increase({metric}{{{SEL}}}[$__range]))"
+        f" + sum by (byok) (rate({metric}{{{SEL}}}[1d])) * scalar{MONTH_LEFT}"
+    )
+
+
+def spend_row() -> Iterator[Builder[Any]]:
+    yield dash.Row("Spend (credits and USD are different quantities: never add them)")
+    byok = "BYOK={{byok}}"
+    yield stat_panel(
+        "Credits today",
+        "Neo credits consumed since 00:00 UTC, by BYOK.",
+        "none",
+        query(credits_expr("$__range"), byok, instant=True),
+        time_from="now/d",
+    )
+    yield stat_panel(
+        "Credits in range",
+        "Neo credits consumed in the dashboard's time range, by BYOK.",
+        "none",
+        query(credits_expr("$__range"), byok, instant=True),
+    )
+    yield stat_panel(
+        "Credits projected this month",
+        "Month so far (UTC) plus the rest of the month at the last 24 hours' pace.",
+        "none",
+        query(projected("neo_credits_total"), byok, instant=True),
+        time_from="now/M",
+    )
+    yield stat_panel(
+        "Error ratio in range",
+        f"Streams with status {ERROR_STATUSES} over all streams that ended in the range.",
+        "percentunit",
+        query(
+            f'sum(increase(neo_streams_total{{{SEL}, status=~"{ERROR_STATUSES}"}}[$__range]))'
+            f" / sum(increase(neo_streams_total{{{SEL}}}[$__range]))",
+            "error ratio",
+            instant=True,
+        ),
+    )
+    yield stat_panel(
+        "USD today (BYOK)",
+        "LLM cost paid to your provider and Neo's platform fee since 00:00 UTC, by BYOK.",
+        USD,
+        *usd_queries("$__range"),
+        time_from="now/d",
+    )
+    yield stat_panel(
+        "USD in range (BYOK)",
+        "LLM cost and platform fee in the dashboard's time range, by BYOK.",
+        USD,
+        *usd_queries("$__range"),
+    )
+    yield stat_panel(
+        "USD projected this month",
+        "Month so far (UTC) plus the rest of the month at the last 24 hours' pace.",
+        USD,
+        query(projected("neo_llm_cost_usd_total"), "LLM cost, BYOK={{byok}}", instant=True),
+        query(
+            projected("neo_platform_cost_usd_total"),
+            "Platform fee, BYOK={{byok}}",
+            instant=True,
+        ),
+        time_from="now/M",
+    )
+    yield stat_panel(
+        "Streams in range",
+        "Streams (task executions) that ended in the range, by status.",
+        "none",
+        query(
+            f"sum by (status) (increase(neo_streams_total{{{SEL}}}[$__range]))",
+            "{{status}}",
+            instant=True,
+        ),
+        decimals=0,
+    )
+
+
+def spend_over_time_row() -> Iterator[Builder[Any]]:
+    yield dash.Row("Spend over time")
+    yield series_panel(
+        "Credit spend rate",
+        "Credits per hour, by BYOK.",
+        CREDITS_PER_HOUR,
+        query(
+            f"sum by (byok) (rate(neo_credits_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "BYOK={{byok}}",
+        ),
+    )
+    yield series_panel(
+        "USD spend rate (BYOK)",
+        "USD per hour: LLM cost paid to your provider and Neo's platform fee.",
+        USD,
+        query(
+            f"sum by (byok) (rate(neo_llm_cost_usd_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "LLM cost/h, BYOK={{byok}}",
+        ),
+        query(
+            f"sum by (byok) (rate(neo_platform_cost_usd_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "Platform fee/h, BYOK={{byok}}",
+        ),
+    )
+    yield series_panel(
+        "Credit spend rate by model",
+        "Credits per hour, by model.",
+        CREDITS_PER_HOUR,
+        query(
+            f"sum by (model) (rate(neo_credits_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "{{model}}",
+        ),
+        stacked=True,
+    )
+    yield bars_panel(
+        "Spend in range by model",
+        "Credits and USD (LLM cost plus platform fee, both USD) per model in the range.",
+        "none",
+        query(
+            f"sort_desc(sum by (model) (increase(neo_credits_total{{{SEL}}}[$__range])))",
+            "{{model}} credits",
+            instant=True,
+        ),
+        query(
+            f"sort_desc(sum by (model) (increase(neo_llm_cost_usd_total{{{SEL}}}[$__range]))"
+            f" + sum by (model) (increase(neo_platform_cost_usd_total{{{SEL}}}[$__range])))",
+            "{{model}} USD",
+            instant=True,
+        ),
+    )
+
+
+def streams_row() -> Iterator[Builder[Any]]:
+    yield dash.Row("Streams")
+    yield series_panel(
+        "Streams by status",
+        "Streams that ended, per hour, by status.",
+        "suffix: streams/h",
+        query(
+            f"sum by (status) (rate(neo_streams_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "{{status}}",
+        ),
+        stacked=True,
+    )
+    yield series_panel(
+        "Error ratio",
+        f"Share of streams ending with status {ERROR_STATUSES}.",
+        "percentunit",
+        query(
+            f'sum(rate(neo_streams_total{{{SEL}, status=~"{ERROR_STATUSES}"}}[$__rate_interval]))'
+            f" / sum(rate(neo_streams_total{{{SEL}}}[$__rate_interval]))",
+            "error ratio",
+        ),
+    )
+    for title, metric, what in (
+        ("Stream duration", "neo_stream_duration_seconds", "Execution time of each stream"),
+        (
+            "Step latency",
+            "neo_stream_step_latency_seconds",
+            "Each stream's own average step latency (an average of averages)",
+        ),
+    ):
+        yield series_panel(
+            f"{title} percentiles",
+            f"{what}: p50, p90 and p99 over all selected models.",
+            "s",
+            *(
+                query(
+                    f"histogram_quantile({q}, sum by (le) "
+                    f"(rate({metric}_bucket{{{SEL}}}[$__rate_interval])))",
+                    f"p{round(q * 100)}",
+                )
+                for q in (0.5, 0.9, 0.99)
+            ),
+        )
+
+
+def tools_row() -> Iterator[Builder[Any]]:
+    yield dash.Row(f"Tools and agents (top {TOP_N}; these have no model label)")
+    yield bars_panel(
+        f"Tool calls in range, top {TOP_N}",
+        "Tool calls per tool in the range.",
+        "none",
+        query(
+            f"topk({TOP_N}, sum by (tool) "
+            f"(increase(neo_tool_calls_by_tool_total{{{ACC}}}[$__range])))",
+            "{{tool}}",
+            instant=True,
+        ),
+        w=8,
+    )
+    yield series_panel(
+        f"Tool time by tool, top {TOP_N}",
+        "Seconds of tool execution per second of wall time, per tool.",
+        "s",
+        query(
+            f"topk({TOP_N}, sum by (tool) "
+            f"(rate(neo_tool_time_by_tool_seconds_total{{{ACC}}}[$__rate_interval])))",
+            "{{tool}}",
+        ),
+        w=8,
+    )
+    yield series_panel(
+        f"Tool call p95 latency, top {TOP_N}",
+        "95th percentile duration of single tool calls, per tool (slowest first).",
+        "s",
+        query(
+            f"topk({TOP_N}, histogram_quantile(0.95, sum by (le, tool) "
+            f"(rate(neo_tool_call_duration_seconds_bucket{{{ACC}}}[$__rate_interval]))))",
+            "{{tool}}",
+        ),
+        w=8,
+    )
+    yield bars_panel(
+        f"Agent triggers in range, top {TOP_N}",
+        "Agent triggers per agent in the range.",
+        "none",
+        query(
+            f"topk({TOP_N}, sum by (agent) "
+            f"(increase(neo_agent_triggers_by_agent_total{{{ACC}}}[$__range])))",
+            "{{agent}}",
+            instant=True,
+        ),
+    )
+    yield series_panel(
+        "Tool calls and agent triggers",
+        "Per hour, over the selected accounts and models.",
+        "suffix: /h",
+        query(f"sum(rate(neo_tool_calls_total{{{SEL}}}[$__rate_interval])) * 3600", "tool calls"),
+        query(
+            f"sum(rate(neo_agent_triggers_total{{{SEL}}}[$__rate_interval])) * 3600",
+            "agent triggers",
+        ),
+        query(f"sum(rate(neo_steps_total{{{SEL}}}[$__rate_interval])) * 3600", "steps"),
+    )
+
+
+def window_row() -> Iterator[Builder[Any]]:
+    yield dash.Row("Window gauges (the exporter's polling.window back from now)")
+    yield stat_panel(
+        "Window length",
+        "The configured polling.window these gauges cover.",
+        "dtdurations",
+        query("max(neo_exporter_window_seconds)", "window", instant=True),
+        w=4,
+        decimals=None,
+    )
+    yield stat_panel(
+        "Credits in window",
+        "Credits of the tasks created within the window (from /usage/tasks).",
+        "none",
+        query(f"sum(neo_window_credits{{{ACC}}})", "credits", instant=True),
+        w=4,
+    )
+    yield stat_panel(
+        "USD in window",
+        "LLM cost and platform fee of the tasks created within the window.",
+        USD,
+        query(f"sum(neo_window_llm_cost_usd{{{ACC}}})", "LLM cost", instant=True),
+        query(f"sum(neo_window_platform_cost_usd{{{ACC}}})", "Platform fee", instant=True),
+        w=4,
+    )
+    yield stat_panel(
+        "Streams in window",
+        "Counted streams created within the window, by status.",
+        "none",
+        query(f"sum by (status) (neo_window_streams{{{ACC}}})", "{{status}}", instant=True),
+        decimals=0,
+    )
+    yield stat_panel(
+        "Tasks in window",
+        "Tasks created within the window, by status (from /usage/tasks).",
+        "none",
+        query(f"sum by (status) (neo_window_tasks{{{ACC}}})", "{{status}}", instant=True),
+        decimals=0,
+    )
+
+
+def health_panels() -> Iterator[Builder[Any]]:
+    """The exporter's health, shared by both dashboards."""
+    yield stat_panel(
+        "Neo API up",
+        "1 if the last read of the endpoint succeeded.",
+        "none",
+        query(
+            f"min by (account, endpoint) (neo_up{{{ACC}}})",
+            "{{account}} {{endpoint}}",
+            instant=True,
+        ),
+        decimals=None,
+    ).mappings(up_mapping())
+    yield stat_panel(
+        "Last success age",
+        "Seconds since the last successful read, per endpoint.",
+        "s",
+        query(
+            "time() - max by (account, endpoint) "
+            f"(neo_exporter_last_success_timestamp_seconds{{{ACC}}})",
+            "{{account}} {{endpoint}}",
+            instant=True,
+        ),
+        decimals=0,
+    )
+    yield series_panel(
+        "API responses by code",
+        "Requests to the Neo API per second by HTTP status; anything but 200 is an error "
+        "(timeout and connection_error when no status came back).",
+        "reqps",
+        query(
+            f"sum by (code) (rate(neo_exporter_api_requests_total{{{ACC}}}[$__rate_interval]))",
+            "{{code}}",
+        ),
+        w=6,
+    )
+    yield series_panel(
+        "Poll duration",
+        "Wall time of the last successful streams read.",
+        "s",
+        query(
+            f"max by (account) (neo_exporter_last_poll_duration_seconds{{{ACC}}})",
+            "{{account}}",
+        ),
+        w=6,
+    )
+
+
+def spend_overview() -> dash.Dashboard:
+    builder = (
+        dash.Dashboard("Neo spend overview")
+        .uid("neo-spend-overview")
+        .description("Spend, streams, tools and agents from neo-exporter, and its health.")
+        .tags(["neo", "neo-exporter"])
+        .timezone("utc")
+        .time("now-24h", "now")
+        .refresh("1m")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
+        .with_variable(label_variable("account", "Account", "label_values(neo_up, account)"))
+        .with_variable(
+            label_variable(
+                "model",
+                "Model",
+                'label_values(neo_credits_total{account=~"$account"}, model)',
+            )
+        )
+        .link(
+            dash.DashboardLink("Exporter health")
+            .type(model.DashboardLinkType.DASHBOARDS)
+            .tags(["neo-exporter"])
+            .as_dropdown(False)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+    sections = (
+        spend_row(),
+        spend_over_time_row(),
+        streams_row(),
+        tools_row(),
+        window_row(),
+        [dash.Row("Exporter health"), *health_panels()],
+    )
+    return add_all(builder, sections)
+
+
+# --- Exporter health ------------------------------------------------------------------------
+
+
+def exporter_health() -> dash.Dashboard:
+    builder = (
+        dash.Dashboard("Neo exporter health")
+        .uid("neo-exporter-health")
+        .description("Is neo-exporter reading the Neo API, how fresh is its data, and its state.")
+        .tags(["neo", "neo-exporter"])
+        .timezone("utc")
+        .time("now-6h", "now")
+        .refresh("1m")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
+        .with_variable(label_variable("account", "Account", "label_values(neo_up, account)"))
+    )
+    freshness = [
+        dash.Row("Reads and freshness"),
+        *health_panels(),
+        series_panel(
+            "Data lag",
+            "How far behind the data is: now minus the end of the last complete streams "
+            "read. Alert NeoExporterDataStale fires above its threshold.",
+            "s",
+            query(
+                f"time() - max by (account) (neo_exporter_watermark_timestamp_seconds{{{ACC}}})",
+                "{{account}}",
+            ),
+            w=8,
+        ),
+        series_panel(
+            "Polls by kind and result",
+            "Reads per second by kind (incremental, reconcile, tasks) and result.",
+            "reqps",
+            query(
+                "sum by (kind, result) "
+                f"(rate(neo_exporter_polls_total{{{ACC}}}[$__rate_interval]))",
+                "{{kind}} {{result}}",
+            ),
+            w=8,
+        ),
+        series_panel(
+            "Retries by reason",
+            "Retried requests per second by reason (429, 5xx, timeout, connection_error, "
+            "invalid_body).",
+            "reqps",
+            query(
+                "sum by (endpoint, reason) "
+                f"(rate(neo_exporter_api_retries_total{{{ACC}}}[$__rate_interval]))",
+                "{{endpoint}} {{reason}}",
+            ),
+            w=8,
+        ),
+    ]
+    data = [
+        dash.Row("Data quality and state"),
+        series_panel(
+            "Changed records",
+            "Streams whose values changed after they were counted (logged, never "
+            "recounted), per interval.",
+            "none",
+            query(
+                "sum by (account) "
+                f"(increase(neo_exporter_changed_records_total{{{ACC}}}[$__rate_interval]))",
+                "{{account}}",
+            ),
+            w=8,
+        ),
+        series_panel(
+            "Skipped rows and dropped details",
+            "Rows that could not be counted and malformed detail entries, per interval.",
+            "none",
+            query(
+                "sum by (endpoint, reason) "
+                f"(increase(neo_exporter_skipped_records_total{{{ACC}}}[$__rate_interval]))",
+                "skipped {{endpoint}} {{reason}}",
+            ),
+            query(
+                "sum by (field) "
+                f"(increase(neo_exporter_invalid_details_total{{{ACC}}}[$__rate_interval]))",
+                "dropped {{field}}",
+            ),
+            w=8,
+        ),
+        series_panel(
+            "State size",
+            "Size of the SQLite state, and the stream ids it keeps for deduplication.",
+            "bytes",
+            query("max by (instance) (neo_exporter_state_size_bytes)", "{{instance}} bytes"),
+            query(
+                f"sum by (account) (neo_exporter_seen_streams{{{ACC}}})",
+                "{{account}} seen streams",
+            ),
+            w=8,
+        ).override_by_regexp(
+            ".*seen streams", [model.DynamicConfigValue(id_val="unit", value="none")]
+        ),
+        stat_panel(
+            "Build",
+            "Exporter and Python versions of each running exporter.",
+            "none",
+            query(
+                "max by (instance, version, python_version) (neo_exporter_build_info)",
+                "{{instance}} {{version}} (Python {{python_version}})",
+                instant=True,
+            ),
+            w=24,
+            h=3,
+            decimals=None,
+        ),
+    ]
+    return add_all(builder, (freshness, data))
+
+
+def add_all(builder: dash.Dashboard, sections: Any) -> dash.Dashboard:
+    for section in sections:
+        for item in section:
+            builder = (
+                builder.with_row(item) if isinstance(item, dash.Row) else builder.with_panel(item)
+            )
+    return builder
+
+
+DASHBOARDS = {
+    "neo-spend-overview.json": spend_overview,
+    "neo-exporter-health.json": exporter_health,
+}
+
+
+def render(builder: dash.Dashboard) -> str:
+    data: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    # Stable ids in layout order: Grafana links and alerts refer to panels by id.
+    for number, panel in enumerate(data["panels"], start=1):
+        panel["id"] = number
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a file is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = OUT / name
+        text = render(build())
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            OUT.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print(
+            f"out of date: {', '.join(stale)}; run: python grafana/generate.py",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
