@@ -65,6 +65,7 @@ class PageProgress:
 
 RequestHook = Callable[[str, str], None]  # (endpoint, code)
 RetryHook = Callable[[str, str], None]  # (endpoint, reason)
+RETRY_REASONS = ("429", "5xx", "timeout", "connection_error", "invalid_body")
 
 
 class _Budget:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from exporter.client import RETRY_REASONS
 from exporter.models import ROW_REASONS
 
 ENDPOINTS = ("streams", "tasks")
@@ -62,6 +63,8 @@ class ExporterMetrics:
             for endpoint in ENDPOINTS:
                 for reason in ROW_REASONS:
                     self.skipped_records.labels(account, endpoint, reason)
+                for reason in RETRY_REASONS:
+                    self.api_retries.labels(account, endpoint, reason)
             for field in DETAIL_FIELDS:
                 self.invalid_details.labels(account, field)
 
