@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
+from exporter.account_info import AccountInfoPoller
 from exporter.client import NeoClient
 from exporter.collector import NeoCollector
 from exporter.config import Config, ConfigError, config_from_mapping, load_config
@@ -56,6 +57,7 @@ class Exporter:
     registry: CollectorRegistry
     pollers: list[AccountPoller]
     clients: list[NeoClient]
+    info_pollers: list[AccountInfoPoller] = field(default_factory=list)
 
     def close(self) -> None:
         for client in self.clients:
@@ -80,7 +82,8 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     registry = CollectorRegistry()
     metrics = ExporterMetrics(registry, names)
     registry.register(NeoCollector(store))
-    pollers, clients = [], []
+    pollers, clients, info_pollers = [], [], []
+    members = config.metrics.members
     for account in config.accounts:
         client = NeoClient(
             account,
@@ -92,13 +95,34 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
         clients.append(client)
         pollers.append(
             AccountPoller(
-                account, config.polling, state, client, store, metrics, stop=stop, clock=clock
+                account,
+                config.polling,
+                state,
+                client,
+                store,
+                metrics,
+                stop=stop,
+                clock=clock,
+                top_tasks=config.metrics.top_tasks,
+                task_emails=members.enabled,
+            )
+        )
+        info_pollers.append(
+            AccountInfoPoller(
+                account.name,
+                config.polling,
+                config.metrics,
+                client,
+                store,
+                metrics,
+                stop=stop,
+                clock=clock,
             )
         )
     # Counters restored from the state are visible from the first scrape, before any poll.
     for poller in pollers:
         store.update(poller.name, counts=state.counts(poller.name))
-    return Exporter(config, state, store, registry, pollers, clients)
+    return Exporter(config, state, store, registry, pollers, clients, info_pollers)
 
 
 def run(
@@ -124,6 +148,9 @@ def run(
     threads = [
         threading.Thread(target=poller.run, name=f"poll-{poller.name}", daemon=True)
         for poller in exporter.pollers
+    ] + [
+        threading.Thread(target=poller.run, name=f"info-{poller.name}", daemon=True)
+        for poller in exporter.info_pollers
     ]
     for thread in threads:
         thread.start()
@@ -142,6 +169,7 @@ def run_once(config: Config, stop: threading.Event) -> tuple[bytes, bool]:
     exporter = build(config, stop, time.time)
     try:
         ok = all([poller.poll_once() for poller in exporter.pollers])
+        ok = all([poller.poll_once() for poller in exporter.info_pollers]) and ok
         return generate_latest(exporter.registry), ok
     finally:
         exporter.close()

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
-from exporter.snapshot import Snapshot, SnapshotStore
+from exporter.snapshot import ACCOUNT_ENDPOINTS, Snapshot, SnapshotStore
 from exporter.state import (
     AGENT_TRIGGERS,
     CHANGED_RECORDS,
@@ -157,6 +157,150 @@ WINDOW_DOCS = (
     ),
 )
 
+SUMMARY_SOURCE = "/api/v1/usage/summary"
+SUMMARY_REFRESH = "Refreshed every poll of the summary (polling.summary_interval)."
+
+
+def _summary_gauge(name: str, labels: tuple[str, ...], what: str) -> MetricDoc:
+    return MetricDoc(name, "gauge", ("account", *labels), f"{what} {SUMMARY_REFRESH}")
+
+
+SUMMARY_DOCS = (
+    _summary_gauge(
+        "neo_account_window_credits",
+        (),
+        f"Neo credits used within the window (polling.window), as the API sums them "
+        f"(field total_neo_credits of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_window_tasks",
+        ("status",),
+        f"Tasks created within the window, by status (field by_status of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_window_byok_llm_cost_usd",
+        (),
+        f"BYOK LLM cost in USD within the window (field byok.total_llm_cost of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_window_byok_platform_cost_usd",
+        (),
+        f"Neo platform fee of BYOK runs in USD within the window (field byok.total_neo_cost "
+        f"of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_window_byok_streams",
+        (),
+        f"BYOK streams within the window (field byok.total_streams of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_window_byok_tasks",
+        (),
+        f"BYOK tasks within the window (field byok.total_tasks of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_post_reset_credits",
+        (),
+        f"Neo credits used since the last credit reset (field total_neo_credits of "
+        f"{SUMMARY_SOURCE} from last_credit_reset to now).",
+    ),
+    _summary_gauge(
+        "neo_account_available_credits",
+        (),
+        f"Neo credits left (field total_available_neo_credits of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_issued_credits",
+        (),
+        f"Neo credits issued for the period (field total_issued_neo_credits of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_credits_expiry_timestamp_seconds",
+        (),
+        f"Unix time the credits expire (field neo_credits_expires_at of {SUMMARY_SOURCE}).",
+    ),
+    _summary_gauge(
+        "neo_account_last_credit_reset_timestamp_seconds",
+        (),
+        f"Unix time of the last credit reset (field last_credit_reset of {SUMMARY_SOURCE}).",
+    ),
+)
+
+MEMBER_DOCS = (
+    _summary_gauge(
+        "neo_member_window_credits",
+        ("email",),
+        "Neo credits used within the window per team member, the top metrics.members.limit "
+        f'members and the rest as email="other" (field by_email of {SUMMARY_SOURCE}; '
+        "only with metrics.members.enabled).",
+    ),
+    _summary_gauge(
+        "neo_member_window_tasks",
+        ("email",),
+        "Tasks created within the window per team member, grouped as for "
+        f"neo_member_window_credits (field by_email of {SUMMARY_SOURCE}; only with "
+        "metrics.members.enabled).",
+    ),
+)
+
+CAP_REFRESH = "Refreshed every poll of /api/v1/user (polling.user_interval); absent with no cap."
+CAP_DOCS = tuple(
+    MetricDoc(name, "gauge", ("account",), f"{what} {CAP_REFRESH}")
+    for name, what in (
+        ("neo_spending_cap_limit_usd", "Spending cap in USD (field cap.limit of /api/v1/user)."),
+        (
+            "neo_spending_cap_used_usd",
+            "Spend counted against the cap in USD (field cap.used of /api/v1/user).",
+        ),
+        (
+            "neo_spending_cap_remaining_usd",
+            "What is left of the cap in USD (field cap.remaining of /api/v1/user).",
+        ),
+        (
+            "neo_spending_cap_used_ratio",
+            "Share of the cap used, 0 to 1 and above (fields cap.used / cap.limit of "
+            "/api/v1/user; absent when the limit is 0).",
+        ),
+    )
+)
+
+BILLING_SOURCE = "/api/v1/billing/credits"
+BILLING_REFRESH = "Refreshed every poll of the balance (polling.credits_interval)."
+BILLING_DOCS = tuple(
+    MetricDoc(name, "gauge", ("account",), f"{what} {BILLING_REFRESH}")
+    for name, what in (
+        (
+            "neo_billing_available_credits",
+            f"Neo credits left (field available_credits of {BILLING_SOURCE}).",
+        ),
+        (
+            "neo_billing_issued_credits",
+            f"Neo credits issued (field issued_credits of {BILLING_SOURCE}).",
+        ),
+        (
+            "neo_billing_used_credits",
+            f"Neo credits used (field used_credits of {BILLING_SOURCE}).",
+        ),
+        (
+            "neo_billing_credits_expiry_timestamp_seconds",
+            f"Unix time the credits expire (field expires_at of {BILLING_SOURCE}).",
+        ),
+    )
+)
+
+TOP_TASK_DOCS = (
+    MetricDoc(
+        "neo_top_task_credits",
+        "gauge",
+        ("account", "rank", "task_id", "task_title", "email"),
+        "Neo credits of the window's most expensive tasks, rank 1 the most; at most "
+        "metrics.top_tasks series per account, the whole set replaced at each tasks read. "
+        "task_title is truncated; email is empty unless metrics.members.enabled (field "
+        "neo_credits of /api/v1/usage/tasks). Refreshed every poll of the tasks "
+        "(polling.tasks_interval).",
+    ),
+)
+
 HEALTH_DOCS = (
     MetricDoc(
         "neo_up",
@@ -215,7 +359,16 @@ HEALTH_DOCS = (
 )
 
 CATALOG: tuple[MetricDoc, ...] = (
-    STREAM_COUNTER_DOCS + BREAKDOWN_DOCS + HISTOGRAM_DOCS + WINDOW_DOCS + HEALTH_DOCS
+    STREAM_COUNTER_DOCS
+    + BREAKDOWN_DOCS
+    + HISTOGRAM_DOCS
+    + WINDOW_DOCS
+    + SUMMARY_DOCS
+    + MEMBER_DOCS
+    + CAP_DOCS
+    + BILLING_DOCS
+    + TOP_TASK_DOCS
+    + HEALTH_DOCS
 )
 _DOCS = {doc.name: doc for doc in CATALOG}
 
@@ -304,6 +457,89 @@ def window_gauges(snapshot: Snapshot) -> Iterator[Metric]:
     yield from (streams, tasks, credits, llm, platform_fee)
 
 
+def _set(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
+    """A sample only when the API gave the value: absent is not zero."""
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def summary_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    """Gauges from /usage/summary: the window's totals, credits, and per member if enabled.
+
+    neo_account_window_credits{account="acme"} 904.2
+    neo_account_available_credits{account="acme"} 22178.8
+    neo_account_credits_expiry_timestamp_seconds{account="acme"} 1.7645472e+09
+    neo_member_window_credits{account="acme",email="alice@example.com"} 231.5
+    """
+    families = {doc.name: _gauge(doc.name) for doc in SUMMARY_DOCS + MEMBER_DOCS}
+    for account in snapshot.accounts:
+        summary = account.info.summary
+        if summary is None:
+            continue
+        name = [account.name]
+        values = {
+            "neo_account_window_credits": summary.credits,
+            "neo_account_window_byok_llm_cost_usd": summary.byok_llm_cost,
+            "neo_account_window_byok_platform_cost_usd": summary.byok_neo_cost,
+            "neo_account_window_byok_streams": summary.byok_streams,
+            "neo_account_window_byok_tasks": summary.byok_tasks,
+            "neo_account_post_reset_credits": summary.credits_since_reset,
+            "neo_account_available_credits": summary.available_credits,
+            "neo_account_issued_credits": summary.issued_credits,
+            "neo_account_credits_expiry_timestamp_seconds": summary.credits_expire_at,
+            "neo_account_last_credit_reset_timestamp_seconds": summary.last_credit_reset,
+        }
+        for metric, value in values.items():
+            _set(families[metric], name, value)
+        for status, count in sorted(summary.tasks_by_status.items()):
+            families["neo_account_window_tasks"].add_metric([account.name, status], count)
+        for member in summary.members:
+            labels = [account.name, member.email]
+            families["neo_member_window_credits"].add_metric(labels, member.credits)
+            families["neo_member_window_tasks"].add_metric(labels, member.tasks)
+    yield from families.values()
+
+
+def cap_and_billing_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    """The spending cap (from /user) and the credit balance (from /billing/credits).
+
+    neo_spending_cap_limit_usd{account="acme"} 500.0
+    neo_spending_cap_used_ratio{account="acme"} 0.42
+    neo_billing_available_credits{account="acme"} 22178.8
+    """
+    families = {doc.name: _gauge(doc.name) for doc in CAP_DOCS + BILLING_DOCS}
+    for account in snapshot.accounts:
+        name = [account.name]
+        cap = account.info.cap
+        if cap is not None:
+            families["neo_spending_cap_limit_usd"].add_metric(name, cap.limit)
+            families["neo_spending_cap_used_usd"].add_metric(name, cap.used)
+            families["neo_spending_cap_remaining_usd"].add_metric(name, cap.remaining)
+            if cap.limit > 0:
+                families["neo_spending_cap_used_ratio"].add_metric(name, cap.used / cap.limit)
+        balance = account.info.credits
+        if balance is not None:
+            _set(families["neo_billing_available_credits"], name, balance.available)
+            _set(families["neo_billing_issued_credits"], name, balance.issued)
+            _set(families["neo_billing_used_credits"], name, balance.used)
+            _set(families["neo_billing_credits_expiry_timestamp_seconds"], name, balance.expires_at)
+    yield from families.values()
+
+
+def top_tasks(snapshot: Snapshot) -> Iterator[Metric]:
+    """The window's most expensive tasks by credits, one series per rank.
+
+    neo_top_task_credits{account="acme",rank="1",task_id="3f2c",task_title="Recon",email=""} 41.2
+    """
+    family = _gauge("neo_top_task_credits")
+    for account in snapshot.accounts:
+        for task in account.top_tasks:
+            family.add_metric(
+                [account.name, str(task.rank), task.task_id, task.title, task.email], task.credits
+            )
+    yield family
+
+
 def health(snapshot: Snapshot) -> Iterator[Metric]:
     """The exporter's view of each account: up, freshness, state, build.
 
@@ -319,8 +555,8 @@ def health(snapshot: Snapshot) -> Iterator[Metric]:
     seen = _gauge("neo_exporter_seen_streams")
     changed = _counter(CHANGED_RECORDS)
     for account in snapshot.accounts:
-        for endpoint in ("streams", "tasks"):
-            state = account.endpoints.get(endpoint)
+        for endpoint in ("streams", "tasks", *ACCOUNT_ENDPOINTS):
+            state = account.endpoints.get(endpoint) or account.info.endpoints.get(endpoint)
             up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
             if state and state.last_success is not None:
                 last_success.add_metric([account.name, endpoint], state.last_success)
@@ -355,4 +591,7 @@ class NeoCollector(Collector):
         yield from stream_counters(snapshot)
         yield from histograms(snapshot)
         yield from window_gauges(snapshot)
+        yield from summary_gauges(snapshot)
+        yield from cap_and_billing_gauges(snapshot)
+        yield from top_tasks(snapshot)
         yield from health(snapshot)

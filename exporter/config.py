@@ -98,6 +98,11 @@ class PollingConfig:
     reconcile_interval: float = 3600.0
     tasks_interval: float = 300.0
     catch_up_limit: float = 604800.0
+    # Account-level endpoints: each has its own refresh interval.
+    summary_interval: float = 300.0
+    user_interval: float = 300.0
+    credits_interval: float = 900.0
+    unavailable_retry_interval: float = 21600.0
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,19 @@ class Buckets:
 
 
 @dataclass(frozen=True)
+class MembersConfig:
+    """Per-member spend (`email` label): personal data, so off unless asked for."""
+
+    enabled: bool = False
+    limit: int = 20
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     label_limits: LabelLimits = field(default_factory=LabelLimits)
     buckets: Buckets = field(default_factory=Buckets)
+    members: MembersConfig = field(default_factory=MembersConfig)
+    top_tasks: int = 10
 
 
 @dataclass(frozen=True)
@@ -175,12 +190,15 @@ HTTP_KEYS: Final = _keys(HttpConfig)
 METRICS_KEYS: Final = _keys(MetricsConfig)
 LABEL_LIMIT_KEYS: Final = _keys(LabelLimits)
 BUCKET_KEYS: Final = _keys(Buckets)
+MEMBERS_KEYS: Final = _keys(MembersConfig)
 STATE_KEYS: Final = _keys(StateConfig)
 
 MAX_PAGE_SIZE: Final = 200  # the API's limit
 MAX_RETRIES: Final = 20
 MAX_CONCURRENCY: Final = 32
 MAX_LABEL_LIMIT: Final = 10000
+MAX_TOP_TASKS: Final = 100  # one series per rank: bounded by design
+MAX_MEMBERS: Final = 1000
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 INTEGER: Final = re.compile(r"[+-]?[0-9]+")
@@ -336,6 +354,14 @@ def _to_int(value: object) -> int:
     if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
         return int(value.strip())
     raise ValueError(f"expected an integer, got {_describe(value)}")
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # from ${VAR}
+    raise ValueError(f"expected true or false, got {_describe(value)}")
 
 
 def _to_name(value: object) -> str:
@@ -695,6 +721,15 @@ def _polling(reader: _Reader, value: object) -> PollingConfig:
         reconcile_interval=reconcile,
         tasks_interval=tasks,
         catch_up_limit=catch_up,
+        **{
+            key: reader.duration(section, path, key, getattr(default, key))
+            for key in (
+                "summary_interval",
+                "user_interval",
+                "credits_interval",
+                "unavailable_retry_interval",
+            )
+        },
     )
 
 
@@ -751,6 +786,9 @@ def _metrics(reader: _Reader, value: object) -> MetricsConfig:
     path = "metrics.buckets"
     buckets = reader.section(section.get("buckets"), path, BUCKET_KEYS)
     default_buckets = Buckets()
+    members_path = "metrics.members"
+    members = reader.section(section.get("members"), members_path, MEMBERS_KEYS)
+    default_members = MembersConfig()
     return MetricsConfig(
         label_limits=label_limits,
         buckets=Buckets(
@@ -758,6 +796,15 @@ def _metrics(reader: _Reader, value: object) -> MetricsConfig:
                 key: reader.buckets(buckets, path, key, getattr(default_buckets, key))
                 for key in BUCKET_KEYS
             }
+        ),
+        members=MembersConfig(
+            enabled=reader.get(members, members_path, "enabled", _to_bool, default_members.enabled),
+            limit=reader.integer(
+                members, members_path, "limit", default_members.limit, low=1, high=MAX_MEMBERS
+            ),
+        ),
+        top_tasks=reader.integer(
+            section, "metrics", "top_tasks", MetricsConfig().top_tasks, low=0, high=MAX_TOP_TASKS
         ),
     )
 
@@ -1015,6 +1062,7 @@ __all__ = [
     "ConfigError",
     "HttpConfig",
     "LabelLimits",
+    "MembersConfig",
     "MetricsConfig",
     "PollingConfig",
     "Secret",

@@ -19,6 +19,7 @@ documented here, so that tests can exercise both sides):
   some much later; a task's `created_at` and `model` are its first stream's, its `status` its
   latest stream's;
 - error bodies are `{"error": "..."}`; a team member's token gets 403 on usage and billing;
+  an account on no plan (`billing=False`) gets 404 on `/billing/credits`;
 - credits reset on the first day of each month (UTC) and expire at the next reset; the
   spending cap's `used` is the BYOK spend (`llm_cost + neo_cost`, USD) since the last reset.
 """
@@ -500,11 +501,31 @@ class _Shape(NamedTuple):
         )
 
 
-def _draw_task(rng: random.Random) -> _Task:
+class _People(NamedTuple):
+    """Who creates tasks: emails and their cumulative weights."""
+
+    emails: tuple[str, ...]
+    cumulative: tuple[float, ...]
+
+    @classmethod
+    def team(cls, members: int | None) -> _People:
+        """The default eight members, or `members` of them with Zipf-like shares."""
+        if members is None:
+            return _DEFAULT_PEOPLE
+        if members < 1:
+            raise ValueError(f"members must be >= 1, not {members}")
+        table = [(f"member{i:04d}@example.com", 1.0 / (i + 1)) for i in range(members)]
+        return cls(_names(table), _cumulative(table))
+
+
+_DEFAULT_PEOPLE = _People(_names(EMAILS), _EMAIL_CUM)
+
+
+def _draw_task(rng: random.Random, people: _People = _DEFAULT_PEOPLE) -> _Task:
     return _Task(
         task_id=_uuid(rng),
         task_title=sys.intern(f"{rng.choice(_TITLE_VERBS)} {rng.choice(_TITLE_HOSTS)}"),
-        email=EMAILS[_pick(rng, _EMAIL_CUM)][0],
+        email=people.emails[_pick(rng, people.cumulative)],
         model=MODEL_NAMES[_pick(rng, _MODEL_CUM)],
         is_byok=rng.random() < _BYOK_SHARE,
     )
@@ -571,6 +592,7 @@ def _generate(
     late_fraction: float,
     max_late: float,
     fit: bool,
+    people: _People = _DEFAULT_PEOPLE,
 ) -> list[_Gen]:
     """Streams grouped in tasks of 1-4, created in [start, end].
 
@@ -583,7 +605,7 @@ def _generate(
     window = end_ms - start_ms
     out: list[_Gen] = []
     while len(out) < count:
-        task = _draw_task(rng)
+        task = _draw_task(rng, people)
         size = min(count - len(out), _TASK_SIZES[_pick(rng, _SIZE_CUM)][0])
         shapes = [_draw_shape(rng, STATUS_NAMES[_pick(rng, _STATUS_CUM)]) for _ in range(size)]
         gaps = [rng.randint(5_000, 600_000) for _ in range(size - 1)] + [0]
@@ -607,12 +629,18 @@ def _generate(
     return out
 
 
-def _spike_streams(rng: random.Random, count: int, at_ms: int, multiplier: float) -> list[_Gen]:
+def _spike_streams(
+    rng: random.Random,
+    count: int,
+    at_ms: int,
+    multiplier: float,
+    people: _People = _DEFAULT_PEOPLE,
+) -> list[_Gen]:
     """Expensive single-stream tasks, created and visible at at_ms."""
     return [
         _make_stream(
             rng,
-            _draw_task(rng),
+            _draw_task(rng, people),
             _draw_shape(rng, "completed"),
             created_ms=at_ms,
             visible_us=at_ms * 1000,
@@ -978,6 +1006,8 @@ class FakeNeo:
         to_inclusive: bool = True,
         cap: float | None = 500.0,
         issued_credits: float = 25_000.0,
+        members: int | None = None,
+        billing: bool = True,
     ) -> None:
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be asc or desc, not {order!r}")
@@ -991,6 +1021,10 @@ class FakeNeo:
         self._tokens = self._admin | frozenset(member_tokens)
         self._cap = cap
         self._issued = issued_credits
+        # members: how many team members create tasks (None: the eight of EMAILS).
+        self._people = _People.team(members)
+        # billing=False: the account is on no plan, and /billing/credits answers 404.
+        self._billing = billing
         self.latency = latency
         self._rows: list[_Entry] = []  # sorted by created_at; ties in insertion order
         self._visible: list[int] = []  # every row's visible_us, sorted
@@ -1092,7 +1126,9 @@ class FakeNeo:
         """Add `count` expensive streams created and visible at `at` (default now)."""
         with self._lock:
             at_ms = math.floor((self._clock() if at is None else at) * 1000)
-            streams = self._insert(_spike_streams(self._rng, count, at_ms, multiplier))
+            streams = self._insert(
+                _spike_streams(self._rng, count, at_ms, multiplier, self._people)
+            )
             return [_stream_row(g) for g in streams]
 
     def start_live(
@@ -1328,6 +1364,8 @@ class FakeNeo:
         return 200, summary
 
     def _credits(self, now_us: int, query: Mapping[str, str], fault: str | None) -> tuple[int, Any]:
+        if not self._billing:
+            return 404, {"error": "no billing plan for this account"}
         return 200, self._credit_state(now_us)
 
     def _credit_state(self, now_us: int) -> dict[str, Any]:
@@ -1445,7 +1483,14 @@ class FakeNeo:
                 "need count >= 0, start <= end, 0 <= late_fraction <= 1, max_late >= 0"
             )
         streams = _generate(
-            self._rng, count, start, end, late_fraction=late_fraction, max_late=max_late, fit=True
+            self._rng,
+            count,
+            start,
+            end,
+            late_fraction=late_fraction,
+            max_late=max_late,
+            fit=True,
+            people=self._people,
         )
         return self._insert(streams)
 
@@ -1486,12 +1531,13 @@ class FakeNeo:
                 late_fraction=live.late_fraction,
                 max_late=live.max_late,
                 fit=False,
+                people=self._people,
             )
             every = live.spike_every
             if every and math.floor(start / every) != math.floor((start - _LIVE_BUCKET) / every):
                 size = max(3, round(live.rate_per_hour / 40))
                 at_ms = start * 1000 + rng.randrange(_LIVE_BUCKET * 1000)
-                streams += _spike_streams(rng, size, at_ms, 20.0)
+                streams += _spike_streams(rng, size, at_ms, 20.0, self._people)
             added.extend(s for s in streams if s.created_us >= live.started_us)
         live.next_bucket = max(live.next_bucket, last + 1)
         self._insert(added)
@@ -1955,6 +2001,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
     parser.add_argument("--order", choices=("desc", "asc"), default="desc")
     parser.add_argument("--no-cap", action="store_true", help="the user has no spending cap")
+    parser.add_argument("--members", type=int, default=None, help="team members creating tasks")
+    parser.add_argument(
+        "--no-billing", action="store_true", help="no billing plan: /billing/credits answers 404"
+    )
     return parser.parse_args(argv)
 
 
@@ -1966,6 +2016,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         order=args.order,
         latency=args.latency_ms / 1000,
         cap=None if args.no_cap else 500.0,
+        members=args.members,
+        billing=not args.no_billing,
     )
     if args.live_rate > 0:
         neo.start_live(

@@ -12,9 +12,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from exporter.client import RETRY_REASONS
 from exporter.models import ROW_REASONS
+from exporter.snapshot import ACCOUNT_ENDPOINTS
 
 ENDPOINTS = ("streams", "tasks")
-POLL_KINDS = ("incremental", "reconcile", "tasks")
+POLL_KINDS = ("incremental", "reconcile", "tasks", *ACCOUNT_ENDPOINTS)
 DETAIL_FIELDS = ("agent_breakdown", "tool_breakdown", "tool_call_history")
 
 
@@ -51,7 +52,8 @@ class ExporterMetrics:
         self.polls = Counter(
             "neo_exporter_polls",
             "Reads of the Neo API by kind (incremental lookback, reconcile of the whole "
-            "window, tasks) and result.",
+            "window, tasks, summary, user, credits) and result (success, failure, and "
+            "unavailable: a 403 or 404 of an account-level endpoint).",
             ["account", "kind", "result"],
             registry=registry,
         )
@@ -60,6 +62,8 @@ class ExporterMetrics:
             for kind in POLL_KINDS:
                 for result in ("success", "failure"):
                     self.polls.labels(account, kind, result)
+            for kind in ACCOUNT_ENDPOINTS:
+                self.polls.labels(account, kind, "unavailable")
             for endpoint in ENDPOINTS:
                 for reason in ROW_REASONS:
                     self.skipped_records.labels(account, endpoint, reason)

@@ -20,6 +20,7 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from exporter.account_info import TopTasks
 from exporter.client import ApiError, NeoClient, PageProgress, Stopped
 from exporter.config import AccountConfig, PollingConfig
 from exporter.instrumentation import ExporterMetrics
@@ -124,8 +125,12 @@ class AccountPoller:
         *,
         stop: threading.Event,
         clock: Callable[[], float] = time.time,
+        top_tasks: int = 0,
+        task_emails: bool = False,
     ) -> None:
         self.name = account.name
+        self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
+        self._task_emails = task_emails
         self._polling = polling
         self._state = state
         self._client = client
@@ -267,6 +272,7 @@ class AccountPoller:
         by_status: Tally[str] = Tally()
         credits = llm_cost = platform_cost = 0.0
         seen: set[str] = set()
+        top = TopTasks(self._top_tasks, emails=self._task_emails)
         try:
             for page in self._client.pages(TASKS_PATH, params, "tasks"):
                 for row in page.rows:
@@ -282,6 +288,7 @@ class AccountPoller:
                     credits += task.credits
                     llm_cost += task.llm_cost
                     platform_cost += task.neo_cost
+                    top.add(task, row)
         except Stopped:
             return False
         except ApiError as exc:
@@ -289,7 +296,10 @@ class AccountPoller:
             return False
         skips.summarise()
         self._succeeded("tasks", "tasks")
-        self._publish(tasks=TaskWindow(dict(by_status), credits, llm_cost, platform_cost))
+        self._publish(
+            tasks=TaskWindow(dict(by_status), credits, llm_cost, platform_cost),
+            top_tasks=top.ranked(),
+        )
         return True
 
     # --- health and publishing -----------------------------------------------------------

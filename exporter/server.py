@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.account_info import describe_endpoints
 from exporter.snapshot import AccountSnapshot, Snapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def _account_row(account: AccountSnapshot, now: float) -> str:
         if state.last_error and not state.up:
             text += f": {state.last_error}"
         cells.append(html.escape(text))
+    cells.append(html.escape(describe_endpoints(account.info, now)))
     cells.append(str(account.seen_streams))
     progress = account.progress
     if progress is None:
@@ -143,7 +145,8 @@ tr:nth-child(even){{background:#f4f4f4}}</style></head>
 <p>Prometheus exporter for ProjectDiscovery Neo usage. Status: {ready}.</p>
 <p><a href="/metrics">Metrics</a> &middot; <a href="/-/healthy">healthy</a> &middot;
 <a href="/-/ready">ready</a></p>
-<table><tr><th>account</th><th>streams</th><th>tasks</th><th>seen streams</th>
+<table><tr><th>account</th><th>streams</th><th>tasks</th><th>summary, user, credits</th>
+<th>seen streams</th>
 <th>current read</th></tr>
 {rows}
 </table></body></html>

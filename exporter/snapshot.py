@@ -43,6 +43,82 @@ class TaskWindow:
     platform_cost: float
 
 
+# Account-level endpoints, each read on its own interval (see exporter.account_info).
+ACCOUNT_ENDPOINTS = ("summary", "user", "credits")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpend:
+    """One member's spend over the window (`by_email` of the summary), or `other`."""
+
+    email: str
+    credits: float
+    tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """`/usage/summary` over the window, and the account's credit balance as it reports it.
+
+    Optional fields are None when the API leaves them out (they are not documented for sure).
+    """
+
+    credits: float
+    tasks_by_status: Mapping[str, int]
+    byok_llm_cost: float | None = None
+    byok_neo_cost: float | None = None
+    byok_streams: int | None = None
+    byok_tasks: int | None = None
+    available_credits: float | None = None
+    issued_credits: float | None = None
+    credits_expire_at: float | None = None
+    last_credit_reset: float | None = None
+    credits_since_reset: float | None = None
+    members: tuple[MemberSpend, ...] = ()  # empty unless metrics.members.enabled
+
+
+@dataclass(frozen=True, slots=True)
+class SpendingCap:
+    """`cap` of `/user`, in USD."""
+
+    limit: float
+    used: float
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreditBalance:
+    """`/billing/credits`; a field the API leaves out is None."""
+
+    available: float | None
+    issued: float | None
+    used: float | None
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopTask:
+    """One of the window's most expensive tasks; `email` is "" unless members are enabled."""
+
+    rank: int
+    task_id: str
+    title: str
+    email: str
+    credits: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """What the account-level endpoints (summary, user, credits) said last."""
+
+    summary: UsageSummary | None = None
+    cap: SpendingCap | None = None  # None before the first read, and when no cap applies
+    credits: CreditBalance | None = None
+    endpoints: Mapping[str, EndpointHealth] = field(default_factory=dict)
+    # Endpoints that answered 403/404, with when they are tried again.
+    unavailable_until: Mapping[str, float] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountSnapshot:
     name: str
@@ -55,6 +131,8 @@ class AccountSnapshot:
     watermark: float | None = None
     progress: ReadProgress | None = None
     first_poll_done: bool = False
+    info: AccountInfo = field(default_factory=AccountInfo)
+    top_tasks: tuple[TopTask, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
