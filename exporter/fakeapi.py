@@ -1159,6 +1159,11 @@ class FakeNeo:
                 spike_every,
             )
 
+    def set_cap(self, cap: float | None) -> None:
+        """Change the user's spending cap in USD (None: no cap applies)."""
+        with self._lock:
+            self._cap = cap
+
     # --- faults and the log ------------------------------------------------------------
 
     def inject(
