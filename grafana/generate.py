@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, stat, timeseries
+from grafana_foundation_sdk.builders import bargauge, gauge, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import prometheus as prom
@@ -26,6 +26,7 @@ from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import prometheus as prom_model
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -274,6 +275,155 @@ def spend_row() -> Iterator[Builder[Any]]:
             instant=True,
         ),
         decimals=0,
+    )
+
+
+def either(metric: str, fallback: str, how: str = "max") -> str:
+    """The balance from /billing/credits, or from the usage summary where billing answers 404."""
+    return f"({how} by (account) ({metric}{{{ACC}}}) or {how} by (account) ({fallback}{{{ACC}}}))"
+
+
+def thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
+    return (
+        dash.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def balance_row() -> Iterator[Builder[Any]]:
+    yield dash.Row("Credits left, spending cap and culprits")
+    available = either("neo_billing_available_credits", "neo_account_available_credits")
+    yield stat_panel(
+        "Credits left",
+        "Neo credits available now (from /billing/credits, or the usage summary where the "
+        "account has no billing endpoint).",
+        "none",
+        query(available, "{{account}}", instant=True),
+        w=4,
+    )
+    yield stat_panel(
+        "Credits last at the last 24h pace",
+        "Credits left divided by the credit spend rate of the last 24 hours (selected models): "
+        "when they would run out. Alert NeoCreditsRunningOut watches the last hour's pace.",
+        "s",
+        query(
+            f"{available} / on (account) sum by (account) (rate(neo_credits_total{{{SEL}}}[1d]))",
+            "{{account}}",
+            instant=True,
+        ),
+        w=4,
+        decimals=None,
+    )
+    yield stat_panel(
+        "Credits expire in",
+        "Time until the current credits expire (unused credits are lost then).",
+        "s",
+        query(
+            either(
+                "neo_billing_credits_expiry_timestamp_seconds",
+                "neo_account_credits_expiry_timestamp_seconds",
+                "min",
+            )
+            + " - time()",
+            "{{account}}",
+            instant=True,
+        ),
+        w=4,
+        decimals=None,
+    )
+    yield stat_panel(
+        "Credits used since the reset",
+        "Neo credits used since the last credit reset.",
+        "none",
+        query(
+            either("neo_billing_used_credits", "neo_account_post_reset_credits"),
+            "{{account}}",
+            instant=True,
+        ),
+        w=4,
+    )
+    yield with_queries(
+        gauge.Panel()
+        .title("Spending cap used")
+        .description(
+            "Share of the spending cap (USD, from /api/v1/user) used. Empty when no cap "
+            "applies. Alerts at 80 % (NeoSpendingCapHigh) and 95 % (NeoSpendingCapCritical)."
+        )
+        .datasource(DS)
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .span(4)
+        .height(4)
+        .thresholds(thresholds((None, "green"), (0.8, "orange"), (0.95, "red")))
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"])),
+        query(
+            f"max by (account) (neo_spending_cap_used_ratio{{{ACC}}})", "{{account}}", instant=True
+        ),
+    )
+    yield stat_panel(
+        "Spending cap left",
+        "What is left of the spending cap, in USD (BYOK LLM cost and platform fee count "
+        "against it).",
+        USD,
+        query(
+            f"max by (account) (neo_spending_cap_remaining_usd{{{ACC}}})",
+            "{{account}}",
+            instant=True,
+        ),
+        w=4,
+    )
+    top = query(
+        f"max by (account, rank, task_id, task_title, email) (neo_top_task_credits{{{ACC}}})",
+        "{{task_title}}",
+        instant=True,
+    ).format(prom_model.PromQueryFormat.TABLE)
+    yield with_queries(
+        table.Panel()
+        .title("Top tasks by credits in the window")
+        .description(
+            "The most expensive tasks of the exporter's polling.window, in credits (from "
+            "/usage/tasks; metrics.top_tasks of them per account). Look them up in Neo by id. "
+            "The email column is filled only with metrics.members.enabled."
+        )
+        .datasource(DS)
+        .unit("none")
+        .span(16)
+        .height(9)
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {
+                        "account": 0,
+                        "rank": 1,
+                        "Value": 2,
+                        "task_title": 3,
+                        "task_id": 4,
+                        "email": 5,
+                    },
+                    "renameByName": {"Value": "credits"},
+                },
+            )
+        )
+        .sort_by([common_builders.TableSortByFieldState().display_name("credits").desc(True)]),
+        top,
+    )
+    yield bars_panel(
+        "Credits by member in the window",
+        "Credits of the exporter's polling.window per team member (the top "
+        "metrics.members.limit, the rest as other). Empty unless metrics.members.enabled is "
+        "set: emails are personal data.",
+        "none",
+        query(
+            f"sort_desc(sum by (email) (neo_member_window_credits{{{ACC}}}))",
+            "{{email}}",
+            instant=True,
+        ),
+        w=8,
+        h=9,
     )
 
 
@@ -553,6 +703,7 @@ def spend_overview() -> dash.Dashboard:
     )
     sections = (
         spend_row(),
+        balance_row(),
         spend_over_time_row(),
         streams_row(),
         tools_row(),

@@ -3,6 +3,7 @@ against the fake Neo API over real HTTP: values equal what the fake serves and i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import subprocess
@@ -614,3 +615,46 @@ def test_once_with_a_member_list_and_no_billing_plan_exits_0_with_member_gauges(
     assert not select(samples, "neo_billing_available_credits")
     assert select(samples, "neo_spending_cap_limit_usd")
     assert "/api/v1/billing/credits is unavailable" in result.stderr
+
+
+# --- the fake's options -------------------------------------------------------------------------
+
+
+def test_fake_members_option_spreads_tasks_over_that_many_emails(clock: ManualClock) -> None:
+    neo = FakeNeo(seed=4, clock=clock, members=50)
+    neo.populate(2000, T0 - DAY, T0, late_fraction=0.0)
+    by_email = api(neo, SUMMARY_PATH)["by_email"]
+    emails = {item["email"] for item in by_email}
+    assert 40 <= len(emails) <= 50
+    assert all(e.startswith("member") and e.endswith("@example.com") for e in emails)
+    assert sum(item["tasks"] for item in by_email) == api(neo, SUMMARY_PATH)["total_tasks"]
+
+
+def test_fake_without_billing_answers_404_on_credits_only(clock: ManualClock) -> None:
+    neo = FakeNeo(seed=4, clock=clock, billing=False)
+    assert neo.handle("GET", CREDITS_PATH, {}, "fake-admin-token")[0] == 404
+    assert neo.handle("GET", SUMMARY_PATH, {}, "fake-admin-token")[0] == 200
+    assert neo.handle("GET", CREDITS_PATH, {}, "fake-member-token")[0] == 403
+
+
+# --- dashboards ---------------------------------------------------------------------------------
+
+
+def test_overview_has_balance_cap_top_tasks_and_member_panels() -> None:
+    overview = json.loads((ROOT / "grafana" / "dashboards" / "neo-spend-overview.json").read_text())
+    by_title = {panel["title"]: panel for panel in overview["panels"]}
+    exprs = {
+        title: " ".join(t["expr"] for t in p.get("targets", [])) for title, p in by_title.items()
+    }
+    assert "neo_billing_available_credits" in exprs["Credits left"]
+    assert "neo_account_available_credits" in exprs["Credits left"]  # where billing is 404
+    cap = by_title["Spending cap used"]
+    assert cap["type"] == "gauge"
+    steps = [s["value"] for s in cap["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, 0.8, 0.95]  # the alerts' thresholds
+    top = by_title["Top tasks by credits in the window"]
+    assert top["type"] == "table"
+    assert top["targets"][0]["format"] == "table"
+    assert "neo_top_task_credits" in exprs["Top tasks by credits in the window"]
+    assert "neo_member_window_credits" in exprs["Credits by member in the window"]
+    assert "metrics.members.enabled" in by_title["Credits by member in the window"]["description"]

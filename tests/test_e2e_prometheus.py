@@ -124,7 +124,12 @@ def write_exporter_config(path: Path, fake_url: str, state: Path) -> Path:
             "window": "6h",
             "reconcile_interval": "1h",
             "tasks_interval": "1s",
+            "summary_interval": "1s",
+            "user_interval": "1s",
+            "credits_interval": "1s",
         },
+        # Per-member spend is off by default; on here, so that its panel has data.
+        "metrics": {"members": {"enabled": True}},
         "http": {"backoff_base": "50ms", "backoff_max": "200ms"},
         "state": {"path": str(state)},
     }
@@ -155,6 +160,10 @@ def exporter_ready(url: str) -> bool:
         f'neo_up{{account="{ACCOUNT}",endpoint="streams"}} 1.0' in text
         and f'neo_up{{account="{ACCOUNT}",endpoint="tasks"}} 1.0' in text
         and "neo_window_credits{" in text
+        and "neo_spending_cap_used_ratio{" in text
+        and "neo_billing_available_credits{" in text
+        and "neo_member_window_credits{" in text
+        and "neo_top_task_credits{" in text
     )
 
 
