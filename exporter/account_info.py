@@ -209,7 +209,8 @@ def clean_title(value: object) -> str:
 class _Candidate:
     credits: float
     task_id: str
-    row: Mapping[str, Any]
+    title: object  # as the API sent it; cleaned only for the winners
+    email: str
 
     def __lt__(self, other: _Candidate) -> bool:
         # The heap's smallest is the first to drop: fewer credits, then the larger id.
@@ -225,10 +226,17 @@ class TopTasks:
         self._heap: list[_Candidate] = []
 
     def add(self, task: TaskRecord, row: object) -> None:
-        """One parsed task and its row (for the title and email, read only if it ranks)."""
+        """One parsed task and its row (for the title, and the email if members are enabled)."""
         if self._count <= 0 or task.credits <= 0:  # BYOK and free tasks cost no credits
             return
-        candidate = _Candidate(task.credits, task.task_id, row if isinstance(row, dict) else {})
+        fields = row if isinstance(row, dict) else {}
+        email = fields.get("email") if self._emails else None
+        candidate = _Candidate(
+            task.credits,
+            task.task_id,
+            fields.get("task_title"),
+            clean_label(email) if isinstance(email, str) else "",
+        )
         if len(self._heap) < self._count:
             heapq.heappush(self._heap, candidate)
         elif self._heap[0] < candidate:
@@ -237,15 +245,7 @@ class TopTasks:
     def ranked(self) -> tuple[TopTask, ...]:
         best = sorted(self._heap, key=lambda c: (-c.credits, c.task_id))
         return tuple(
-            TopTask(
-                rank=rank,
-                task_id=c.task_id,
-                title=clean_title(c.row.get("task_title")),
-                email=clean_label(c.row["email"])
-                if self._emails and isinstance(c.row.get("email"), str)
-                else "",
-                credits=c.credits,
-            )
+            TopTask(rank, c.task_id, clean_title(c.title), c.email, c.credits)
             for rank, c in enumerate(best, start=1)
         )
 
@@ -378,7 +378,9 @@ class AccountInfoPoller:
     def _unavailable(self, endpoint: str, status: int | None, now: float) -> str:
         retry = now + self._retry_unavailable
         self._due[endpoint] = retry
-        reason = f"HTTP {status}: not a team admin's token, or no plan for this"
+        reason = f"HTTP {status}: " + (
+            "the token is not a team admin's" if status == 403 else "no plan includes it"
+        )
         # Logged once when it becomes unavailable, not at every rare retry.
         level = logging.DEBUG if endpoint in self._info.unavailable_until else logging.WARNING
         log.log(
