@@ -229,6 +229,8 @@ class TopTasks:
         """One parsed task and its row (for the title, and the email if members are enabled)."""
         if self._count <= 0 or task.credits <= 0:  # BYOK and free tasks cost no credits
             return
+        if len(self._heap) >= self._count and task.credits < self._heap[0].credits:
+            return  # the usual case once the heap is full: nothing to build
         fields = row if isinstance(row, dict) else {}
         email = fields.get("email") if self._emails else None
         candidate = _Candidate(
