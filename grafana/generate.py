@@ -673,18 +673,30 @@ def health_panels() -> Iterator[Builder[Any]]:
     )
 
 
-def spend_overview() -> dash.Dashboard:
-    builder = (
-        dash.Dashboard("Neo spend overview")
-        .uid("neo-spend-overview")
-        .description("Spend, streams, tools and agents from neo-exporter, and its health.")
+def base_dashboard(title: str, uid: str, description: str, since: str) -> dash.Dashboard:
+    """What both dashboards share: tags, UTC, refresh, and the datasource and account variables."""
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
         .tags(["neo", "neo-exporter"])
         .timezone("utc")
-        .time("now-24h", "now")
+        .time(since, "now")
         .refresh("1m")
         .tooltip(model.DashboardCursorSync.CROSSHAIR)
         .with_variable(datasource_variable())
         .with_variable(label_variable("account", "Account", "label_values(neo_up, account)"))
+    )
+
+
+def spend_overview() -> dash.Dashboard:
+    builder = (
+        base_dashboard(
+            "Neo spend overview",
+            "neo-spend-overview",
+            "Spend, streams, tools and agents from neo-exporter, and its health.",
+            "now-24h",
+        )
         .with_variable(
             label_variable(
                 "model",
@@ -717,17 +729,11 @@ def spend_overview() -> dash.Dashboard:
 
 
 def exporter_health() -> dash.Dashboard:
-    builder = (
-        dash.Dashboard("Neo exporter health")
-        .uid("neo-exporter-health")
-        .description("Is neo-exporter reading the Neo API, how fresh is its data, and its state.")
-        .tags(["neo", "neo-exporter"])
-        .timezone("utc")
-        .time("now-6h", "now")
-        .refresh("1m")
-        .tooltip(model.DashboardCursorSync.CROSSHAIR)
-        .with_variable(datasource_variable())
-        .with_variable(label_variable("account", "Account", "label_values(neo_up, account)"))
+    builder = base_dashboard(
+        "Neo exporter health",
+        "neo-exporter-health",
+        "Is neo-exporter reading the Neo API, how fresh is its data, and its state.",
+        "now-6h",
     )
     freshness = [
         dash.Row("Reads and freshness"),

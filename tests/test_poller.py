@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from exporter.cli import Exporter, build
 from exporter.client import PageProgress
@@ -166,6 +167,7 @@ def test_a_wrong_token_keeps_metrics_served_and_up_at_zero(
     )
     assert "rejected the token" in caplog.text
     assert "wrong-secret-42" not in caplog.text
+    assert "wrong-secret-42" not in generate_latest(exporter.registry).decode()
 
 
 def test_a_member_token_is_told_it_needs_an_admin(
