@@ -83,7 +83,6 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     metrics = ExporterMetrics(registry, names)
     registry.register(NeoCollector(store))
     pollers, clients, info_pollers = [], [], []
-    members = config.metrics.members
     for account in config.accounts:
         client = NeoClient(
             account,
@@ -104,7 +103,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 stop=stop,
                 clock=clock,
                 top_tasks=config.metrics.top_tasks,
-                task_emails=members.enabled,
+                task_emails=config.metrics.members.enabled,
             )
         )
         info_pollers.append(
