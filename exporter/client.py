@@ -30,6 +30,12 @@ from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig
 from exporter.models import Page, PageError, parse_page
 
+try:  # optional (extra `fast`): decodes a page about 3x faster than the standard library
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on what is installed
+    _fast_loads = None
+JSON_DECODER = "json" if _fast_loads is None else "orjson"
+
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this
@@ -163,7 +169,7 @@ class NeoClient:
                 self._on_request(endpoint, str(status))
                 if status == 200:
                     try:
-                        body = json.loads(response.content)
+                        body = decode_json(response.content)
                         return parse_page(body) if as_page else body
                     except (ValueError, PageError) as exc:
                         reason = "invalid_body"
@@ -293,6 +299,22 @@ class NeoClient:
             for future in pending:
                 future.cancel()
             # A fetch already running finishes on its own; its result is dropped.
+
+
+def decode_json(
+    body: bytes, fast: Callable[[bytes], object] | None = _fast_loads
+) -> object:
+    """`json.loads`, through orjson when it is installed.
+
+    orjson refuses a few bodies the standard library takes (NaN, integers beyond 64 bits);
+    those go to the standard library, so the decoder never changes which rows are counted.
+    """
+    if fast is not None:
+        try:
+            return fast(body)
+        except ValueError:
+            pass
+    return json.loads(body)
 
 
 def _auth_message(status: int, endpoint: str) -> str:
