@@ -19,6 +19,7 @@ result is worthless); timing targets are reported, never enforced (the machine i
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -144,8 +145,6 @@ class PlainResult:
 
 def plain_read(url: str, now: float) -> PlainResult:
     """The baseline: one connection, one page after another, `json.loads` and nothing else."""
-    import json
-
     result = PlainResult()
     with requests.Session() as session:
         session.headers["Authorization"] = f"Bearer {TOKEN}"
@@ -355,7 +354,9 @@ def run_scrape(series: int, repeat: int) -> Scrape:
     try:
         with requests.Session() as session:
             for _ in range(repeat):
-                response, wall, _ = measure(lambda: session.get(f"{server.url}/metrics", timeout=10))
+                response, wall, _ = measure(
+                    lambda: session.get(f"{server.url}/metrics", timeout=10)
+                )
                 response.raise_for_status()
                 out.http.append(wall)
     finally:
@@ -391,7 +392,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description="Benchmarks of neo-exporter (see docs/performance.md)."
+        prog="python -m benchmarks",
+        description="Benchmarks of neo-exporter (see docs/performance.md).",
     )
     parser.add_argument("--streams", type=int, default=20_000, help="backfill size")
     parser.add_argument("--latency-ms", type=float, default=60.0, help="per API request")
@@ -422,8 +424,10 @@ def sizes(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"# neo-exporter benchmarks\n\n`{command.strip()}`: {os.cpu_count()} cores, "
-          f"Python {sys.version.split()[0]}, JSON decoder: {JSON_DECODER}\n")
+    print(
+        f"# neo-exporter benchmarks\n\n`{command.strip()}`: {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}, JSON decoder: {JSON_DECODER}\n"
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="neo-bench-") as tmp:
             return report(args, Path(tmp))
