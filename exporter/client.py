@@ -290,8 +290,10 @@ class NeoClient:
         queue = iter(offsets)
         try:
             while True:
-                # Keep at most `concurrency` requests in flight: memory stays a few pages.
-                while len(pending) < self._http.concurrency:
+                # The pool runs at most `concurrency` requests at once; as many more are queued
+                # or done and waiting, so fetching goes on while the caller counts a page.
+                # Memory stays a few pages.
+                while len(pending) < 2 * self._http.concurrency:
                     offset = next(queue, None)
                     if offset is None:
                         break
