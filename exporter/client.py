@@ -30,6 +30,19 @@ from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig
 from exporter.models import Page, PageError, parse_page
 
+
+def _optional_fast_loads() -> Callable[[bytes], object] | None:
+    """orjson's loads if installed (extra `fast`): it decodes a page about 3x faster."""
+    try:
+        import orjson  # noqa: PLC0415
+    except ImportError:
+        return None
+    return orjson.loads
+
+
+_FAST_LOADS = _optional_fast_loads()
+JSON_DECODER = "json" if _FAST_LOADS is None else "orjson"
+
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this
@@ -163,7 +176,7 @@ class NeoClient:
                 self._on_request(endpoint, str(status))
                 if status == 200:
                     try:
-                        body = json.loads(response.content)
+                        body = decode_json(response.content)
                         return parse_page(body) if as_page else body
                     except (ValueError, PageError) as exc:
                         reason = "invalid_body"
@@ -277,8 +290,10 @@ class NeoClient:
         queue = iter(offsets)
         try:
             while True:
-                # Keep at most `concurrency` requests in flight: memory stays a few pages.
-                while len(pending) < self._http.concurrency:
+                # The pool runs at most `concurrency` requests at once; as many more are queued
+                # or done and waiting, so fetching goes on while the caller counts a page.
+                # Memory stays a few pages.
+                while len(pending) < 2 * self._http.concurrency:
                     offset = next(queue, None)
                     if offset is None:
                         break
@@ -293,6 +308,20 @@ class NeoClient:
             for future in pending:
                 future.cancel()
             # A fetch already running finishes on its own; its result is dropped.
+
+
+def decode_json(body: bytes, fast: Callable[[bytes], object] | None = _FAST_LOADS) -> object:
+    """`json.loads`, through orjson when it is installed.
+
+    orjson refuses a few bodies the standard library takes (NaN, integers beyond 64 bits);
+    those go to the standard library, so the decoder never changes which rows are counted.
+    """
+    if fast is not None:
+        try:
+            return fast(body)
+        except ValueError:
+            pass
+    return json.loads(body)
 
 
 def _auth_message(status: int, endpoint: str) -> str:

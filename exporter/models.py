@@ -33,6 +33,7 @@ ROW_REASONS = (
 # Long label values would bloat every scrape; no real model or tool name comes close.
 MAX_LABEL_LENGTH = 120
 MAX_ID_LENGTH = 256
+_EXACT_INT = 2**53  # integers up to this survive a round trip through float exactly
 UNKNOWN = "unknown"
 
 
@@ -251,6 +252,17 @@ def _byok(obj: Mapping[str, object]) -> str:
 
 def _number(value: object, field: str) -> float:
     """A finite, non-negative number. Numeric strings are accepted: they are unambiguous."""
+    # Fast path for what the API sends (tens of values per row); anything else is checked below.
+    kind = type(value)
+    if kind is float:
+        if 0.0 <= value < math.inf:  # type: ignore[operator]  # NaN fails both comparisons
+            return value  # type: ignore[return-value]
+    elif kind is int and value >= 0:  # type: ignore[operator]
+        return float(value)  # type: ignore[arg-type]
+    return _checked_number(value, field)
+
+
+def _checked_number(value: object, field: str) -> float:
     if isinstance(value, bool):
         raise RowError(REASON_WRONG_TYPE, f"{field} should be a number, got bool")
     if isinstance(value, int | float):
@@ -282,6 +294,8 @@ def _optional_seconds(obj: Mapping[str, object], field: str) -> float | None:
 
 def _count(obj: Mapping[str, object], field: str, *, required: bool) -> int:
     value = obj.get(field)
+    if type(value) is int and 0 <= value <= _EXACT_INT:
+        return value  # what float() and int() below would give back
     if value is None:
         if required:
             raise RowError(REASON_MISSING_FIELD, f"{field} is missing")
@@ -338,7 +352,12 @@ def _tool_history(value: object, invalid: list[str]) -> tuple[tuple[str, float],
         try:
             if not isinstance(entry, dict):
                 raise RowError(REASON_WRONG_TYPE, "tool_call_history entry should be an object")
-            tool = _label(entry, "tool_name")
+            tool = entry.get("tool_name")
+            # Inlined _label for the common case: a row has dozens of entries.
+            if type(tool) is str and (name := tool.strip()):
+                tool = name[:MAX_LABEL_LENGTH]
+            else:
+                tool = _label(entry, "tool_name")
             seconds = _number(_required(entry, "duration_ms"), "duration_ms") / 1000.0
         except RowError:
             invalid.append("tool_call_history")

@@ -6,9 +6,11 @@ current snapshot and touches neither the API nor the database.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +63,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"
     server_version = f"neo-exporter/{__version__}"
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes: without this, Nagle's algorithm and the
+        # scraper's delayed ACK add about 40 ms to every scrape on a kept-alive connection.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

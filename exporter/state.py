@@ -113,6 +113,9 @@ class _Account:
     histograms: dict[Key, HistogramValue] = field(default_factory=dict)
     labels: dict[str, set[str]] = field(default_factory=dict)  # label -> values in use
     watermarks: dict[str, float] = field(default_factory=dict)
+    # Seen rows by folded status, kept with each commit: the window gauge then reads only
+    # the rows older than the window (about one lookback), not the whole window, per poll.
+    seen_by_status: dict[str, int] = field(default_factory=dict)
 
 
 class State:
@@ -156,7 +159,11 @@ class State:
                 status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
                 neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, changed_fingerprint TEXT,
                 PRIMARY KEY (account, stream_id)) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS streams_by_time ON streams (account, created_ts);
+            -- Covers the window gauge (count by status since a time) and pruning by time, so
+            -- neither reads the table itself; it replaces the narrower streams_by_time.
+            DROP INDEX IF EXISTS streams_by_time;
+            CREATE INDEX IF NOT EXISTS streams_by_time_status
+                ON streams (account, created_ts, status);
             CREATE TABLE IF NOT EXISTS counters (
                 account TEXT NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL,
                 value REAL NOT NULL, created REAL NOT NULL,
@@ -207,6 +214,10 @@ class State:
             self._db.execute("DELETE FROM histograms WHERE metric = ?", (metric,))
         for account, kind, ts in self._db.execute("SELECT account, kind, ts FROM watermarks"):
             self._account(account).watermarks[kind] = ts
+        for account, status, count in self._db.execute(
+            "SELECT account, status, COUNT(*) FROM streams GROUP BY account, status"
+        ):
+            self._account(account).seen_by_status[status] = count
 
     def _account(self, name: str) -> _Account:
         acct = self._accounts.get(name)
@@ -239,19 +250,21 @@ class State:
     def window_streams(self, account: str, since: float) -> dict[str, int]:
         """Seen streams created at or after `since`, by (folded) status."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT status, COUNT(*) FROM streams WHERE account = ? AND created_ts >= ? "
-                "GROUP BY status",
-                (account, since),
-            ).fetchall()
-        return {status: count for status, count in rows}
+            counts = dict(self._account(account).seen_by_status)
+            for status, older in self._older_by_status(account, since):
+                counts[status] -= older
+        return {status: count for status, count in counts.items() if count > 0}
+
+    def _older_by_status(self, account: str, before: float) -> list[tuple[str, int]]:
+        return self._db.execute(
+            "SELECT status, COUNT(*) FROM streams WHERE account = ? AND created_ts < ? "
+            "GROUP BY status",
+            (account, before),
+        ).fetchall()
 
     def seen_streams(self, account: str) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM streams WHERE account = ?", (account,)
-            ).fetchone()
-        return int(row[0])
+            return sum(self._account(account).seen_by_status.values())
 
     def size_bytes(self) -> int:
         with self._lock:
@@ -307,6 +320,7 @@ class State:
                 work.bump(CHANGED_RECORDS, (), 1.0)
                 changed_rows.append((fingerprint, account, stream_id))
             result.new = len(new_rows)
+            work.freeze()
             if new_rows or changed_rows:
                 self._commit(account, acct, work, new_rows, changed_rows)
             return result
@@ -378,6 +392,9 @@ class State:
             db.execute("ROLLBACK")
             raise
         # Only now, with everything on disk, do the new values become visible.
+        for row in new_rows:
+            status = str(row[3])
+            acct.seen_by_status[status] = acct.seen_by_status.get(status, 0) + 1
         acct.counters.update(work.counters)
         acct.histograms.update(work.histograms)
         for name, values in work.new_labels.items():
@@ -399,6 +416,7 @@ class State:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                leaving = self._older_by_status(account, horizon)
                 pruned = db.execute(
                     "DELETE FROM streams WHERE account = ? AND created_ts < ?",
                     (account, horizon),
@@ -413,6 +431,8 @@ class State:
                 db.execute("ROLLBACK")
                 raise
             acct.watermarks.update(marks)
+            for status, count in leaving:
+                acct.seen_by_status[status] -= count
             return int(pruned)
 
 
@@ -433,8 +453,50 @@ def label_names(metric: str) -> tuple[str, ...]:
     return _LABEL_NAMES[metric]
 
 
+class _Hist:
+    """A histogram being added to within one transaction (frozen at the end)."""
+
+    __slots__ = ("bounds", "buckets", "count", "created", "sum")
+
+    def __init__(self, value: HistogramValue) -> None:
+        self.bounds = value.bounds
+        self.buckets = list(value.buckets)
+        self.sum = value.sum
+        self.count = value.count
+        self.created = value.created
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        self.sum += value
+        self.count += 1
+
+    def frozen(self) -> HistogramValue:
+        return HistogramValue(self.bounds, tuple(self.buckets), self.sum, self.count, self.created)
+
+
+def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
+    """What each of STREAM_COUNTERS adds for one stream, in the same order (the hot path)."""
+    return (
+        1.0,
+        r.credits,
+        r.llm_cost,
+        r.neo_cost,
+        float(r.steps),
+        float(r.tool_calls),
+        float(r.agent_triggers),
+        r.llm_time,
+        r.tool_time,
+        r.execution_time or 0.0,
+    )
+
+
 class _Work:
-    """The pending changes of one transaction: new totals and newly used label values."""
+    """The pending changes of one transaction: new totals and newly used label values.
+
+    Totals are added to in place (a list per series) and frozen once by `freeze()`: a
+    backfill adds a few dozen values per stream, and a new immutable object for each was
+    most of its cost. Each total is summed in the same order as before, so to the last bit.
+    """
 
     def __init__(
         self,
@@ -452,12 +514,28 @@ class _Work:
         }
         self._bounds = bounds
         self._now = now
+        self._values: dict[Key, list[float]] = {}  # [value, created]
+        self._hists: dict[Key, _Hist] = {}
+        # Within one transaction a label value always folds the same way: remember it.
+        self._folded: dict[tuple[str, str], str] = {}
+        self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
         self.counters: dict[Key, CounterValue] = {}
         self.histograms: dict[Key, HistogramValue] = {}
         self.new_labels: dict[str, set[str]] = {}
 
+    def freeze(self) -> None:
+        """Turn the pending totals into `counters` and `histograms` (values to commit)."""
+        self.counters = {k: CounterValue(v[0], v[1]) for k, v in self._values.items()}
+        self.histograms = {k: h.frozen() for k, h in self._hists.items()}
+
     def _fold(self, name: str, value: str) -> str:
         """Keep a value if it is known or the label's budget has room; else `other`."""
+        folded = self._folded.get((name, value))
+        if folded is None:
+            folded = self._folded[(name, value)] = self._fold_new(name, value)
+        return folded
+
+    def _fold_new(self, name: str, value: str) -> str:
         known = self._acct.labels.get(name, set())
         pending = self.new_labels.setdefault(name, set())
         if value in known or value in pending:
@@ -473,7 +551,7 @@ class _Work:
     def _zero_fill(self, name: str, value: str) -> None:
         """Start the known label sets of a new model or status at 0, for `increase()`."""
         if name == "model":
-            statuses = self._values("status") | set(DOCUMENTED_STATUSES)
+            statuses = self._values_of("status") | set(DOCUMENTED_STATUSES)
             # Documented statuses are in use from now on, exactly as after a reload.
             self.new_labels.setdefault("status", set()).update(
                 statuses - self._acct.labels.get("status", set())
@@ -485,50 +563,61 @@ class _Work:
             for metric in (STREAM_DURATION, STEP_LATENCY):
                 self._histogram(metric, (value,))
         elif name == "status":
-            for model in self._values("model"):
+            for model in self._values_of("model"):
                 for byok in BYOK_VALUES:
                     for metric, _ in STREAM_COUNTERS:
                         self.bump(metric, (model, value, byok), 0.0)
 
-    def _values(self, name: str) -> set[str]:
+    def _values_of(self, name: str) -> set[str]:
         return self._acct.labels.get(name, set()) | self.new_labels.get(name, set())
 
-    def bump(self, metric: str, labels: tuple[str, ...], amount: float) -> None:
-        key = (metric, labels)
-        current = self.counters.get(key) or self._acct.counters.get(key)
-        if current is None:
-            current = CounterValue(0.0, self._now)
-        self.counters[key] = CounterValue(current.value + amount, current.created)
+    def _slot(self, key: Key) -> list[float]:
+        slot = self._values.get(key)
+        if slot is None:
+            current = self._acct.counters.get(key)
+            slot = [0.0, self._now] if current is None else [current.value, current.created]
+            self._values[key] = slot
+        return slot
 
-    def _histogram(self, metric: str, labels: tuple[str, ...]) -> HistogramValue:
+    def bump(self, metric: str, labels: tuple[str, ...], amount: float) -> None:
+        self._slot((metric, labels))[0] += amount
+
+    def _histogram(self, metric: str, labels: tuple[str, ...]) -> _Hist:
         key = (metric, labels)
-        current = self.histograms.get(key) or self._acct.histograms.get(key)
-        if current is None:
-            bounds = self._bounds[metric]
-            current = HistogramValue(bounds, (0,) * (len(bounds) + 1), 0.0, 0, self._now)
-            self.histograms[key] = current
-        return current
+        hist = self._hists.get(key)
+        if hist is None:
+            current = self._acct.histograms.get(key)
+            if current is None:
+                bounds = self._bounds[metric]
+                current = HistogramValue(bounds, (0,) * (len(bounds) + 1), 0.0, 0, self._now)
+            hist = self._hists[key] = _Hist(current)
+        return hist
 
     def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
-        self.histograms[(metric, labels)] = self._histogram(metric, labels).observe(value)
+        self._histogram(metric, labels).observe(value)
 
     def add(self, record: StreamRecord) -> str:
         """Add one new stream's values; returns its folded status."""
-        model = self._fold("model", record.model)
-        status = self._fold("status", record.status)
+        fold = self._fold
+        model = fold("model", record.model)
+        status = fold("status", record.status)
         labels = (model, status, record.byok)
-        for metric, value_of in STREAM_COUNTERS:
-            self.bump(metric, labels, value_of(record))
+        slots = self._stream_slots.get(labels)
+        if slots is None:
+            slots = [self._slot((metric, labels)) for metric, _ in STREAM_COUNTERS]
+            self._stream_slots[labels] = slots
+        for slot, amount in zip(slots, _stream_amounts(record), strict=True):
+            slot[0] += amount
         for agent, count in record.agent_breakdown:
-            self.bump(AGENT_TRIGGERS, (self._fold("agent", agent),), float(count))
+            self.bump(AGENT_TRIGGERS, (fold("agent", agent),), float(count))
         for tool, calls, seconds in record.tool_breakdown:
-            tool_label = (self._fold("tool", tool),)
+            tool_label = (fold("tool", tool),)
             self.bump(TOOL_CALLS, tool_label, float(calls))
             self.bump(TOOL_TIME, tool_label, seconds)
         for tool, seconds in record.tool_durations:
-            self.observe(TOOL_CALL_DURATION, (self._fold("tool", tool),), seconds)
+            self._histogram(TOOL_CALL_DURATION, (fold("tool", tool),)).observe(seconds)
         if record.execution_time is not None:
-            self.observe(STREAM_DURATION, (model,), record.execution_time)
+            self._histogram(STREAM_DURATION, (model,)).observe(record.execution_time)
         if record.step_latency is not None:
-            self.observe(STEP_LATENCY, (model,), record.step_latency)
+            self._histogram(STEP_LATENCY, (model,)).observe(record.step_latency)
         return status

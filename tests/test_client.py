@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,15 @@ import pytest
 import requests
 import responses
 
-from exporter.client import ApiError, AuthError, NeoClient, PageProgress, Stopped, _retry_after
+from exporter.client import (
+    ApiError,
+    AuthError,
+    NeoClient,
+    PageProgress,
+    Stopped,
+    _retry_after,
+    decode_json,
+)
 from exporter.config import AccountConfig, HttpConfig, Secret
 
 BASE = "https://neo.test"
@@ -300,3 +309,25 @@ def test_retry_after_accepts_seconds_and_http_dates(
 ) -> None:
     now = 1795586400.0  # 2026-11-25T06:00:00Z
     assert _retry_after(header, now) == expected
+
+
+def test_pages_decode_alike_with_and_without_orjson() -> None:
+    orjson = pytest.importorskip("orjson")
+    body = b'{"data": [{"neo_credits": 0.1, "step_count": 3}], "has_more": false, "total": 1}'
+    assert decode_json(body, fast=orjson.loads) == decode_json(body, fast=None)
+
+
+def test_bodies_orjson_refuses_fall_back_to_the_standard_library() -> None:
+    orjson = pytest.importorskip("orjson")
+    # NaN and huge integers are valid for json.loads; the row checks reject them later, with
+    # a reason, instead of the whole page failing to decode.
+    body = b'{"data": [{"neo_credits": NaN, "step_count": 100000000000000000000}]}'
+    row = decode_json(body, fast=orjson.loads)["data"][0]  # type: ignore[index]
+    assert math.isnan(row["neo_credits"])
+    assert row["step_count"] == 10**20
+
+
+def test_broken_json_is_still_an_error_with_orjson() -> None:
+    orjson = pytest.importorskip("orjson")
+    with pytest.raises(ValueError):
+        decode_json(b'{"data": [', fast=orjson.loads)

@@ -211,6 +211,42 @@ def test_window_streams_count_by_status_since_a_time() -> None:
     assert state.window_streams("a", since=150.0) == {"error": 1, "completed": 1}
 
 
+def window_in_table(path: Path, account: str, since: float) -> dict[str, int]:
+    """The window gauge computed straight from the file, as the ground truth."""
+    with sqlite3.connect(str(path)) as db:
+        rows = db.execute(
+            "SELECT status, COUNT(*) FROM streams WHERE account = ? AND created_ts >= ? "
+            "GROUP BY status",
+            (account, since),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_window_streams_match_the_table_through_prunes_and_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    statuses = ("completed", "error", "failed")
+    state.ingest(
+        "a",
+        [record(f"s{i}", created_ts=100.0 * i, status=statuses[i % 3]) for i in range(1, 40)],
+        now=5000.0,
+    )
+    state.ingest("b", [record("other", created_ts=100.0)], now=5000.0)
+    checkpoints = (0.0, 450.0, 1000.0, 3900.0, 9999.0)
+    for since in checkpoints:
+        assert state.window_streams("a", since) == window_in_table(path, "a", since)
+    assert state.finish_read("a", to=5000.0, whole_window=True, prune_before=1050.0) == 10
+    for since in checkpoints:
+        assert state.window_streams("a", since) == window_in_table(path, "a", since)
+    assert state.seen_streams("a") == 29
+    assert state.seen_streams("b") == 1
+    state.close()
+    reopened = open_state(path)
+    for since in checkpoints:
+        assert reopened.window_streams("a", since) == window_in_table(path, "a", since)
+    assert reopened.seen_streams("a") == 29
+
+
 def test_a_commit_failing_midway_changes_nothing_in_memory_or_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     state = open_state(path)

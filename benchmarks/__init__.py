@@ -1,0 +1,1 @@
+"""Benchmarks of neo-exporter against the fake Neo API: `python -m benchmarks --help`."""

@@ -1,0 +1,34 @@
+"""The benchmark suite's smoke mode runs, so that the suite cannot rot (no timings checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.processes import ROOT
+
+
+def test_the_benchmark_suite_runs_in_smoke_mode_and_reports_every_scenario() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Exit 1 means the exporter's counters disagreed with the rows the fake served.
+    assert done.returncode == 0, done.stderr
+    for scenario in (
+        "backfill wall time",
+        "backfill CPU",
+        "idle poll: API requests",
+        "idle poll: CPU",
+        "render p50",
+        "GET /metrics p50",
+        "peak RSS",
+        "exporter CPU per stream",
+    ):
+        assert scenario in done.stdout, done.stdout
+    # The idle poll makes exactly the lookback's requests even in a tiny run.
+    assert "| idle poll: API requests | 1 | 1 (lookback pages) | +0 extra at most |" in done.stdout
