@@ -39,6 +39,7 @@ from exporter.state import (
     State,
     StateError,
 )
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -107,12 +108,17 @@ def run(
     *,
     clock: Callable[[], float] = time.time,
     on_listening: Callable[[str], None] | None = None,
+    web: WebConfig | None = None,
 ) -> None:
     """Serve /metrics and poll every account until `stop` is set."""
     exporter = build(config, stop, clock)
     try:
         server = ExporterServer(
-            parse_listen(config.web.listen_address), exporter.registry, exporter.store, clock=clock
+            parse_listen(config.web.listen_address),
+            exporter.registry,
+            exporter.store,
+            clock=clock,
+            web=web,
         )
     except BaseException:
         exporter.close()
@@ -161,6 +167,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="listen_address",
         metavar="ADDR",
         help="address to serve /metrics on (default :9636, or web.listen_address)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth for the endpoints, in Prometheus exporter-toolkit's format",
     )
     parser.add_argument(
         "--log.level",
@@ -264,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run(config, stop)
             return EXIT_OK
         config = _load(args)
+        web = load_web_config(args.web_config_file) if args.web_config_file else None
         for warning in config.warnings:
             log.warning("%s", warning)
         if args.check_config:
@@ -274,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.write(exposition)
             sys.stdout.flush()
             return EXIT_OK if ok else EXIT_FAILURE
-        run(config, stop)
+        run(config, stop, web=web)
         return EXIT_OK
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)

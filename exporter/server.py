@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.snapshot import AccountSnapshot, Snapshot, SnapshotStore
+from exporter.webconfig import HANDSHAKE_TIMEOUT, BasicAuth, TLSWrapper, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,16 @@ class ExporterServer(ThreadingHTTPServer):
         store: SnapshotStore,
         *,
         clock: Callable[[], float] = time.time,
+        web: WebConfig | None = None,
     ) -> None:
+        """`web` (from --web.config.file) adds TLS, basic auth and response headers."""
         self.registry = registry
         self.store = store
         self.clock = clock
+        web = web or WebConfig()
+        self.tls = None if web.tls is None else TLSWrapper(web.tls)
+        self.auth = BasicAuth(web.users) if web.users else None
+        self.extra_headers = web.headers
         super().__init__(address, _Handler)
 
     @property
@@ -48,7 +57,29 @@ class ExporterServer(ThreadingHTTPServer):
         shown = host if isinstance(host, str) and host not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104
         if ":" in shown:
             shown = f"[{shown}]"
-        return f"http://{shown}:{port}"
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """With TLS, the handshake runs here, in the request's own thread, not the accept loop."""
+        if self.tls is None or not isinstance(request, socket.socket):
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            secure = self.tls.context().wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            if not self.tls.allowed(secure):
+                log.debug("client certificate of %s matches no allowed SAN", client_address)
+                return
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
@@ -63,7 +94,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path == "/metrics":
+        if self.server.auth is not None and not self.server.auth.check(
+            self.headers.get("Authorization")
+        ):
+            self._send(
+                401,
+                "text/plain; charset=utf-8",
+                b"Unauthorized\n",
+                {"WWW-Authenticate": 'Basic realm="neo-exporter", charset="UTF-8"'},
+            )
+        elif path == "/metrics":
             self._metrics()
         elif path == "/":
             body = landing_page(self.server.store.get(), self.server.clock())
@@ -94,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        for name, value in self.server.extra_headers:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
