@@ -44,7 +44,9 @@ from exporter.webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-STOP_TIMEOUT = 10.0  # seconds to wait for pollers to finish their current step
+# Seconds to wait for pollers to finish their current step. A commit in progress is always
+# waited for (closing the state takes its lock); a request still waiting on the API is not.
+STOP_TIMEOUT = 3.0
 
 
 @dataclass
@@ -256,6 +258,21 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _leave_requests_in_flight() -> None:
+    """Exit now if threads still wait on the API (up to http.read_timeout otherwise).
+
+    The state is closed by now, so nothing uncommitted can be lost; Python would otherwise
+    join the page fetchers' threads before exiting.
+    """
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if stuck:
+        log.info("stopped; not waiting for %d thread(s) still in a request", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -288,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             return EXIT_OK if ok else EXIT_FAILURE
         run(config, stop, web=web)
+        _leave_requests_in_flight()
         return EXIT_OK
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)

@@ -89,9 +89,8 @@ CASES = {
     "connection_reset": Case([{"kind": "reset", "count": 3}], retry_reason="connection_error"),
     "read_timeout": Case([{"kind": "timeout", "delay": 1.0, "count": 2}], retry_reason="timeout"),
     "slow_body_within_the_read_timeout": Case([{"kind": "slow_body", "delay": 0.5, "count": 3}]),
-    # requests reports a timeout in the middle of a body as a connection error.
     "slow_body_past_the_read_timeout": Case(
-        [{"kind": "slow_body", "delay": 5.0, "count": 1}], retry_reason="connection_error"
+        [{"kind": "slow_body", "delay": 5.0, "count": 1}], retry_reason="timeout"
     ),
     "truncated_body": Case([{"kind": "truncated", "count": 3}], retry_reason="connection_error"),
     "html_instead_of_json": Case([{"kind": "non_json", "count": 2}], retry_reason="invalid_body"),
