@@ -49,6 +49,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.tls = None if web.tls is None else TLSWrapper(web.tls)
         self.auth = BasicAuth(web.users) if web.users else None
         self.extra_headers = web.headers
+        self.renders = _Renders(registry)
         super().__init__(address, _Handler)
 
     @property
@@ -87,6 +88,39 @@ class ExporterServer(ThreadingHTTPServer):
         return thread
 
 
+RENDER_TTL = 1.0  # seconds a rendered /metrics is reused for
+
+
+class _Renders:
+    """/metrics rendered at most once a second per format, shared by concurrent scrapes.
+
+    Rendering thousands of series costs a large fraction of a second of CPU: without this,
+    many scrapers at once (HA Prometheus pairs, federation, people with curl) queue behind
+    each other. Business values change only once per poll, so a second's reuse hides nothing.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # one render at a time; the others wait and reuse it
+        self._cache: dict[tuple[str, bool], tuple[float, bytes]] = {}
+
+    def get(self, encoder: Callable[[CollectorRegistry], bytes], kind: str, gzipped: bool) -> bytes:
+        with self._lock:
+            now = self._monotonic()
+            key = (kind, gzipped)
+            cached = self._cache.get(key)
+            if cached is not None and now - cached[0] < RENDER_TTL:
+                return cached[1]
+            body = encoder(self._registry)
+            if gzipped:
+                body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
+            self._cache[key] = (now, body)
+            return body
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"
@@ -120,11 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
-            headers["Content-Encoding"] = "gzip"
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        body = self.server.renders.get(encoder, content_type, gzipped)
+        headers = {"Content-Encoding": "gzip"} if gzipped else {}
         self._send(200, content_type, body, headers)
 
     def _send(
