@@ -57,7 +57,7 @@ def completed_read(url: str) -> dict[SampleKey, float] | None:
     ids=["mid_paging", "in_a_60s_retry_after", "in_a_slow_body"],
 )
 def test_sigterm_during_a_poll_exits_0_quickly_and_the_state_stays_exact(
-    tmp_path: Path, stall: dict[str, Any] | None, figures: Any
+    tmp_path: Path, stall: dict[str, Any] | None, figures: Any, request: pytest.FixtureRequest
 ) -> None:
     state = tmp_path / "state.db"
     with fake_api("--seed", "6", "--streams", "3000", "--latency-ms", "40",
@@ -89,8 +89,7 @@ def test_sigterm_during_a_poll_exits_0_quickly_and_the_state_stays_exact(
         finally:
             assert proc.stop() == 0
     assert truth_mismatches(final, expected, "acme") == []
-    name = "mid_paging" if stall is None else stall["kind"]
-    figures(f"stop {name}: SIGTERM to exit 0 in {took:.2f}s; restart exact")
+    figures(f"stop {request.node.callspec.id}: SIGTERM to exit 0 in {took:.2f}s; restart exact")
 
 
 # --- damaged state files -------------------------------------------------------------------
