@@ -40,11 +40,14 @@ from exporter.state import (
     State,
     StateError,
 )
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-STOP_TIMEOUT = 10.0  # seconds to wait for pollers to finish their current step
+# Seconds to wait for pollers to finish their current step. A commit in progress is always
+# waited for (closing the state takes its lock); a request still waiting on the API is not.
+STOP_TIMEOUT = 3.0
 
 
 @dataclass
@@ -130,12 +133,17 @@ def run(
     *,
     clock: Callable[[], float] = time.time,
     on_listening: Callable[[str], None] | None = None,
+    web: WebConfig | None = None,
 ) -> None:
     """Serve /metrics and poll every account until `stop` is set."""
     exporter = build(config, stop, clock)
     try:
         server = ExporterServer(
-            parse_listen(config.web.listen_address), exporter.registry, exporter.store, clock=clock
+            parse_listen(config.web.listen_address),
+            exporter.registry,
+            exporter.store,
+            clock=clock,
+            web=web,
         )
     except BaseException:
         exporter.close()
@@ -188,6 +196,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="listen_address",
         metavar="ADDR",
         help="address to serve /metrics on (default :9636, or web.listen_address)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth for the endpoints, in Prometheus exporter-toolkit's format",
     )
     parser.add_argument(
         "--log.level",
@@ -271,6 +285,21 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _leave_requests_in_flight() -> None:
+    """Exit now if threads still wait on the API (up to http.read_timeout otherwise).
+
+    The state is closed by now, so nothing uncommitted can be lost; Python would otherwise
+    join the page fetchers' threads before exiting.
+    """
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if stuck:
+        log.info("stopped; not waiting for %d thread(s) still in a request", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -291,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run(config, stop)
             return EXIT_OK
         config = _load(args)
+        web = load_web_config(args.web_config_file) if args.web_config_file else None
         for warning in config.warnings:
             log.warning("%s", warning)
         if args.check_config:
@@ -301,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.buffer.write(exposition)
             sys.stdout.flush()
             return EXIT_OK if ok else EXIT_FAILURE
-        run(config, stop)
+        run(config, stop, web=web)
+        _leave_requests_in_flight()
         return EXIT_OK
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)

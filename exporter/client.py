@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig
@@ -46,6 +47,8 @@ JSON_DECODER = "json" if _FAST_LOADS is None else "orjson"
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this
+# Bodies are read in chunks, so that a stop need not wait for the end of a slow one.
+BODY_CHUNK = 8 * 1024
 
 # `code` label values for requests that got no HTTP status.
 CODE_TIMEOUT = "timeout"
@@ -137,7 +140,8 @@ class NeoClient:
 
     def close(self) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # A fetch stuck in the network is not waited for: it commits nothing itself.
+            self._executor.shutdown(wait=False, cancel_futures=True)
         self._session.close()
 
     # --- one request ---------------------------------------------------------------------
@@ -162,21 +166,27 @@ class NeoClient:
             retry_after: float | None = None
             try:
                 response = self._session.get(
-                    url, params=params, timeout=timeout, allow_redirects=False
+                    url, params=params, timeout=timeout, allow_redirects=False, stream=True
                 )
+                content = self._read_body(response)
             except requests.Timeout:
                 self._on_request(endpoint, CODE_TIMEOUT)
                 reason = "timeout"
             except requests.RequestException as exc:
-                self._on_request(endpoint, CODE_CONNECTION)
-                reason = "connection_error"
+                if exc.args and isinstance(exc.args[0], ReadTimeoutError):
+                    # A timeout in the middle of a body: requests calls it a connection error.
+                    self._on_request(endpoint, CODE_TIMEOUT)
+                    reason = "timeout"
+                else:
+                    self._on_request(endpoint, CODE_CONNECTION)
+                    reason = "connection_error"
                 log.debug("%s: %s", endpoint, type(exc).__name__)
             else:
                 status = response.status_code
                 self._on_request(endpoint, str(status))
                 if status == 200:
                     try:
-                        body = decode_json(response.content)
+                        body = decode_json(content)
                         return parse_page(body) if as_page else body
                     except (ValueError, PageError) as exc:
                         reason = "invalid_body"
@@ -203,6 +213,18 @@ class NeoClient:
             elif self._wait(delay):
                 raise Stopped
             attempt += 1
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        """The whole body, checking for a stop between chunks; the connection is released."""
+        try:
+            chunks: list[bytes] = []
+            for chunk in response.iter_content(BODY_CHUNK):
+                if chunks and self._wait(0):  # wait(0): just "are we stopping?"
+                    raise Stopped
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            response.close()
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self._http.backoff_max, self._http.backoff_base * (2**attempt))

@@ -78,8 +78,12 @@ FAULT_KINDS = frozenset(
         "bad_shape",
         "endless",
         "wrong_total",
+        "short_total",
+        "duplicates",
+        "insert",
     }
 )
+INSERTED_PER_FAULT = 5  # rows an `insert` fault adds, created in the minute before now
 # Faults answered by the handler without asking FakeNeo for the real response.
 _CANNED_FAULTS = frozenset({"status", "reset", "non_json", "bad_shape"})
 _ADMIN_EMAIL = "admin@example.com"
@@ -1182,7 +1186,10 @@ class FakeNeo:
         without answering), timeout (answer after `delay` s), slow_body (spread the body over
         `delay` s), truncated (close halfway through the announced body), non_json (HTML),
         bad_shape (`{"data": "oops"}`), endless (has_more stays true, rows repeat),
-        wrong_total (total far off). Faults are used in the order they were injected.
+        wrong_total (total far too high), short_total (total half the truth), duplicates (the
+        page also repeats the half page before it), insert (5 new streams are created just
+        before answering, as if they arrived while the client pages). Faults are used in the
+        order they were injected.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
@@ -1271,6 +1278,8 @@ class FakeNeo:
                 return refusal
             if path == USER_PATH:
                 return 200, self._user(token in self._admin, now_us)
+            if fault == "insert" and path == STREAMS_PATH:
+                self._add_generated(INSERTED_PER_FAULT, now - 60.0, now, 0.0, 0.0)
             route = self._route(path)
             if route is None:
                 return 404, {"error": "not found"}
@@ -1342,11 +1351,17 @@ class FakeNeo:
         total = len(matched)
         if fault == "endless":  # past the end it starts over, and never says it is done
             offset = offset % total if total else 0
-        data = [render(item) for item in matched[offset : offset + limit]]
+        start = max(0, offset - limit // 2) if fault == "duplicates" else offset
+        data = [render(item) for item in matched[start : offset + limit]]
+        shown = total
+        if fault == "wrong_total":
+            shown = total * 10 + 1000
+        elif fault == "short_total":
+            shown = total // 2
         return {
             "data": data,
-            "has_more": fault == "endless" or offset + len(data) < total,
-            "total": total * 10 + 1000 if fault == "wrong_total" else total,
+            "has_more": fault == "endless" or offset + limit < total,
+            "total": shown,
         }
 
     def _summary(self, now_us: int, query: Mapping[str, str], fault: str | None) -> tuple[int, Any]:

@@ -33,7 +33,9 @@ ROW_REASONS = (
 # Long label values would bloat every scrape; no real model or tool name comes close.
 MAX_LABEL_LENGTH = 120
 MAX_ID_LENGTH = 256
-_EXACT_INT = 2**53  # integers up to this survive a round trip through float exactly
+# No single stream costs anywhere near this; a larger value is a broken row, and summing it
+# would wreck the counter's precision (or overflow it to +Inf) for good.
+MAX_AMOUNT = 1e12
 UNKNOWN = "unknown"
 
 
@@ -223,6 +225,9 @@ def _identifier(obj: Mapping[str, object], field: str) -> str:
         raise RowError(REASON_WRONG_TYPE, f"{field} should be a string, got {_type(value)}")
     if not value or len(value) > MAX_ID_LENGTH:
         raise RowError(REASON_BAD_VALUE, f"{field} should be 1..{MAX_ID_LENGTH} characters")
+    if not _encodable(value):
+        # JSON can carry lone surrogates; no UTF-8 store (SQLite, the exposition) takes them.
+        raise RowError(REASON_BAD_VALUE, f"{field} is not valid Unicode (lone surrogate)")
     return value
 
 
@@ -234,11 +239,25 @@ def _label(obj: Mapping[str, object], field: str) -> str:
 
 
 def clean_label(value: str) -> str:
-    """Bound a label value's length; an empty one reads as `unknown`."""
+    """Bound a label value's length; an empty one reads as `unknown`.
+
+    Lone surrogates (valid in JSON, not in UTF-8) become U+FFFD, so that the value can be
+    stored and exposed; every other character is kept (the exposition escapes it).
+    """
+    if not _encodable(value):
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     value = value.strip()
     if not value:
         return UNKNOWN
     return value[:MAX_LABEL_LENGTH]
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _byok(obj: Mapping[str, object]) -> str:
@@ -255,9 +274,9 @@ def _number(value: object, field: str) -> float:
     # Fast path for what the API sends (tens of values per row); anything else is checked below.
     kind = type(value)
     if kind is float:
-        if 0.0 <= value < math.inf:  # type: ignore[operator]  # NaN fails both comparisons
+        if 0.0 <= value <= MAX_AMOUNT:  # type: ignore[operator]  # NaN fails both comparisons
             return value  # type: ignore[return-value]
-    elif kind is int and value >= 0:  # type: ignore[operator]
+    elif kind is int and 0 <= value <= MAX_AMOUNT:  # type: ignore[operator]
         return float(value)  # type: ignore[arg-type]
     return _checked_number(value, field)
 
@@ -266,7 +285,10 @@ def _checked_number(value: object, field: str) -> float:
     if isinstance(value, bool):
         raise RowError(REASON_WRONG_TYPE, f"{field} should be a number, got bool")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise RowError(REASON_BAD_VALUE, f"{field} is out of range") from None
     elif isinstance(value, str):
         try:
             number = float(value)
@@ -279,6 +301,8 @@ def _checked_number(value: object, field: str) -> float:
     if number < 0:
         # Counters cannot go down: a negative amount would need a correction we cannot express.
         raise RowError(REASON_BAD_VALUE, f"{field} is negative")
+    if number > MAX_AMOUNT:
+        raise RowError(REASON_BAD_VALUE, f"{field} is implausibly large (over {MAX_AMOUNT:g})")
     return number
 
 
@@ -294,7 +318,7 @@ def _optional_seconds(obj: Mapping[str, object], field: str) -> float | None:
 
 def _count(obj: Mapping[str, object], field: str, *, required: bool) -> int:
     value = obj.get(field)
-    if type(value) is int and 0 <= value <= _EXACT_INT:
+    if type(value) is int and 0 <= value <= MAX_AMOUNT:
         return value  # what float() and int() below would give back
     if value is None:
         if required:
@@ -314,7 +338,7 @@ def _agent_breakdown(value: object, invalid: list[str]) -> tuple[tuple[str, int]
         return ()
     items: list[tuple[str, int]] = []
     for name, count in value.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_AMOUNT:
             invalid.append("agent_breakdown")
             continue
         items.append((clean_label(name), count))

@@ -11,6 +11,7 @@ import gzip
 import html
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.account_info import describe_endpoints
 from exporter.snapshot import AccountSnapshot, Snapshot, SnapshotStore
+from exporter.webconfig import HANDSHAKE_TIMEOUT, BasicAuth, TLSWrapper, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,17 @@ class ExporterServer(ThreadingHTTPServer):
         store: SnapshotStore,
         *,
         clock: Callable[[], float] = time.time,
+        web: WebConfig | None = None,
     ) -> None:
+        """`web` (from --web.config.file) adds TLS, basic auth and response headers."""
         self.registry = registry
         self.store = store
         self.clock = clock
+        web = web or WebConfig()
+        self.tls = None if web.tls is None else TLSWrapper(web.tls)
+        self.auth = BasicAuth(web.users) if web.users else None
+        self.extra_headers = web.headers
+        self.renders = _Renders(registry)
         super().__init__(address, _Handler)
 
     @property
@@ -51,12 +60,67 @@ class ExporterServer(ThreadingHTTPServer):
         shown = host if isinstance(host, str) and host not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104
         if ":" in shown:
             shown = f"[{shown}]"
-        return f"http://{shown}:{port}"
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """With TLS, the handshake runs here, in the request's own thread, not the accept loop."""
+        if self.tls is None or not isinstance(request, socket.socket):
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            secure = self.tls.context().wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            if not self.tls.allowed(secure):
+                log.debug("client certificate of %s matches no allowed SAN", client_address)
+                return
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         thread.start()
         return thread
+
+
+RENDER_TTL = 1.0  # seconds a rendered /metrics is reused for
+
+
+class _Renders:
+    """/metrics rendered at most once a second per format, shared by concurrent scrapes.
+
+    Rendering thousands of series costs a large fraction of a second of CPU: without this,
+    many scrapers at once (HA Prometheus pairs, federation, people with curl) queue behind
+    each other. Business values change only once per poll, so a second's reuse hides nothing.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # one render at a time; the others wait and reuse it
+        self._cache: dict[tuple[str, bool], tuple[float, bytes]] = {}
+
+    def get(self, encoder: Callable[[CollectorRegistry], bytes], kind: str, gzipped: bool) -> bytes:
+        with self._lock:
+            now = self._monotonic()
+            key = (kind, gzipped)
+            cached = self._cache.get(key)
+            if cached is not None and now - cached[0] < RENDER_TTL:
+                return cached[1]
+            body = encoder(self._registry)
+            if gzipped:
+                body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
+            self._cache[key] = (now, body)
+            return body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -73,7 +137,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path == "/metrics":
+        if self.server.auth is not None and not self.server.auth.check(
+            self.headers.get("Authorization")
+        ):
+            self._send(
+                401,
+                "text/plain; charset=utf-8",
+                b"Unauthorized\n",
+                {"WWW-Authenticate": 'Basic realm="neo-exporter", charset="UTF-8"'},
+            )
+        elif path == "/metrics":
             self._metrics()
         elif path == "/":
             body = landing_page(self.server.store.get(), self.server.clock())
@@ -90,11 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
-        headers = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
-            headers["Content-Encoding"] = "gzip"
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        body = self.server.renders.get(encoder, content_type, gzipped)
+        headers = {"Content-Encoding": "gzip"} if gzipped else {}
         self._send(200, content_type, body, headers)
 
     def _send(
@@ -104,6 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        for name, value in self.server.extra_headers:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)

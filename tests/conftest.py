@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,3 +120,23 @@ def stop_event() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()
+
+
+# Figures measured by the reliability tests (docs/reliability.md quotes them), printed at the
+# end of the run: `pytest -q` shows them under "reliability figures".
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record one line of figures for the end-of-run summary."""
+    lines = request.config.stash.setdefault(FIGURES, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.section("reliability figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,132 @@
+"""Load: 50 concurrent scrapers for 30 s against an exporter holding 10,000 series.
+
+Asserts no error and that polls went on meanwhile; reports scrape latency percentiles
+(figures, not assertions: the CI machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from exporter.fakeapi import FakeNeo
+from tests.conftest import ManualClock, parse_exposition, sample
+from tests.processes import fake_api, start_exporter, wait_until
+from tests.test_process import ENV, metrics, write_config
+
+pytestmark = pytest.mark.e2e
+
+SCRAPERS = 50
+SECONDS = float(os.environ.get("NEO_LOAD_SECONDS", "30"))
+MODELS = 43  # each model opens 5 statuses x 2 byok x 10 counters, + histograms: ~233 series
+
+
+def polls(url: str) -> float:
+    samples = metrics(url)
+    return sum(
+        sample(samples, "neo_exporter_polls_total", account="acme", kind=kind, result="success")
+        for kind in ("incremental", "reconcile")
+    )
+
+
+def test_fifty_scrapers_for_thirty_seconds_get_every_scrape_and_polls_go_on(
+    tmp_path: Path, figures: Any
+) -> None:
+    now = time.time()
+    rows = FakeNeo(seed=31).generate(MODELS, now - 3600, now - 120, late_fraction=0.0)
+    for i, row in enumerate(rows):
+        row["model"] = f"model-{i:03d}"
+    with fake_api("--seed", "31", "--streams", "0") as (_, fake_url):
+        requests.post(f"{fake_url}/_fake/rows", json={"rows": rows}, timeout=10).raise_for_status()
+        config = write_config(
+            tmp_path / "config.yaml",
+            fake_url,
+            tmp_path / "state.db",
+            metrics={"label_limits": {"model": 200}},
+        )
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            wait_until(
+                lambda: requests.get(f"{url}/-/ready", timeout=5).status_code == 200, 30, "ready"
+            )
+            text = requests.get(f"{url}/metrics", timeout=10).text
+            series = len(parse_exposition(text))
+            assert series >= 10_000
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+            start = threading.Barrier(SCRAPERS + 1)
+            deadline = [0.0]
+
+            def scraper() -> None:
+                session = requests.Session()
+                start.wait()
+                mine: list[float] = []
+                while time.monotonic() < deadline[0]:
+                    began = time.monotonic()
+                    try:
+                        response = session.get(f"{url}/metrics", timeout=60)
+                        ok = response.status_code == 200 and response.text.endswith("\n")
+                        problem = None if ok else f"HTTP {response.status_code}"
+                    except requests.RequestException as exc:
+                        problem = type(exc).__name__
+                    mine.append(time.monotonic() - began)
+                    if problem is not None:
+                        with lock:
+                            errors.append(problem)
+                with lock:
+                    latencies.extend(mine)
+
+            threads = [threading.Thread(target=scraper) for _ in range(SCRAPERS)]
+            for thread in threads:
+                thread.start()
+            polls_before = polls(url)
+            deadline[0] = time.monotonic() + SECONDS
+            start.wait()
+            for thread in threads:
+                thread.join(SECONDS + 120)
+            polls_after = polls(url)
+        finally:
+            assert proc.stop() == 0
+    assert errors == []
+    assert "Traceback" not in proc.output
+    # Polls every 2 s went on under load (a generous bound: about SECONDS / 2 are due).
+    assert polls_after - polls_before >= SECONDS / 2 / 3
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    figures(
+        f"load: {SCRAPERS} scrapers x {SECONDS:.0f}s, {series} series "
+        f"({len(text) / 1e6:.1f} MB): {len(ordered)} scrapes ({len(ordered) / SECONDS:.1f}/s), "
+        f"0 errors, latency p50 {p50:.2f}s p99 {p99:.2f}s max {ordered[-1]:.2f}s; "
+        f"{polls_after - polls_before:.0f} polls done of ~{SECONDS / 2:.0f} due"
+    )
+
+
+def test_scrapes_within_a_second_share_one_render() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from exporter.server import _Renders
+
+    clock = ManualClock(100.0)
+    rendered: list[int] = []
+
+    def encoder(registry: CollectorRegistry) -> bytes:
+        rendered.append(1)
+        return f"render {len(rendered)}\n".encode()
+
+    renders = _Renders(CollectorRegistry(), clock)
+    first = renders.get(encoder, "text/plain", False)
+    clock.advance(0.5)
+    assert renders.get(encoder, "text/plain", False) == first
+    assert renders.get(encoder, "application/openmetrics-text", False) != first  # per format
+    clock.advance(0.6)
+    assert renders.get(encoder, "text/plain", False) == b"render 3\n"
+    assert len(rendered) == 3
