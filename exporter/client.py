@@ -8,11 +8,14 @@ of the account, not just the one that got it. 401/403/404 and other 4xx are not 
 Paging: `to` is pinned by the caller for the whole read; the first page gives `total`, the
 remaining offsets are fetched concurrently (at most `http.concurrency` at once), and if the
 last page still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
-Duplicates across pages are expected and left to the state to drop.
+If the pages fetched concurrently disagree on `total`, rows arrived mid-read and one may have
+slid into a page already served; the read is then repeated in offset order, which cannot
+miss a row that way. Duplicates across pages are expected and left to the state to drop.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -274,11 +277,13 @@ class NeoClient:
         if not first.has_more:
             return
         last_page, next_offset = first, limit
+        totals: set[int | None] = set()
         if pages_total is not None and pages_total > 1:
             self._check_cap(pages_total)
             offsets = [limit * i for i in range(1, pages_total)]
             for offset, page in self._fetch_all(fetch, offsets):
                 done, rows = done + 1, rows + len(page.rows)
+                totals.add(page.total)
                 progress(PageProgress(done, pages_total, rows, rows_total))
                 if offset == offsets[-1]:
                     last_page = page
@@ -293,6 +298,31 @@ class NeoClient:
             progress(PageProgress(done, max(done, pages_total or 0), rows, rows_total))
             next_offset += limit
             yield last_page
+        if len(totals) > 1 or None in totals:
+            # The row count changed while pages were fetched out of order: a row that
+            # arrived mid-read shifts the rows behind it by one offset, so one of them can
+            # slide from a page not yet served into a page already served and be missed.
+            # A read in offset order cannot miss a row that way; read again, in order.
+            log.info(
+                "%s: rows arrived during a concurrent read (totals %s); reading again in order",
+                endpoint,
+                sorted(t for t in totals if t is not None),
+            )
+            for page in self._in_order(fetch, limit):
+                done, rows = done + 1, rows + len(page.rows)
+                progress(PageProgress(done, max(done, pages_total or 0), rows, rows_total))
+                yield page
+
+    def _in_order(self, fetch: Callable[[int], Page], limit: int) -> Iterator[Page]:
+        """Pages one after another from offset 0 until `has_more` is false, within the cap."""
+        offset = 0
+        for number in itertools.count(1):
+            self._check_cap(number)
+            page = fetch(offset)
+            yield page
+            if not page.has_more:
+                return
+            offset += limit
 
     def _check_cap(self, pages: int) -> None:
         if pages > self._http.max_pages:

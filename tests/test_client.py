@@ -331,3 +331,35 @@ def test_broken_json_is_still_an_error_with_orjson() -> None:
     orjson = pytest.importorskip("orjson")
     with pytest.raises(ValueError):
         decode_json(b'{"data": [', fast=orjson.loads)
+
+
+def test_rows_arriving_mid_read_are_not_lost_between_pages_fetched_out_of_order(
+    mocked: responses.RequestsMock,
+) -> None:
+    # Newest first: three late rows land at the head after page 10 was served but before
+    # page 5, so rows 7..9 slide from page 5's span into page 10's, already read.
+    data = list(range(20))
+    lock = threading.Lock()
+    page_10_served = threading.Event()
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        import json
+
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        if offset == 5 and not page_10_served.is_set():
+            assert page_10_served.wait(5.0)
+            with lock:
+                data[:0] = [100, 101, 102]
+        with lock:
+            chunk, total = data[offset : offset + 5], len(data)
+        if offset == 10:
+            page_10_served.set()
+        return 200, {}, json.dumps(page([{"n": n} for n in chunk], offset + 5 < total, total))
+
+    mocked.add_callback(responses.GET, STREAMS, callback=callback)
+    client, seen, _ = make_client(Clock(), page_size=5, concurrency=3)
+    rows = {
+        row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows
+    }
+    assert rows >= set(range(20))
+    assert len(seen) > 4  # the read was repeated in order, not trusted
