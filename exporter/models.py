@@ -377,8 +377,9 @@ def _tool_history(value: object, invalid: list[str]) -> tuple[tuple[str, float],
             if not isinstance(entry, dict):
                 raise RowError(REASON_WRONG_TYPE, "tool_call_history entry should be an object")
             tool = entry.get("tool_name")
-            # Inlined _label for the common case: a row has dozens of entries.
-            if type(tool) is str and (name := tool.strip()):
+            # Inlined _label for the common case (a row has dozens of entries); ASCII
+            # cannot hold a lone surrogate, anything else goes through clean_label.
+            if type(tool) is str and tool.isascii() and (name := tool.strip()):
                 tool = name[:MAX_LABEL_LENGTH]
             else:
                 tool = _label(entry, "tool_name")
