@@ -19,6 +19,7 @@ result is worthless); timing targets are reported, never enforced (the machine i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -36,16 +37,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from exporter.cli import Exporter, build
 from exporter.client import JSON_DECODER
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
+from exporter.instrumentation import ExporterMetrics
 from exporter.models import format_timestamp
 from exporter.poller import STREAMS_PATH, TASKS_PATH, plan_streams_read
-from exporter.server import ExporterServer
+from exporter.server import RENDER_TTL, ExporterServer, Renders
 from exporter.snapshot import SnapshotStore
 from exporter.state import (
     STREAM_COUNTERS,
@@ -309,6 +311,7 @@ class Scrape:
     ours: list[float]
     direct: list[float]
     http: list[float]
+    between_polls: list[float] = field(default_factory=list)
 
 
 class _Fixed(Collector):
@@ -349,7 +352,18 @@ def run_scrape(series: int, repeat: int) -> Scrape:
         # Interleaved, so that a busy moment of the machine hits both alike.
         out.ours.append(measure(lambda: generate_latest(ours))[1])
         out.direct.append(measure(lambda: generate_latest(direct))[1])
-    server = ExporterServer(("127.0.0.1", 0), ours, store)
+    # What the server does between polls: the Neo metrics were rendered once for this
+    # snapshot; the exporter's own metrics are rendered again at each scrape.
+    live = CollectorRegistry()
+    ExporterMetrics(live, ("bench",))
+    ticks = itertools.count(step=RENDER_TTL)  # past the one-second reuse at every scrape
+    renders = Renders(live, ours, store, monotonic=lambda: float(next(ticks)))
+    renders.get(generate_latest, CONTENT_TYPE_LATEST, False)
+    for _ in range(repeat):
+        out.between_polls.append(
+            measure(lambda: renders.get(generate_latest, CONTENT_TYPE_LATEST, False))[1]
+        )
+    server = ExporterServer(("127.0.0.1", 0), live, store, per_snapshot=ours)
     server.serve_in_thread()
     try:
         with requests.Session() as session:
@@ -496,12 +510,20 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
             verdict(med(steady.cpu) < 0.005),
         ],
         [
-            f"scrape, {scrape.series:,} series: render p50",
+            f"scrape, {scrape.series:,} series: first render of a snapshot",
             ms(med(scrape.ours)),
             ms(med(scrape.direct)) + " (generate_latest alone)",
             f"{scrape_ratio:.2f}x",
-            "< 50 ms, <= 1.5x",
-            verdict(med(scrape.ours) < 0.05 and scrape_ratio <= 1.5),
+            "<= 1.5x",
+            verdict(scrape_ratio <= 1.5),
+        ],
+        [
+            f"scrape, {scrape.series:,} series: render p50 between polls",
+            ms(med(scrape.between_polls)),
+            "",
+            "",
+            "< 50 ms",
+            verdict(med(scrape.between_polls) < 0.05),
         ],
         [
             "scrape: GET /metrics p50 over loopback",

@@ -30,7 +30,7 @@ from exporter.config import parse_listen_address as parse_listen
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import AccountPoller
-from exporter.server import ExporterServer
+from exporter.server import ExporterServer, Include
 from exporter.snapshot import SnapshotStore
 from exporter.state import (
     STEP_LATENCY,
@@ -57,7 +57,9 @@ class Exporter:
     config: Config
     state: State
     store: SnapshotStore
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # every metric: what --once prints and tests read
+    live: CollectorRegistry  # the exporter's own metrics, rendered at every scrape
+    per_snapshot: CollectorRegistry  # the Neo metrics, rendered once per snapshot
     pollers: list[AccountPoller]
     clients: list[NeoClient]
     info_pollers: list[AccountInfoPoller] = field(default_factory=list)
@@ -82,9 +84,12 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     )
     names = tuple(account.name for account in config.accounts)
     store = SnapshotStore(names, config.polling.window)
-    registry = CollectorRegistry()
-    metrics = ExporterMetrics(registry, names)
-    registry.register(NeoCollector(store))
+    live, per_snapshot, registry = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    metrics = ExporterMetrics(live, names)
+    neo = NeoCollector(store)
+    per_snapshot.register(neo)
+    registry.register(Include(live))
+    registry.register(neo)
     pollers, clients, info_pollers = [], [], []
     for account in config.accounts:
         client = NeoClient(
@@ -124,7 +129,9 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     # Counters restored from the state are visible from the first scrape, before any poll.
     for poller in pollers:
         store.update(poller.name, counts=state.counts(poller.name))
-    return Exporter(config, state, store, registry, pollers, clients, info_pollers)
+    return Exporter(
+        config, state, store, registry, live, per_snapshot, pollers, clients, info_pollers
+    )
 
 
 def run(
@@ -140,8 +147,9 @@ def run(
     try:
         server = ExporterServer(
             parse_listen(config.web.listen_address),
-            exporter.registry,
+            exporter.live,
             exporter.store,
+            per_snapshot=exporter.per_snapshot,
             clock=clock,
             web=web,
         )

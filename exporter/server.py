@@ -14,12 +14,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.account_info import describe_endpoints
@@ -40,10 +42,13 @@ class ExporterServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         store: SnapshotStore,
         *,
+        per_snapshot: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         web: WebConfig | None = None,
     ) -> None:
-        """`web` (from --web.config.file) adds TLS, basic auth and response headers."""
+        """Serve `registry` and `per_snapshot` (whose metrics depend only on the store's
+        snapshot) on /metrics. `web` (from --web.config.file) adds TLS, basic auth and
+        response headers."""
         self.registry = registry
         self.store = store
         self.clock = clock
@@ -51,7 +56,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.tls = None if web.tls is None else TLSWrapper(web.tls)
         self.auth = BasicAuth(web.users) if web.users else None
         self.extra_headers = web.headers
-        self.renders = _Renders(registry)
+        self.renders = Renders(registry, per_snapshot, store)
         super().__init__(address, _Handler)
 
     @property
@@ -91,36 +96,76 @@ class ExporterServer(ThreadingHTTPServer):
 
 
 RENDER_TTL = 1.0  # seconds a rendered /metrics is reused for
+OPENMETRICS_EOF = b"# EOF\n"
 
 
-class _Renders:
-    """/metrics rendered at most once a second per format, shared by concurrent scrapes.
+class Include(Collector):
+    """Collects everything another registry holds, so that one registry can show two."""
 
-    Rendering thousands of series costs a large fraction of a second of CPU: without this,
-    many scrapers at once (HA Prometheus pairs, federation, people with curl) queue behind
-    each other. Business values change only once per poll, so a second's reuse hides nothing.
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+class Renders:
+    """/metrics bodies: the costly part once per snapshot, the whole shared for a second.
+
+    Rendering thousands of series costs a large fraction of a second of CPU in
+    prometheus_client. The Neo metrics (`per_snapshot`) depend on the snapshot alone, which
+    changes once per poll, so they are rendered once per snapshot and format; the exporter's
+    own metrics (`live`) are rendered at each render, so they stay current. A whole body is
+    reused for a second, so that many scrapers at once (HA Prometheus pairs, federation,
+    people with curl) share one render instead of queueing behind each other.
     """
 
     def __init__(
-        self, registry: CollectorRegistry, monotonic: Callable[[], float] = time.monotonic
+        self,
+        live: CollectorRegistry,
+        per_snapshot: CollectorRegistry | None,
+        store: SnapshotStore,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._registry = registry
+        self._live = live
+        self._per_snapshot = per_snapshot
+        self._store = store
         self._monotonic = monotonic
         self._lock = threading.Lock()  # one render at a time; the others wait and reuse it
-        self._cache: dict[tuple[str, bool], tuple[float, bytes]] = {}
+        self._bodies: dict[tuple[str, bool], tuple[float, bytes]] = {}
+        self._snapshot_parts: dict[str, tuple[Snapshot, bytes]] = {}
 
     def get(self, encoder: Callable[[CollectorRegistry], bytes], kind: str, gzipped: bool) -> bytes:
         with self._lock:
             now = self._monotonic()
             key = (kind, gzipped)
-            cached = self._cache.get(key)
+            cached = self._bodies.get(key)
             if cached is not None and now - cached[0] < RENDER_TTL:
                 return cached[1]
-            body = encoder(self._registry)
+            body = _join(encoder(self._live), self._snapshot_part(encoder, kind))
             if gzipped:
                 body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
-            self._cache[key] = (now, body)
+            self._bodies[key] = (now, body)
             return body
+
+    def _snapshot_part(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> bytes:
+        if self._per_snapshot is None:
+            return b""
+        # Taken before rendering: if a poll replaces the snapshot meanwhile, the next
+        # render sees a different object and renders again.
+        snapshot = self._store.get()
+        cached = self._snapshot_parts.get(kind)
+        if cached is None or cached[0] is not snapshot:
+            cached = (snapshot, encoder(self._per_snapshot))
+            self._snapshot_parts[kind] = cached
+        return cached[1]
+
+
+def _join(first: bytes, second: bytes) -> bytes:
+    """Two expositions as one; an OpenMetrics exposition ends once, with `# EOF`."""
+    if not second:
+        return first
+    return first.removesuffix(OPENMETRICS_EOF) + second
 
 
 class _Handler(BaseHTTPRequestHandler):

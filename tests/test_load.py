@@ -113,7 +113,8 @@ def test_fifty_scrapers_for_thirty_seconds_get_every_scrape_and_polls_go_on(
 def test_scrapes_within_a_second_share_one_render() -> None:
     from prometheus_client import CollectorRegistry
 
-    from exporter.server import _Renders
+    from exporter.server import Renders
+    from exporter.snapshot import SnapshotStore
 
     clock = ManualClock(100.0)
     rendered: list[int] = []
@@ -122,7 +123,7 @@ def test_scrapes_within_a_second_share_one_render() -> None:
         rendered.append(1)
         return f"render {len(rendered)}\n".encode()
 
-    renders = _Renders(CollectorRegistry(), clock)
+    renders = Renders(CollectorRegistry(), None, SnapshotStore(("acme",), 60.0), clock)
     first = renders.get(encoder, "text/plain", False)
     clock.advance(0.5)
     assert renders.get(encoder, "text/plain", False) == first
@@ -130,3 +131,41 @@ def test_scrapes_within_a_second_share_one_render() -> None:
     clock.advance(0.6)
     assert renders.get(encoder, "text/plain", False) == b"render 3\n"
     assert len(rendered) == 3
+
+
+def test_neo_metrics_render_once_per_snapshot_and_exporter_metrics_at_each_render() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from exporter.collector import NeoCollector
+    from exporter.server import RENDER_TTL, Renders
+    from exporter.snapshot import SnapshotStore
+
+    clock = ManualClock(100.0)
+    store = SnapshotStore(("acme",), 60.0)
+    live, per_snapshot = CollectorRegistry(), CollectorRegistry()
+    polls = Counter("polls", "polls", registry=live)
+    per_snapshot.register(NeoCollector(store))
+    rendered: list[CollectorRegistry] = []
+
+    def encoder(registry: CollectorRegistry) -> bytes:
+        rendered.append(registry)
+        return openmetrics(registry)
+
+    renders = Renders(live, per_snapshot, store, clock)
+    kind = "application/openmetrics-text"
+    for step in range(3):
+        polls.inc()
+        clock.advance(RENDER_TTL)
+        body = renders.get(encoder, kind, False).decode()
+        families = {f.name: f for f in text_string_to_metric_families(body)}  # one # EOF
+        assert families["polls"].samples[0].value == step + 1  # current at each render
+        assert "neo_up" in families
+    assert rendered.count(per_snapshot) == 1
+    store.update("acme", seen_streams=7)
+    clock.advance(RENDER_TTL)
+    body = renders.get(encoder, kind, False).decode()
+    assert 'neo_exporter_seen_streams{account="acme"} 7.0' in body
+    assert rendered.count(per_snapshot) == 2
+    assert rendered.count(live) == 4
