@@ -12,6 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.cli import Exporter, build
+from exporter.config import Config
+
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
 
 # Truth field -> (metric, label names) for counters keyed like the fake's Truth dicts.
@@ -125,6 +128,21 @@ def stop_event() -> Iterator[threading.Event]:
 # Figures measured by the reliability tests (docs/reliability.md quotes them), printed at the
 # end of the run: `pytest -q` shows them under "reliability figures".
 FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def make_exporter(clock: ManualClock, stop_event: threading.Event) -> Iterator[Any]:
+    """Builds exporters on the test module's `clock` fixture; closes them afterwards."""
+    made: list[Exporter] = []
+
+    def make(config: Config) -> Exporter:
+        exporter = build(config, stop_event, clock)
+        made.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in made:
+        exporter.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import logging
 import math
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,6 @@ from exporter.account_info import (
     parse_credits,
     parse_summary,
 )
-from exporter.cli import Exporter, build
 from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import parse_task, parse_timestamp
@@ -81,20 +79,6 @@ def make_config(
         },
         {},
     )
-
-
-@pytest.fixture
-def make_exporter(clock: ManualClock, stop_event: threading.Event) -> Iterator[Any]:
-    made: list[Exporter] = []
-
-    def make(config: Config) -> Exporter:
-        exporter = build(config, stop_event, clock)
-        made.append(exporter)
-        return exporter
-
-    yield make
-    for exporter in made:
-        exporter.close()
 
 
 def api(neo: FakeNeo, path: str, token: str = "fake-admin-token", **query: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from exporter.cli import Exporter, build
+from exporter.cli import Exporter
 from exporter.client import PageProgress
 from exporter.config import Config, config_from_mapping
 from exporter.fakeapi import FakeNeo, FakeNeoServer
@@ -63,20 +62,6 @@ def make_config(
         },
         {},
     )
-
-
-@pytest.fixture
-def make_exporter(clock: ManualClock, stop_event: threading.Event) -> Iterator[Any]:
-    made: list[Exporter] = []
-
-    def make(config: Config) -> Exporter:
-        exporter = build(config, stop_event, clock)
-        made.append(exporter)
-        return exporter
-
-    yield make
-    for exporter in made:
-        exporter.close()
 
 
 def poll(exporter: Exporter) -> bool:
