@@ -1017,6 +1017,20 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def read_yaml_file(path: str, what: str) -> object:
+    """The YAML document in `path`; ConfigError, prefixed with `what`, if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text") from None
+    return _parse_yaml(text, path)
+
+
 def _parse_yaml(text: str, path: str) -> object:
     loader = _StrictLoader(text)
     try:
@@ -1041,16 +1055,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
     """The config from a YAML file, or with no file from NEO_API_TOKEN alone."""
     if path is None:
         return _config_from_environ(environ)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError(
-            f"config: cannot read {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config: {path} is not UTF-8 text") from None
-    data = _parse_yaml(text, path)
+    data = read_yaml_file(path, "config")
     return config_from_mapping(data, environ, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import bcrypt
 
-from exporter.config import ConfigError, _parse_yaml
+from exporter.config import ConfigError, read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,7 @@ class WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Read and check the file; ConfigError lists every problem, each naming its key."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError(
-            f"--web.config.file: cannot read {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--web.config.file: {path} is not UTF-8 text") from None
-    data = _parse_yaml(text, path)
+    data = read_yaml_file(path, "--web.config.file")
     return web_config_from_mapping(data, os.path.dirname(os.path.abspath(path)), path)
 
 

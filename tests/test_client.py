@@ -341,15 +341,18 @@ def test_rows_arriving_mid_read_are_not_lost_between_pages_fetched_out_of_order(
     data = list(range(20))
     lock = threading.Lock()
     page_10_served = threading.Event()
+    inserted = threading.Event()
 
     def callback(request: Any) -> tuple[int, dict[str, str], str]:
         import json
 
         offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
-        if offset == 5 and not page_10_served.is_set():
+        # Only the first request for offset 5, whenever it arrives relative to page 10.
+        if offset == 5 and not inserted.is_set():
             assert page_10_served.wait(5.0)
             with lock:
                 data[:0] = [100, 101, 102]
+            inserted.set()
         with lock:
             chunk, total = data[offset : offset + 5], len(data)
         if offset == 10:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import threading
 from typing import Any
 
@@ -45,7 +44,7 @@ from exporter.state import (
     State,
 )
 from tests.conftest import ManualClock, parse_exposition, scrape, select
-from tests.test_process import promtool
+from tests.test_process import assert_promtool_lint_clean, promtool
 
 T0 = 1_795_000_000.0
 DAY = 86400.0
@@ -265,16 +264,7 @@ def test_promtool_accepts_an_exposition_full_of_hostile_label_values() -> None:
     state.ingest("acme", records, T0)
     text = generate_latest(exposition_of(state)).decode("utf-8")
     assert "\\n" in text and '\\"' in text and "\\\\" in text  # escaped, not raw
-    lint = subprocess.run(
-        [tool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+    assert_promtool_lint_clean(tool, text)
 
 
 # --- a whole poll, over HTTP, with hostile rows ----------------------------------------------

@@ -190,6 +190,20 @@ def test_endpoints_serve_metrics_landing_page_health_and_readiness(tmp_path: Pat
             proc.stop()
 
 
+def assert_promtool_lint_clean(tool: str, text: str) -> None:
+    """`promtool check metrics` finds nothing to say about the exposition."""
+    lint = subprocess.run(
+        [tool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+
+
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
@@ -218,16 +232,7 @@ def test_promtool_finds_nothing_to_complain_about_in_metrics(tmp_path: Path) -> 
         finally:
             proc.stop()
     assert "neo_credits_total" in text
-    lint = subprocess.run(
-        [tool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+    assert_promtool_lint_clean(tool, text)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
