@@ -127,8 +127,11 @@ class NeoClient:
         self._pause_until = 0.0
         self._pause_lock = threading.Lock()
         self._session = requests.Session()
+        # Up to `concurrency` pages in flight from the pool's workers, plus the first page of
+        # a read (fetched by the poller's thread) and the account-info poller's request: a
+        # smaller pool drops kept-alive connections (urllib3 warns "pool is full").
         adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=max(http.concurrency, 1)
+            pool_connections=1, pool_maxsize=max(http.concurrency, 1) + 2
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)

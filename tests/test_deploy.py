@@ -297,6 +297,8 @@ def test_wheel_from_the_image_sources_serves_demo_metrics_from_a_fresh_venv(
             proc.wait(10)
         output = proc.stdout.read() if proc.stdout else ""
     assert "listening on" in output, output
+    # A demo start is clean: no warnings (a full connection pool once logged one) or errors.
+    assert not [line for line in output.splitlines() if " WARNING " in line or " ERROR " in line]
 
 
 # --- compose ----------------------------------------------------------------------------
