@@ -6,11 +6,14 @@ are not a valid page are retried with exponential backoff and full jitter, up to
 of the account, not just the one that got it. 401/403/404 and other 4xx are not retried.
 
 Paging: `to` is pinned by the caller for the whole read; the first page gives `total`, the
-remaining offsets are fetched concurrently (at most `http.concurrency` at once), and if the
+remaining offsets are fetched concurrently, and if the
 last page still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
 If the pages fetched concurrently disagree on `total`, rows arrived mid-read and one may have
 slid into a page already served; the read is then repeated in offset order, which cannot
 miss a row that way. Duplicates across pages are expected and left to the state to drop.
+
+Concurrency: at most `http.concurrency` requests of one account are in flight at once,
+whichever reads they belong to (the streams and tasks reads run side by side).
 """
 
 from __future__ import annotations
@@ -127,12 +130,11 @@ class NeoClient:
         self._pause_until = 0.0
         self._pause_lock = threading.Lock()
         self._session = requests.Session()
-        # Up to `concurrency` pages in flight from the pool's workers, plus the first page of
-        # a read (fetched by the poller's thread) and the account-info poller's request: a
-        # smaller pool drops kept-alive connections (urllib3 warns "pool is full").
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=max(http.concurrency, 1) + 2
-        )
+        # Every request holds a slot while on the wire, so `concurrency` connections are all
+        # the pool ever needs at once (a smaller pool would drop kept-alive connections).
+        slots = max(http.concurrency, 1)
+        self._in_flight = threading.BoundedSemaphore(slots)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=slots)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers["User-Agent"] = f"neo-exporter/{__version__}"
@@ -142,12 +144,12 @@ class NeoClient:
             self._session.headers["X-Api-Key"] = token
         else:
             self._session.headers["Authorization"] = f"Bearer {token}"
-        self._executor: ThreadPoolExecutor | None = None
+        # Workers start on first use. Reads running side by side share them and the slots.
+        self._executor = ThreadPoolExecutor(max_workers=2 * slots, thread_name_prefix="neo-page")
 
     def close(self) -> None:
-        if self._executor is not None:
-            # A fetch stuck in the network is not waited for: it commits nothing itself.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        # A fetch stuck in the network is not waited for: it commits nothing itself.
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._session.close()
 
     # --- one request ---------------------------------------------------------------------
@@ -171,10 +173,7 @@ class NeoClient:
             self._wait_for_pause()
             retry_after: float | None = None
             try:
-                response = self._session.get(
-                    url, params=params, timeout=timeout, allow_redirects=False, stream=True
-                )
-                content = self._read_body(response)
+                response, content = self._get(url, params, timeout)
             except requests.Timeout:
                 self._on_request(endpoint, CODE_TIMEOUT)
                 reason = "timeout"
@@ -219,6 +218,16 @@ class NeoClient:
             elif self._wait(delay):
                 raise Stopped
             attempt += 1
+
+    def _get(
+        self, url: str, params: Mapping[str, str], timeout: tuple[float, float]
+    ) -> tuple[requests.Response, bytes]:
+        """One GET and its whole body, holding one of the account's slots (not to decode)."""
+        with self._in_flight:
+            response = self._session.get(
+                url, params=params, timeout=timeout, allow_redirects=False, stream=True
+            )
+            return response, self._read_body(response)
 
     def _read_body(self, response: requests.Response) -> bytes:
         """The whole body, checking for a stop between chunks; the connection is released."""
@@ -337,10 +346,6 @@ class NeoClient:
         self, fetch: Callable[[int], Page], offsets: list[int]
     ) -> Iterator[tuple[int, Page]]:
         """Fetch offsets with bounded concurrency, yielding pages as they arrive."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self._http.concurrency, thread_name_prefix="neo-page"
-            )
         pending: dict[Future[Page], int] = {}
         queue = iter(offsets)
         try:

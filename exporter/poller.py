@@ -139,6 +139,9 @@ class AccountPoller:
         self._stop = stop
         self._clock = clock
         self._endpoints: dict[str, EndpointHealth] = {}
+        # The streams and tasks reads publish from two threads: state is read and the
+        # snapshot written under one lock, so an older count never overwrites a newer one.
+        self._publishing = threading.RLock()
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -146,24 +149,42 @@ class AccountPoller:
         next_streams = next_tasks = self._clock()
         while not self._stop.is_set():
             now = self._clock()
-            if now >= next_streams:
+            streams_due, tasks_due = now >= next_streams, now >= next_tasks
+            if streams_due:
                 next_streams = max(next_streams + self._polling.interval, now)
-                self.poll_streams()
-            if self._stop.is_set():
-                break
-            now = self._clock()
-            if now >= next_tasks:
+            if tasks_due:
                 next_tasks = max(next_tasks + self._polling.tasks_interval, now)
+            if streams_due and tasks_due:
+                self.poll_both()
+            elif streams_due:
+                self.poll_streams()
+            elif tasks_due:
                 self.poll_tasks()
             self._store.update(self.name, first_poll_done=True)
             self._stop.wait(max(0.0, min(next_streams, next_tasks) - self._clock()))
 
     def poll_once(self) -> bool:
         """Read the whole window of streams and the tasks once; True if both succeeded."""
-        streams_ok = self.poll_streams(force_reconcile=True)
-        tasks_ok = self.poll_tasks()
+        ok = self.poll_both(force_reconcile=True)
         self._store.update(self.name, first_poll_done=True)
-        return streams_ok and tasks_ok
+        return ok
+
+    def poll_both(self, *, force_reconcile: bool = False) -> bool:
+        """The streams and tasks reads side by side; True if both succeeded.
+
+        A first read is mostly waiting on pages: while the streams' rows are counted, the
+        tasks' pages arrive. Both share the client's `http.concurrency` slots.
+        """
+        tasks_ok: list[bool] = []
+        helper = threading.Thread(
+            target=lambda: tasks_ok.append(self.poll_tasks()),
+            name=f"neo-tasks-{self.name}",
+            daemon=True,
+        )
+        helper.start()
+        streams_ok = self.poll_streams(force_reconcile=force_reconcile)
+        helper.join()
+        return streams_ok and tasks_ok == [True]
 
     # --- streams -------------------------------------------------------------------------
 
@@ -294,6 +315,10 @@ class AccountPoller:
         except ApiError as exc:
             self._failed("tasks", "tasks", exc)
             return False
+        except Exception as exc:  # a bug must not kill the thread: report it and go on
+            log.exception("account=%s tasks read failed unexpectedly", self.name)
+            self._failed("tasks", "tasks", ApiError(f"internal error: {type(exc).__name__}"))
+            return False
         skips.summarise()
         self._succeeded("tasks", "tasks")
         self._publish(
@@ -306,30 +331,33 @@ class AccountPoller:
 
     def _succeeded(self, endpoint: str, kind: str) -> None:
         self._metrics.polls.labels(self.name, kind, "success").inc()
-        self._endpoints[endpoint] = EndpointHealth(True, self._clock(), None)
-        self._publish()
+        with self._publishing:
+            self._endpoints[endpoint] = EndpointHealth(True, self._clock(), None)
+            self._publish()
 
     def _failed(self, endpoint: str, kind: str, exc: ApiError) -> None:
         self._metrics.polls.labels(self.name, kind, "failure").inc()
         log.error("account=%s %s read failed: %s", self.name, kind, exc)
-        previous = self._endpoints.get(endpoint, EndpointHealth())
-        self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
-        self._publish(progress=None)
+        with self._publishing:
+            previous = self._endpoints.get(endpoint, EndpointHealth())
+            self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
+            self._publish(progress=None)
 
     def _publish(self, *, window: bool = False, **changes: object) -> None:
         """Put committed state into the snapshot; `window` also recounts window gauges."""
-        if window:
-            since = self._clock() - self._polling.window
-            changes["window_streams"] = self._state.window_streams(self.name, since)
-            changes["seen_streams"] = self._state.seen_streams(self.name)
-        self._store.update(
-            self.name,
-            state_bytes=self._state.size_bytes() if window else None,
-            counts=self._state.counts(self.name),
-            endpoints=dict(self._endpoints),
-            watermark=self._state.watermark(self.name, WATERMARK_STREAMS),
-            **changes,
-        )
+        with self._publishing:
+            if window:
+                since = self._clock() - self._polling.window
+                changes["window_streams"] = self._state.window_streams(self.name, since)
+                changes["seen_streams"] = self._state.seen_streams(self.name)
+            self._store.update(
+                self.name,
+                state_bytes=self._state.size_bytes() if window else None,
+                counts=self._state.counts(self.name),
+                endpoints=dict(self._endpoints),
+                watermark=self._state.watermark(self.name, WATERMARK_STREAMS),
+                **changes,
+            )
 
 
 class _SkipLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -366,3 +367,31 @@ def test_rows_arriving_mid_read_are_not_lost_between_pages_fetched_out_of_order(
     }
     assert rows >= set(range(20))
     assert len(seen) > 4  # the read was repeated in order, not trusted
+
+
+def test_reads_side_by_side_share_the_accounts_request_slots(
+    mocked: responses.RequestsMock,
+) -> None:
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most at once
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        import json
+
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        time.sleep(0.005)  # long enough for the other requests to pile up
+        with lock:
+            in_flight[0] -= 1
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        return 200, {}, json.dumps(page([{"n": offset}], offset < 25, 30))
+
+    mocked.add_callback(responses.GET, STREAMS, callback=callback)
+    client, _, _ = make_client(Clock(), page_size=5, concurrency=2)
+    read = lambda: [p for p in client.pages("/api/v1/usage/streams", {}, "streams")]  # noqa: E731
+    other = threading.Thread(target=read)
+    other.start()
+    assert len(read()) == 6
+    other.join(10)
+    assert in_flight[1] == 2  # two reads, each with workers to spare, never more than 2

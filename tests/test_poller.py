@@ -260,6 +260,24 @@ def test_tasks_feed_window_gauges(neo: FakeNeo, fake: FakeNeoServer, make_export
     assert sample(samples, "neo_window_credits", account="acme") == pytest.approx(credits)
 
 
+def test_a_full_read_reads_streams_and_tasks_side_by_side_to_the_exact_truth(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
+) -> None:
+    rows = neo.generate(600, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    fake.neo.clear_log()
+    assert exporter.pollers[0].poll_once()
+    paths = [r.path for r in fake.neo.requests_log]
+    streams = [i for i, p in enumerate(paths) if p.endswith("/streams")]
+    tasks = [i for i, p in enumerate(paths) if p.endswith("/tasks")]
+    assert len(streams) == 12
+    assert tasks and tasks[0] < streams[-1]  # not one read after the other
+    samples = scrape(exporter.registry)
+    assert truth_mismatches(samples, neo.truth(T0 - 2 * DAY, T0), "acme") == []
+    task_ids = {r["task_id"] for r in rows}
+    assert sum(select(samples, "neo_window_tasks", account="acme").values()) == len(task_ids)
+
+
 def test_plan_reads_the_window_first_then_the_lookback() -> None:
     polling = make_config("http://127.0.0.1:1").polling
     first = plan_streams_read(T0, polling, None, None)
