@@ -224,6 +224,7 @@ class TopTasks:
         self._count = count
         self._emails = emails
         self._heap: list[_Candidate] = []
+        self._ids: set[str] = set()  # of the heap's tasks: a task repeated by paging once
 
     def add(self, task: TaskRecord, row: object) -> None:
         """One parsed task and its row (for the title, and the email if members are enabled)."""
@@ -231,6 +232,8 @@ class TopTasks:
             return
         if len(self._heap) >= self._count and task.credits < self._heap[0].credits:
             return  # the usual case once the heap is full: nothing to build
+        if task.task_id in self._ids:
+            return
         fields = row if isinstance(row, dict) else {}
         email = fields.get("email") if self._emails else None
         candidate = _Candidate(
@@ -241,8 +244,10 @@ class TopTasks:
         )
         if len(self._heap) < self._count:
             heapq.heappush(self._heap, candidate)
+            self._ids.add(task.task_id)
         elif self._heap[0] < candidate:
-            heapq.heapreplace(self._heap, candidate)
+            self._ids.discard(heapq.heapreplace(self._heap, candidate).task_id)
+            self._ids.add(task.task_id)
 
     def ranked(self) -> tuple[TopTask, ...]:
         best = sorted(self._heap, key=lambda c: (-c.credits, c.task_id))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -290,39 +289,38 @@ class AccountPoller:
             "to": format_timestamp(now),
         }
         skips = _SkipLog(self.name, "tasks", self._metrics)
-        by_status: Tally[str] = Tally()
-        credits = llm_cost = platform_cost = 0.0
-        seen: set[str] = set()
         top = TopTasks(self._top_tasks, emails=self._task_emails)
+        # Offset paging can repeat a task: the state keeps the read's distinct ids.
+        self._state.discard_tasks_read(self.name)
         try:
             for page in self._client.pages(TASKS_PATH, params, "tasks"):
+                tasks: list[TaskRecord] = []
                 for row in page.rows:
                     try:
-                        task: TaskRecord = parse_task(row)
+                        task = parse_task(row)
                     except RowError as exc:
                         skips.add(row, exc)
                         continue
-                    if task.task_id in seen:  # offset paging can repeat a row
-                        continue
-                    seen.add(task.task_id)
-                    by_status[task.status] += 1
-                    credits += task.credits
-                    llm_cost += task.llm_cost
-                    platform_cost += task.neo_cost
+                    tasks.append(task)
                     top.add(task, row)
+                self._state.add_read_tasks(self.name, tasks)
         except Stopped:
+            self._state.discard_tasks_read(self.name)
             return False
         except ApiError as exc:
+            self._state.discard_tasks_read(self.name)
             self._failed("tasks", "tasks", exc)
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
+            self._state.discard_tasks_read(self.name)
             log.exception("account=%s tasks read failed unexpectedly", self.name)
             self._failed("tasks", "tasks", ApiError(f"internal error: {type(exc).__name__}"))
             return False
+        totals = self._state.finish_tasks_read(self.name)
         skips.summarise()
         self._succeeded("tasks", "tasks")
         self._publish(
-            tasks=TaskWindow(dict(by_status), credits, llm_cost, platform_cost),
+            tasks=TaskWindow(totals.by_status, totals.credits, totals.llm_cost, totals.neo_cost),
             top_tasks=top.ranked(),
         )
         return True

@@ -14,12 +14,13 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.models import StreamRecord
+from exporter.models import StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,16 @@ class IngestResult:
     changed_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class TaskTotals:
+    """Sums over the distinct tasks of one tasks read."""
+
+    by_status: Mapping[str, int]
+    credits: float
+    llm_cost: float
+    neo_cost: float
+
+
 @dataclass(slots=True)
 class _Account:
     counters: dict[Key, CounterValue] = field(default_factory=dict)
@@ -151,6 +162,15 @@ class State:
         # WAL + NORMAL survives a killed process (not a power cut) and avoids a sync per commit.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+        # The tasks read's scratch rows spill to an unlinked temporary file past a small page
+        # cache (SQLite picks TMPDIR, /tmp, or the working directory), never into memory.
+        db.execute("PRAGMA temp_store=FILE")
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS task_read (account TEXT NOT NULL, "
+            "task_id TEXT NOT NULL, status TEXT NOT NULL, credits REAL NOT NULL, "
+            "llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, PRIMARY KEY (account, task_id)) "
+            "WITHOUT ROWID"
+        )
         db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -235,6 +255,36 @@ class State:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # --- one tasks read ----------------------------------------------------------------
+    # A tasks read may see a task twice (offset paging); its distinct ids are kept here,
+    # not in a Python set, so memory does not grow with the window's tasks.
+
+    def add_read_tasks(self, account: str, tasks: Iterable[TaskRecord]) -> None:
+        """Add tasks to the current read of `account`; a task already in it is ignored."""
+        rows = [(account, t.task_id, t.status, t.credits, t.llm_cost, t.neo_cost) for t in tasks]
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO temp.task_read VALUES (?,?,?,?,?,?)", rows)
+
+    def finish_tasks_read(self, account: str) -> TaskTotals:
+        """The totals of the current read of `account`, which then starts over empty."""
+        with self._lock:
+            groups = self._db.execute(
+                "SELECT status, COUNT(*), TOTAL(credits), TOTAL(llm_cost), TOTAL(neo_cost) "
+                "FROM temp.task_read WHERE account = ? GROUP BY status ORDER BY status",
+                (account,),
+            ).fetchall()
+            self.discard_tasks_read(account)
+        return TaskTotals(
+            {status: count for status, count, *_ in groups},
+            math.fsum(g[2] for g in groups),
+            math.fsum(g[3] for g in groups),
+            math.fsum(g[4] for g in groups),
+        )
+
+    def discard_tasks_read(self, account: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM temp.task_read WHERE account = ?", (account,))
 
     # --- reads ---------------------------------------------------------------------------
 

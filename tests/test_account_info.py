@@ -464,6 +464,20 @@ def test_ranking_keeps_n_rows_and_breaks_ties_by_task_id() -> None:
     assert all(t.email == "" for t in ranked)
 
 
+def test_a_task_repeated_by_paging_is_ranked_once() -> None:
+    top = TopTasks(3, emails=False)
+    for task_id, credits in [("a", 5), ("b", 4), ("a", 5), ("c", 1), ("b", 4)]:
+        row = {
+            "task_id": task_id,
+            "created_at": "2026-11-18T00:00:00Z",
+            "model": "m",
+            "status": "completed",
+            "neo_credits": credits,
+        }
+        top.add(parse_task(row), row)
+    assert [(t.task_id, t.credits) for t in top.ranked()] == [("a", 5.0), ("b", 4.0), ("c", 1.0)]
+
+
 # --- bounded series -----------------------------------------------------------------------------
 
 

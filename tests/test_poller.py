@@ -278,6 +278,21 @@ def test_a_full_read_reads_streams_and_tasks_side_by_side_to_the_exact_truth(
     assert sum(select(samples, "neo_window_tasks", account="acme").values()) == len(task_ids)
 
 
+def test_tasks_repeated_by_paging_count_once_in_the_window_gauges(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
+) -> None:
+    rows = neo.generate(300, T0 - DAY, T0 - 60, late_fraction=0.0)
+    tasks = {r["task_id"] for r in rows}
+    credits = sum(float(r.get("neo_credits") or 0) for r in rows)
+    exporter = make_exporter(make_config(fake.url))
+    for _ in range(2):  # and the second read starts over, not on top of the first
+        neo.inject("duplicates", count=3, path="/api/v1/usage/tasks")
+        assert exporter.pollers[0].poll_tasks()
+        samples = scrape(exporter.registry)
+        assert sum(select(samples, "neo_window_tasks", account="acme").values()) == len(tasks)
+        assert sample(samples, "neo_window_credits", account="acme") == pytest.approx(credits)
+
+
 def test_plan_reads_the_window_first_then_the_lookback() -> None:
     polling = make_config("http://127.0.0.1:1").polling
     first = plan_streams_read(T0, polling, None, None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.models import StreamRecord
+from exporter.models import StreamRecord, TaskRecord
 from exporter.state import (
     CHANGED_RECORDS,
     OTHER,
@@ -286,3 +286,31 @@ def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path: Path) -> No
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateError, match="move the file aside"):
         open_state(path)
+
+
+def task(task_id: str, status: str = "completed", credits: float = 1.0) -> TaskRecord:
+    return TaskRecord(task_id, 1000.0, status, credits, credits / 10, credits / 100, 1)
+
+
+def test_a_tasks_read_sums_each_distinct_task_once_and_then_starts_over() -> None:
+    state = open_state()
+    state.add_read_tasks("a", [task("t1"), task("t2", "error", 2.5)])
+    state.add_read_tasks("a", [task("t2", "error", 2.5), task("t3")])  # t2 repeated by paging
+    state.add_read_tasks("b", [task("t1", credits=7.0)])
+    totals = state.finish_tasks_read("a")
+    assert dict(totals.by_status) == {"completed": 2, "error": 1}
+    assert totals.credits == pytest.approx(4.5)
+    assert totals.llm_cost == pytest.approx(0.45)
+    assert totals.neo_cost == pytest.approx(0.045)
+    assert dict(state.finish_tasks_read("a").by_status) == {}  # the next read starts empty
+    assert state.finish_tasks_read("b").credits == pytest.approx(7.0)  # accounts apart
+
+
+def test_a_discarded_tasks_read_leaves_nothing_behind() -> None:
+    state = open_state()
+    state.add_read_tasks("a", [task("t1"), task("t2")])
+    state.discard_tasks_read("a")
+    state.add_read_tasks("a", [task("t3", credits=2.0)])
+    totals = state.finish_tasks_read("a")
+    assert dict(totals.by_status) == {"completed": 1}
+    assert totals.credits == pytest.approx(2.0)
