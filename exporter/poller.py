@@ -31,7 +31,7 @@ from exporter.models import (
     parse_stream,
     parse_task,
 )
-from exporter.snapshot import EndpointHealth, ReadProgress, SnapshotStore, TaskWindow
+from exporter.snapshot import EndpointHealth, ReadProgress, SnapshotStore
 from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS, State
 
 log = logging.getLogger(__name__)
@@ -316,13 +316,10 @@ class AccountPoller:
             log.exception("account=%s tasks read failed unexpectedly", self.name)
             self._failed("tasks", "tasks", ApiError(f"internal error: {type(exc).__name__}"))
             return False
-        totals = self._state.finish_tasks_read(self.name)
+        window = self._state.finish_tasks_read(self.name)
         skips.summarise()
         self._succeeded("tasks", "tasks")
-        self._publish(
-            tasks=TaskWindow(totals.by_status, totals.credits, totals.llm_cost, totals.neo_cost),
-            top_tasks=top.ranked(),
-        )
+        self._publish(tasks=window, top_tasks=top.ranked())
         return True
 
     # --- health and publishing -----------------------------------------------------------

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter.state import Counts
+from exporter.state import Counts, TaskWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,16 +31,6 @@ class ReadProgress:
     rows_done: int
     rows_total: int | None
     eta_seconds: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskWindow:
-    """Gauges over the window, from `/usage/tasks` (mutable sums, so never counters)."""
-
-    tasks_by_status: Mapping[str, int]
-    credits: float
-    llm_cost: float
-    platform_cost: float
 
 
 # Account-level endpoints, each read on its own interval (see exporter.account_info).

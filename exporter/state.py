@@ -109,13 +109,14 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskTotals:
-    """Sums over the distinct tasks of one tasks read."""
+class TaskWindow:
+    """Sums over the distinct tasks of one tasks read: window gauges (tasks change, so
+    never counters)."""
 
-    by_status: Mapping[str, int]
+    tasks_by_status: Mapping[str, int]
     credits: float
     llm_cost: float
-    neo_cost: float
+    platform_cost: float
 
 
 @dataclass(slots=True)
@@ -266,7 +267,7 @@ class State:
         with self._lock:
             self._db.executemany("INSERT OR IGNORE INTO temp.task_read VALUES (?,?,?,?,?,?)", rows)
 
-    def finish_tasks_read(self, account: str) -> TaskTotals:
+    def finish_tasks_read(self, account: str) -> TaskWindow:
         """The totals of the current read of `account`, which then starts over empty."""
         with self._lock:
             groups = self._db.execute(
@@ -275,7 +276,7 @@ class State:
                 (account,),
             ).fetchall()
             self.discard_tasks_read(account)
-        return TaskTotals(
+        return TaskWindow(
             {status: count for status, count, *_ in groups},
             math.fsum(g[2] for g in groups),
             math.fsum(g[3] for g in groups),

@@ -298,11 +298,11 @@ def test_a_tasks_read_sums_each_distinct_task_once_and_then_starts_over() -> Non
     state.add_read_tasks("a", [task("t2", "error", 2.5), task("t3")])  # t2 repeated by paging
     state.add_read_tasks("b", [task("t1", credits=7.0)])
     totals = state.finish_tasks_read("a")
-    assert dict(totals.by_status) == {"completed": 2, "error": 1}
+    assert dict(totals.tasks_by_status) == {"completed": 2, "error": 1}
     assert totals.credits == pytest.approx(4.5)
     assert totals.llm_cost == pytest.approx(0.45)
-    assert totals.neo_cost == pytest.approx(0.045)
-    assert dict(state.finish_tasks_read("a").by_status) == {}  # the next read starts empty
+    assert totals.platform_cost == pytest.approx(0.045)
+    assert dict(state.finish_tasks_read("a").tasks_by_status) == {}  # the next read starts empty
     assert state.finish_tasks_read("b").credits == pytest.approx(7.0)  # accounts apart
 
 
@@ -312,5 +312,5 @@ def test_a_discarded_tasks_read_leaves_nothing_behind() -> None:
     state.discard_tasks_read("a")
     state.add_read_tasks("a", [task("t3", credits=2.0)])
     totals = state.finish_tasks_read("a")
-    assert dict(totals.by_status) == {"completed": 1}
+    assert dict(totals.tasks_by_status) == {"completed": 1}
     assert totals.credits == pytest.approx(2.0)
