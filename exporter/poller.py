@@ -290,8 +290,6 @@ class AccountPoller:
         }
         skips = _SkipLog(self.name, "tasks", self._metrics)
         top = TopTasks(self._top_tasks, emails=self._task_emails)
-        # Offset paging can repeat a task: the state keeps the read's distinct ids.
-        self._state.discard_tasks_read(self.name)
         try:
             for page in self._client.pages(TASKS_PATH, params, "tasks"):
                 tasks: list[TaskRecord] = []
@@ -303,20 +301,20 @@ class AccountPoller:
                         continue
                     tasks.append(task)
                     top.add(task, row)
+                # Offset paging can repeat a task: the state keeps the read's distinct ids.
                 self._state.add_read_tasks(self.name, tasks)
+            window = self._state.tasks_read_totals(self.name)
         except Stopped:
-            self._state.discard_tasks_read(self.name)
             return False
         except ApiError as exc:
-            self._state.discard_tasks_read(self.name)
             self._failed("tasks", "tasks", exc)
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
-            self._state.discard_tasks_read(self.name)
             log.exception("account=%s tasks read failed unexpectedly", self.name)
             self._failed("tasks", "tasks", ApiError(f"internal error: {type(exc).__name__}"))
             return False
-        window = self._state.finish_tasks_read(self.name)
+        finally:
+            self._state.discard_tasks_read(self.name)
         skips.summarise()
         self._succeeded("tasks", "tasks")
         self._publish(tasks=window, top_tasks=top.ranked())

@@ -267,15 +267,14 @@ class State:
         with self._lock:
             self._db.executemany("INSERT OR IGNORE INTO temp.task_read VALUES (?,?,?,?,?,?)", rows)
 
-    def finish_tasks_read(self, account: str) -> TaskWindow:
-        """The totals of the current read of `account`, which then starts over empty."""
+    def tasks_read_totals(self, account: str) -> TaskWindow:
+        """Sums over the distinct tasks of the current read of `account`."""
         with self._lock:
             groups = self._db.execute(
                 "SELECT status, COUNT(*), TOTAL(credits), TOTAL(llm_cost), TOTAL(neo_cost) "
                 "FROM temp.task_read WHERE account = ? GROUP BY status ORDER BY status",
                 (account,),
             ).fetchall()
-            self.discard_tasks_read(account)
         return TaskWindow(
             {status: count for status, count, *_ in groups},
             math.fsum(g[2] for g in groups),
@@ -284,6 +283,7 @@ class State:
         )
 
     def discard_tasks_read(self, account: str) -> None:
+        """End the current read of `account`: the next one starts empty."""
         with self._lock:
             self._db.execute("DELETE FROM temp.task_read WHERE account = ?", (account,))
 

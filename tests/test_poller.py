@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client import generate_latest
 
 from exporter.cli import Exporter
@@ -291,6 +292,32 @@ def test_tasks_repeated_by_paging_count_once_in_the_window_gauges(
         samples = scrape(exporter.registry)
         assert sum(select(samples, "neo_window_tasks", account="acme").values()) == len(tasks)
         assert sample(samples, "neo_window_credits", account="acme") == pytest.approx(credits)
+
+
+def test_a_tasks_read_that_fails_midway_leaves_nothing_to_the_next(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    neo.generate(300, T0 - DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url, http={"max_pages": 4}))
+    neo.inject("endless", count=1000, path="/api/v1/usage/tasks")  # fails at the page cap
+    assert not exporter.pollers[0].poll_tasks()
+    neo.clear_faults()
+    # The window moves past the older half of the tasks the failed read had already seen.
+    clock.advance(1.5 * DAY)
+    assert exporter.pollers[0].poll_tasks()
+    in_window = requests.get(
+        f"{fake.url}/api/v1/usage/tasks",
+        params={
+            "from": format_timestamp(clock() - 2 * DAY),
+            "to": format_timestamp(clock()),
+            "limit": "1",
+        },
+        headers={"Authorization": "Bearer fake-admin-token"},
+        timeout=10,
+    ).json()["total"]
+    samples = scrape(exporter.registry)
+    assert 0 < in_window < 300
+    assert sum(select(samples, "neo_window_tasks", account="acme").values()) == in_window
 
 
 def test_plan_reads_the_window_first_then_the_lookback() -> None:

@@ -297,13 +297,14 @@ def test_a_tasks_read_sums_each_distinct_task_once_and_then_starts_over() -> Non
     state.add_read_tasks("a", [task("t1"), task("t2", "error", 2.5)])
     state.add_read_tasks("a", [task("t2", "error", 2.5), task("t3")])  # t2 repeated by paging
     state.add_read_tasks("b", [task("t1", credits=7.0)])
-    totals = state.finish_tasks_read("a")
+    totals = state.tasks_read_totals("a")
     assert dict(totals.tasks_by_status) == {"completed": 2, "error": 1}
     assert totals.credits == pytest.approx(4.5)
     assert totals.llm_cost == pytest.approx(0.45)
     assert totals.platform_cost == pytest.approx(0.045)
-    assert dict(state.finish_tasks_read("a").tasks_by_status) == {}  # the next read starts empty
-    assert state.finish_tasks_read("b").credits == pytest.approx(7.0)  # accounts apart
+    state.discard_tasks_read("a")
+    assert dict(state.tasks_read_totals("a").tasks_by_status) == {}  # the next read: empty
+    assert state.tasks_read_totals("b").credits == pytest.approx(7.0)  # accounts apart
 
 
 def test_a_discarded_tasks_read_leaves_nothing_behind() -> None:
@@ -311,6 +312,6 @@ def test_a_discarded_tasks_read_leaves_nothing_behind() -> None:
     state.add_read_tasks("a", [task("t1"), task("t2")])
     state.discard_tasks_read("a")
     state.add_read_tasks("a", [task("t3", credits=2.0)])
-    totals = state.finish_tasks_read("a")
+    totals = state.tasks_read_totals("a")
     assert dict(totals.tasks_by_status) == {"completed": 1}
     assert totals.credits == pytest.approx(2.0)
