@@ -6,8 +6,8 @@ are not a valid page are retried with exponential backoff and full jitter, up to
 of the account, not just the one that got it. 401/403/404 and other 4xx are not retried.
 
 Paging: `to` is pinned by the caller for the whole read; the first page gives `total`, the
-remaining offsets are fetched concurrently, and if the
-last page still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
+remaining offsets are fetched concurrently, and if the last page still says `has_more`
+(rows arrived meanwhile) paging goes on until it does not.
 If the pages fetched concurrently disagree on `total`, rows arrived mid-read and one may have
 slid into a page already served; the read is then repeated in offset order, which cannot
 miss a row that way. Duplicates across pages are expected and left to the state to drop.

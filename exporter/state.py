@@ -110,8 +110,7 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class TaskWindow:
-    """Sums over the distinct tasks of one tasks read: window gauges (tasks change, so
-    never counters)."""
+    """Sums over the distinct tasks of one tasks read (window gauges: tasks change)."""
 
     tasks_by_status: Mapping[str, int]
     credits: float
