@@ -167,6 +167,13 @@ def parse_summary(
     )
 
 
+def parse_summary_credits(body: object) -> float:
+    """`total_neo_credits` of a `/usage/summary` body (the self-audit's one figure)."""
+    credits = _number(_object(body, "summary"), "total_neo_credits", required=True)
+    assert credits is not None
+    return credits
+
+
 def parse_cap(body: object) -> SpendingCap | None:
     """The `cap` of `/user`: None when there is none (null or absent)."""
     cap = _object(body, "user").get("cap")
@@ -370,8 +377,7 @@ class AccountInfoPoller:
                 {"from": format_timestamp(reset), "to": format_timestamp(now)},
                 "summary",
             )
-            used = _number(_object(since, "summary"), "total_neo_credits", required=True)
-            summary = replace(summary, credits_since_reset=used)
+            summary = replace(summary, credits_since_reset=parse_summary_credits(since))
         return {"summary": summary}
 
     def _read_user(self, now: float) -> dict[str, Any]:

@@ -112,6 +112,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 clock=clock,
                 top_tasks=config.metrics.top_tasks,
                 task_emails=config.metrics.members.enabled,
+                audit_interval=config.audit.interval,
             )
         )
         info_pollers.append(
@@ -126,9 +127,6 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 clock=clock,
             )
         )
-    # Counters restored from the state are visible from the first scrape, before any poll.
-    for poller in pollers:
-        store.update(poller.name, counts=state.counts(poller.name))
     return Exporter(
         config, state, store, registry, live, per_snapshot, pollers, clients, info_pollers
     )

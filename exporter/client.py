@@ -5,12 +5,19 @@ are not a valid page are retried with exponential backoff and full jitter, up to
 `http.max_retries` per request and `http.retry_budget` per read. A 429 pauses every worker
 of the account, not just the one that got it. 401/403/404 and other 4xx are not retried.
 
-Paging: `to` is pinned by the caller for the whole read; the first page gives `total`, the
-remaining offsets are fetched concurrently, and if the last page still says `has_more`
-(rows arrived meanwhile) paging goes on until it does not.
-If the pages fetched concurrently disagree on `total`, rows arrived mid-read and one may have
-slid into a page already served; the read is then repeated in offset order, which cannot
-miss a row that way. Duplicates across pages are expected and left to the state to drop.
+Paging (`Listing`): `from` and `to` are pinned for the whole read. Offsets advance by the
+rows a page actually held: a first page shorter than asked while `has_more` is true means
+the server caps its pages, and its size is adopted (and logged once per endpoint). The first
+page gives `total`; the remaining offsets are fetched concurrently, and if the last page
+still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
+
+A read is complete only when the caller holds at least as many rows of the span as the
+API's `total` said (rows sliding between pages, ties in `created_at` returned in a different
+order by each request, a smaller page somewhere can all make offset paging miss rows). When
+it holds fewer, the span is halved and each half asked for again, one page each: a half
+that fits in one page is then read whole, a half whose `total` the caller already holds is
+done, and the rest is halved again, until no row is missing or the read's repair budget is
+spent; the outcome says which. Duplicates across pages are expected; the caller drops them.
 
 Concurrency: at most `http.concurrency` requests of one account are in flight at once,
 whichever reads they belong to (the streams and tasks reads run side by side).
@@ -18,24 +25,24 @@ whichever reads they belong to (the streams and tasks reads run side by side).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig
-from exporter.models import Page, PageError, parse_page
+from exporter.models import Page, PageError, format_timestamp, parse_page
 
 
 def _optional_fast_loads() -> Callable[[bytes], object] | None:
@@ -129,6 +136,7 @@ class NeoClient:
         self._on_retry = on_retry or (lambda endpoint, reason: None)
         self._pause_until = 0.0
         self._pause_lock = threading.Lock()
+        self._page_caps: dict[str, int] = {}  # endpoint -> the server's own page size
         self._session = requests.Session()
         # Every request holds a slot while on the wire, so `concurrency` connections are all
         # the pool ever needs at once (a smaller pool would drop kept-alive connections).
@@ -261,113 +269,300 @@ class NeoClient:
 
     # --- paging --------------------------------------------------------------------------
 
-    def pages(
+    def listing(
         self,
         path: str,
-        params: Mapping[str, str],
         endpoint: str,
+        start: float,
+        end: float,
+        params: Mapping[str, str] | None = None,
         *,
         on_progress: Callable[[PageProgress], None] | None = None,
-    ) -> Iterator[Page]:
-        """Yield every page of a list read; pages after the first may come in any order."""
-        limit = self._http.page_size
-        budget = self.new_budget()
-        progress = on_progress or (lambda p: None)
+    ) -> Listing:
+        """A read of a list endpoint over [start, end], both pinned for all its requests."""
+        return Listing(self, path, endpoint, start, end, params or {}, on_progress)
 
-        def fetch(offset: int) -> Page:
-            query = {**params, "limit": str(limit), "offset": str(offset)}
-            page = self._request(path, query, endpoint, budget, as_page=True)
-            assert isinstance(page, Page)
-            return page
+    def count(
+        self,
+        path: str,
+        endpoint: str,
+        start: float,
+        end: float,
+        params: Mapping[str, str] | None = None,
+    ) -> int | None:
+        """The API's `total` of rows in [start, end], from one request for one row."""
+        query = {
+            **(params or {}),
+            "from": format_timestamp(start),
+            "to": format_timestamp(end),
+            "limit": "1",
+            "offset": "0",
+        }
+        page = self._request(path, query, endpoint, self.new_budget(), as_page=True)
+        assert isinstance(page, Page)
+        return page.total
 
-        first = fetch(0)
-        rows_total = first.total
-        pages_total = None if rows_total is None else max(1, math.ceil(rows_total / limit))
-        done, rows = 1, len(first.rows)
-        progress(PageProgress(done, pages_total, rows, rows_total))
-        yield first
-        if not first.has_more:
-            return
-        last_page, next_offset = first, limit
-        totals: set[int | None] = set()
-        if pages_total is not None and pages_total > 1:
-            self._check_cap(pages_total)
-            offsets = [limit * i for i in range(1, pages_total)]
-            for offset, page in self._fetch_all(fetch, offsets):
-                done, rows = done + 1, rows + len(page.rows)
-                totals.add(page.total)
-                progress(PageProgress(done, pages_total, rows, rows_total))
-                if offset == offsets[-1]:
-                    last_page = page
-                yield page
-            next_offset = offsets[-1] + limit
-        # Rows that arrived while paging push the end further out: follow has_more.
-        while last_page.has_more:
-            done += 1
-            self._check_cap(done)
-            last_page = fetch(next_offset)
-            rows += len(last_page.rows)
-            progress(PageProgress(done, max(done, pages_total or 0), rows, rows_total))
-            next_offset += limit
-            yield last_page
-        if len(totals) > 1 or None in totals:
-            # The row count changed while pages were fetched out of order: a row that
-            # arrived mid-read shifts the rows behind it by one offset, so one of them can
-            # slide from a page not yet served into a page already served and be missed.
-            # A read in offset order cannot miss a row that way; read again, in order.
-            log.info(
-                "%s: rows arrived during a concurrent read (totals %s); reading again in order",
+    def page_size(self, endpoint: str) -> int:
+        """Rows a page of this endpoint holds: asked for, or the server's cap once seen."""
+        with self._pause_lock:
+            return self._page_caps.get(endpoint, self._http.page_size)
+
+    def _adopt_page_size(self, endpoint: str, rows: int) -> None:
+        with self._pause_lock:
+            known = self._page_caps.get(endpoint)
+            self._page_caps[endpoint] = rows
+        if known != rows:
+            log.warning(
+                "%s: the server returns pages of %d rows while %d were asked for; "
+                "paging by %d from now on",
                 endpoint,
-                sorted(t for t in totals if t is not None),
-            )
-            for page in self._in_order(fetch, limit):
-                done, rows = done + 1, rows + len(page.rows)
-                progress(PageProgress(done, max(done, pages_total or 0), rows, rows_total))
-                yield page
-
-    def _in_order(self, fetch: Callable[[int], Page], limit: int) -> Iterator[Page]:
-        """Pages one after another from offset 0 until `has_more` is false, within the cap."""
-        offset = 0
-        for number in itertools.count(1):
-            self._check_cap(number)
-            page = fetch(offset)
-            yield page
-            if not page.has_more:
-                return
-            offset += limit
-
-    def _check_cap(self, pages: int) -> None:
-        if pages > self._http.max_pages:
-            raise ApiError(
-                f"a read needs {pages} pages, more than http.max_pages={self._http.max_pages}"
+                rows,
+                self._http.page_size,
+                rows,
             )
 
-    def _fetch_all(
-        self, fetch: Callable[[int], Page], offsets: list[int]
-    ) -> Iterator[tuple[int, Page]]:
-        """Fetch offsets with bounded concurrency, yielding pages as they arrive."""
-        pending: dict[Future[Page], int] = {}
-        queue = iter(offsets)
+    def _fetch_all(self, fetch: Callable[[K], Page], keys: list[K]) -> Iterator[tuple[K, Page]]:
+        """Fetch keys with bounded concurrency, yielding pages as they arrive."""
+        pending: dict[Future[Page], K] = {}
+        queued = list(reversed(keys))
         try:
             while True:
                 # The pool runs at most `concurrency` requests at once; as many more are queued
                 # or done and waiting, so fetching goes on while the caller counts a page.
                 # Memory stays a few pages.
-                while len(pending) < 2 * self._http.concurrency:
-                    offset = next(queue, None)
-                    if offset is None:
-                        break
-                    pending[self._executor.submit(fetch, offset)] = offset
+                while queued and len(pending) < 2 * self._http.concurrency:
+                    key = queued.pop()
+                    pending[self._executor.submit(fetch, key)] = key
                 if not pending:
                     return
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    offset = pending.pop(future)
-                    yield offset, future.result()
+                    key = pending.pop(future)
+                    yield key, future.result()
         finally:
             for future in pending:
                 future.cancel()
             # A fetch already running finishes on its own; its result is dropped.
+
+
+K = TypeVar("K")
+# A span this narrow (seconds) is not halved again: its rows share one instant.
+MIN_SLICE = 0.001
+# Passes in offset order over a span too narrow to halve, before it is left incomplete.
+NARROW_PASSES = 3
+# Requests a read may spend finding missing rows: a few times its own pages, at least this.
+MIN_REPAIR_REQUESTS = 16
+REPAIR_FACTOR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    """How a list read ended: complete, or how far from the API's own count it stayed."""
+
+    complete: bool
+    reported: int | None  # the API's `total` for the span (None: it sent none)
+    found: int | None  # rows of the span the caller held at the end
+    repair_requests: int  # requests spent on finding rows the pages missed
+
+
+class Listing:
+    """One read of a list endpoint over a pinned span; see the module docstring."""
+
+    def __init__(
+        self,
+        client: NeoClient,
+        path: str,
+        endpoint: str,
+        start: float,
+        end: float,
+        params: Mapping[str, str],
+        on_progress: Callable[[PageProgress], None] | None,
+    ) -> None:
+        # Whole milliseconds: exactly what `from` and `to` say, so counts compare like for like.
+        self.start = math.floor(start * 1000) / 1000
+        self.end = math.floor(end * 1000) / 1000
+        self._client = client
+        self._http = client._http
+        self._path = path
+        self._endpoint = endpoint
+        self._params = dict(params)
+        self._progress = on_progress or (lambda p: None)
+        self._budget = client.new_budget()
+        self._pages_done = 0
+        self._rows_done = 0
+        self._pages_total: int | None = None
+        self._rows_total: int | None = None
+        self.outcome: ReadOutcome | None = None
+
+    def pages(self, found: Callable[[float, float], int]) -> Iterator[Page]:
+        """Every page of the read, then those of its repair; sets `outcome` at the end.
+
+        `found(start, end)` counts the rows the caller holds with a time in [start, end]; it
+        is called only between pages, after the caller has taken the pages yielded so far.
+        """
+        reported = yield from self._main_pass()
+        if reported is None:
+            self.outcome = ReadOutcome(True, None, None, 0)
+            return
+        held = found(self.start, self.end)
+        if held >= reported:
+            self.outcome = ReadOutcome(True, reported, held, 0)
+            return
+        log.info(
+            "%s: the read of %s..%s holds %d of the %d rows the API counts; "
+            "reading the span again in halves",
+            self._endpoint,
+            self._params.get("from", self.start),
+            self._params.get("to", self.end),
+            held,
+            reported,
+        )
+        budget = max(MIN_REPAIR_REQUESTS, REPAIR_FACTOR * self._pages_done)
+        spent, complete = yield from self._repair(found, budget)
+        held = found(self.start, self.end)
+        self.outcome = ReadOutcome(complete, reported, held, spent)
+
+    # --- the first pass: every offset ----------------------------------------------------
+
+    def _fetch(self, span: tuple[float, float], offset: int, limit: int) -> Page:
+        query = {
+            **self._params,
+            "from": format_timestamp(span[0]),
+            "to": format_timestamp(span[1]),
+            "limit": str(limit),
+            "offset": str(offset),
+        }
+        page = self._client._request(self._path, query, self._endpoint, self._budget, as_page=True)
+        assert isinstance(page, Page)
+        return page
+
+    def _done(self, page: Page) -> Page:
+        self._pages_done += 1
+        self._rows_done += len(page.rows)
+        pages_total = max(self._pages_done, self._pages_total or 0)
+        self._progress(
+            PageProgress(self._pages_done, pages_total, self._rows_done, self._rows_total)
+        )
+        return page
+
+    def _main_pass(self) -> Generator[Page, None, int | None]:
+        span = (self.start, self.end)
+        asked = self._http.page_size
+        size = self._client.page_size(self._endpoint)
+        first = self._fetch(span, 0, asked)
+        if first.has_more and 0 < len(first.rows) != size:
+            size = len(first.rows)  # the server pages by its own size: offsets follow it
+            self._client._adopt_page_size(self._endpoint, size)
+        reported = first.total
+        self._rows_total = reported
+        if reported is not None:
+            self._pages_total = max(1, math.ceil(reported / size))
+        yield self._done(first)
+        if not first.has_more:
+            return reported
+        last, next_offset = first, len(first.rows)
+        if reported is not None and self._pages_total is not None and self._pages_total > 1:
+            self._check_cap(self._pages_total)
+            offsets = [size * i for i in range(1, self._pages_total)]
+            fetch = lambda offset: self._fetch(span, offset, asked)  # noqa: E731
+            for offset, page in self._client._fetch_all(fetch, offsets):
+                reported = max(reported, page.total or 0)
+                if offset == offsets[-1]:
+                    last = page
+                yield self._done(page)
+            next_offset = offsets[-1] + len(last.rows)
+        # Rows that arrived while paging push the end further out: follow has_more by what
+        # each page held.
+        while last.has_more and last.rows:
+            self._check_cap(self._pages_done + 1)
+            last = self._fetch(span, next_offset, asked)
+            if reported is not None and last.total is not None:
+                reported = max(reported, last.total)
+            next_offset += len(last.rows)
+            yield self._done(last)
+        return reported
+
+    def _check_cap(self, pages: int) -> None:
+        if pages > self._http.max_pages:
+            raise ApiError(
+                f"{self._endpoint}: a read needs {pages} pages, more than "
+                f"http.max_pages={self._http.max_pages}"
+            )
+
+    # --- the repair: halves of the span, one page each -----------------------------------
+
+    def _repair(
+        self, found: Callable[[float, float], int], budget: int
+    ) -> Generator[Page, None, tuple[int, bool]]:
+        asked = self._http.page_size
+        open_spans = _halves((self.start, self.end))
+        spent = 0
+        while open_spans:
+            if spent + len(open_spans) > budget:
+                log.warning(
+                    "%s: %d part(s) of %s..%s still miss rows after %d repair requests; "
+                    "the read is incomplete",
+                    self._endpoint,
+                    len(open_spans),
+                    format_timestamp(self.start),
+                    format_timestamp(self.end),
+                    spent,
+                )
+                return spent, False
+            fetch = lambda span: self._fetch(span, 0, asked)  # noqa: E731
+            heads: list[tuple[tuple[float, float], Page]] = []
+            for span, page in self._client._fetch_all(fetch, open_spans):
+                spent += 1
+                heads.append((span, page))
+                yield self._done(page)
+            narrow: list[tuple[float, float]] = []
+            open_spans = []
+            for span, page in sorted(heads):
+                if not page.has_more:
+                    continue  # read whole in one page
+                if page.total is not None and found(*span) >= page.total:
+                    continue
+                if span[1] - span[0] <= MIN_SLICE:
+                    narrow.append(span)
+                else:
+                    open_spans.extend(_halves(span))
+            for span in narrow:
+                used, whole = yield from self._in_order(span, found, asked)
+                spent += used
+                if not whole:
+                    return spent, False
+        return spent, True
+
+    def _in_order(
+        self,
+        span: tuple[float, float],
+        found: Callable[[float, float], int],
+        asked: int,
+    ) -> Generator[Page, None, tuple[int, bool]]:
+        """Page through a span too narrow to halve, a few times, until nothing is missing."""
+        spent = 0
+        for _ in range(NARROW_PASSES):
+            offset, total = 0, None
+            while True:
+                page = self._fetch(span, offset, asked)
+                spent += 1
+                total = page.total
+                yield self._done(page)
+                if not page.has_more or not page.rows:
+                    break
+                offset += len(page.rows)
+            if total is None or found(*span) >= total:
+                return spent, True
+        return spent, False
+
+
+def _halves(span: tuple[float, float]) -> list[tuple[float, float]]:
+    """Two spans that together cover `span`, split at a whole millisecond."""
+    start, end = span
+    middle = math.floor((start + end) / 2 * 1000) / 1000
+    if middle <= start:
+        middle = start + MIN_SLICE / 2  # too narrow to split on a millisecond
+    return [(start, middle), (middle, end)]
 
 
 def decode_json(body: bytes, fast: Callable[[bytes], object] | None = _FAST_LOADS) -> object:

@@ -26,6 +26,8 @@ from exporter.snapshot import ACCOUNT_ENDPOINTS, Snapshot, SnapshotStore
 from exporter.state import (
     AGENT_TRIGGERS,
     CHANGED_RECORDS,
+    REVISED_DOWN,
+    REVISIONS,
     STEP_LATENCY,
     STREAM_DURATION,
     TOOL_CALL_DURATION,
@@ -72,6 +74,19 @@ STREAM_COUNTER_DOCS = (
     _stream_counter("neo_tool_time_seconds_total", "Tool execution time", "tool_time_ms"),
     _stream_counter(
         "neo_execution_time_seconds_total", "Total execution time", "total_execution_ms"
+    ),
+    _stream_counter(
+        "neo_step_latency_seconds_total",
+        "Step latency summed over steps: each stream's average step latency times its steps, "
+        "where both are given; divided by neo_step_latency_steps_total it is the mean latency "
+        "of a step",
+        "avg_step_latency_ms x step_count",
+    ),
+    _stream_counter(
+        "neo_step_latency_steps_total",
+        "Steps covered by neo_step_latency_seconds_total (streams with both a step count and "
+        "an average step latency)",
+        "step_count",
     ),
 )
 
@@ -336,7 +351,77 @@ HEALTH_DOCS = (
         CHANGED_RECORDS,
         "counter",
         ("account",),
-        "Streams whose values changed after they were counted (logged, not recounted).",
+        "Streams the API revised after they were counted: increases are added under the "
+        "labels first counted; see neo_exporter_revisions_total for what changed.",
+    ),
+    MetricDoc(
+        REVISIONS,
+        "counter",
+        ("account", "field", "direction"),
+        "Values of counted streams that the API revised, by API field: direction up (the "
+        "increase was added), down (kept: a counter cannot go down) or changed (a label "
+        "value: the first one is kept).",
+    ),
+    MetricDoc(
+        REVISED_DOWN,
+        "counter",
+        ("account", "field"),
+        "How much the API lowered counted values, by API field, in the unit of the matching "
+        "counter (credits, USD, seconds, counts): the counters stay this much above Neo.",
+    ),
+    MetricDoc(
+        "neo_exporter_catching_up",
+        "gauge",
+        ("account",),
+        "1 while the exporter reads a backlog (first start, after downtime or an API "
+        "outage), else 0.",
+    ),
+    MetricDoc(
+        "neo_exporter_last_catch_up_timestamp_seconds",
+        "gauge",
+        ("account",),
+        "Unix time of the last commit that read a backlog into counters already published: "
+        "counter increases up to then hold past spend, which the spend alerts leave out.",
+    ),
+    MetricDoc(
+        "neo_exporter_read_missing_rows",
+        "gauge",
+        ("account", "endpoint"),
+        "Rows the last read of this list endpoint did not get, against the API's own total "
+        "for the span (0 for a complete read).",
+    ),
+    MetricDoc(
+        "neo_exporter_audit_streams_missing",
+        "gauge",
+        ("account",),
+        "Self-audit: streams Neo counts (total of /api/v1/usage/streams) minus streams the "
+        "exporter counted, created in the last audited period (the window less the lookback).",
+    ),
+    MetricDoc(
+        "neo_exporter_audit_credits_drift",
+        "gauge",
+        ("account",),
+        "Self-audit: Neo credits by Neo (total_neo_credits of /api/v1/usage/summary) minus "
+        "the credits the exporter counted, for the last audited period; absent when the "
+        "summary cannot be read.",
+    ),
+    MetricDoc(
+        "neo_exporter_audit_neo_streams",
+        "gauge",
+        ("account",),
+        "Self-audit: streams Neo counts in the last audited period.",
+    ),
+    MetricDoc(
+        "neo_exporter_audit_neo_credits",
+        "gauge",
+        ("account",),
+        "Self-audit: Neo credits by Neo's summary for the last audited period.",
+    ),
+    MetricDoc(
+        "neo_exporter_audit_last_timestamp_seconds",
+        "gauge",
+        ("account",),
+        "Unix time of the last self-audit (audit.interval).",
     ),
     MetricDoc(
         "neo_exporter_state_size_bytes",
@@ -554,7 +639,14 @@ def health(snapshot: Snapshot) -> Iterator[Metric]:
     watermark = _gauge("neo_exporter_watermark_timestamp_seconds")
     seen = _gauge("neo_exporter_seen_streams")
     changed = _counter(CHANGED_RECORDS)
+    catching_up = _gauge("neo_exporter_catching_up")
+    catch_up = _gauge("neo_exporter_last_catch_up_timestamp_seconds")
+    missing = _gauge("neo_exporter_read_missing_rows")
     for account in snapshot.accounts:
+        catching_up.add_metric([account.name], 1.0 if account.catching_up else 0.0)
+        _set(catch_up, [account.name], account.last_catch_up)
+        for endpoint, rows in sorted(account.missing_rows.items()):
+            missing.add_metric([account.name, endpoint], rows)
         for endpoint in ("streams", "tasks", *ACCOUNT_ENDPOINTS):
             state = account.endpoints.get(endpoint) or account.info.endpoints.get(endpoint)
             up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
@@ -577,7 +669,52 @@ def health(snapshot: Snapshot) -> Iterator[Metric]:
     window.add_metric([], snapshot.window_seconds)
     build = _gauge("neo_exporter_build_info")
     build.add_metric([__version__, platform.python_version()], 1.0)
-    yield from (up, last_success, duration, watermark, seen, changed, state_size, window, build)
+    yield from (up, last_success, duration, watermark, seen, changed, catching_up, catch_up)
+    yield from (missing, state_size, window, build)
+
+
+def revisions(snapshot: Snapshot) -> Iterator[Metric]:
+    """What the API revised after the exporter had counted it (durable, from the state).
+
+    neo_exporter_revisions_total{account="acme",field="neo_credits",direction="up"} 12.0
+    neo_exporter_revised_down_total{account="acme",field="neo_credits"} 0.35
+    """
+    families = {name: _counter(name) for name in (REVISIONS, REVISED_DOWN)}
+    for account in snapshot.accounts:
+        for (metric, labels), value in sorted(account.counts.counters.items()):
+            family = families.get(metric)
+            if family is not None:
+                family.add_metric([account.name, *labels], value.value, created=value.created)
+    yield from families.values()
+
+
+def audit(snapshot: Snapshot) -> Iterator[Metric]:
+    """The self-audit: Neo's own totals for a closed period beside the exporter's.
+
+    neo_exporter_audit_streams_missing{account="acme"} 0.0
+    neo_exporter_audit_credits_drift{account="acme"} 0.0
+    neo_exporter_audit_neo_credits{account="acme"} 5210.35
+    neo_exporter_audit_last_timestamp_seconds{account="acme"} 1.76e+09
+    """
+    names = (
+        "neo_exporter_audit_streams_missing",
+        "neo_exporter_audit_credits_drift",
+        "neo_exporter_audit_neo_streams",
+        "neo_exporter_audit_neo_credits",
+        "neo_exporter_audit_last_timestamp_seconds",
+    )
+    families = {name: _gauge(name) for name in names}
+    for account in snapshot.accounts:
+        result = account.audit
+        if result is None:
+            continue
+        labels = [account.name]
+        _set(families[names[0]], labels, result.streams_missing)
+        _set(families[names[1]], labels, result.credits_drift)
+        _set(families[names[2]], labels, result.neo_streams)
+        _set(families[names[3]], labels, result.neo_credits)
+        families[names[4]].add_metric(labels, result.at)
+    yield from families.values()
 
 
 class NeoCollector(Collector):
@@ -595,3 +732,5 @@ class NeoCollector(Collector):
         yield from cap_and_billing_gauges(snapshot)
         yield from top_tasks(snapshot)
         yield from health(snapshot)
+        yield from revisions(snapshot)
+        yield from audit(snapshot)

@@ -166,6 +166,13 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The self-audit: Neo's own totals for a closed period, compared with what was counted."""
+
+    interval: float = 3600.0  # 0 turns it off
+
+
+@dataclass(frozen=True)
 class Config:
     web: WebConfig
     accounts: tuple[AccountConfig, ...]
@@ -173,6 +180,7 @@ class Config:
     http: HttpConfig
     metrics: MetricsConfig
     state: StateConfig
+    audit: AuditConfig = field(default_factory=AuditConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -192,6 +200,7 @@ LABEL_LIMIT_KEYS: Final = _keys(LabelLimits)
 BUCKET_KEYS: Final = _keys(Buckets)
 MEMBERS_KEYS: Final = _keys(MembersConfig)
 STATE_KEYS: Final = _keys(StateConfig)
+AUDIT_KEYS: Final = _keys(AuditConfig)
 
 MAX_PAGE_SIZE: Final = 200  # the API's limit
 MAX_RETRIES: Final = 20
@@ -664,6 +673,13 @@ def _state(reader: _Reader, value: object) -> StateConfig:
     return StateConfig(path=reader.get(section, "state", "path", _to_path, StateConfig().path))
 
 
+def _audit(reader: _Reader, value: object) -> AuditConfig:
+    section = reader.section(value, "audit", AUDIT_KEYS)
+    # 0 is allowed: it turns the audit off.
+    interval = reader.get(section, "audit", "interval", parse_duration, AuditConfig().interval)
+    return AuditConfig(interval=interval)
+
+
 def _polling(reader: _Reader, value: object) -> PollingConfig:
     path = "polling"
     section = reader.section(value, path, POLLING_KEYS)
@@ -944,6 +960,7 @@ def config_from_mapping(data: object, environ: Mapping[str, str], *, base_dir: s
         http=_http(reader, top.get("http")),
         metrics=_metrics(reader, top.get("metrics")),
         state=_state(reader, top.get("state")),
+        audit=_audit(reader, top.get("audit")),
     )
     return reader.finish(config)
 

@@ -11,12 +11,16 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from exporter.client import RETRY_REASONS
-from exporter.models import ROW_REASONS
+from exporter.models import MONEY_FIELDS, REPAIR_FIELDS, ROW_REASONS
 from exporter.snapshot import ACCOUNT_ENDPOINTS
 
 ENDPOINTS = ("streams", "tasks")
 POLL_KINDS = ("incremental", "reconcile", "tasks", *ACCOUNT_ENDPOINTS)
-DETAIL_FIELDS = ("agent_breakdown", "tool_breakdown", "tool_call_history")
+# The fields each list endpoint's rows can have repaired (tasks: only what is read of them).
+REPAIRABLE = {
+    "streams": tuple(f for f in REPAIR_FIELDS if f != "stream_count"),
+    "tasks": ("status", *MONEY_FIELDS, "stream_count"),
+}
 
 
 class ExporterMetrics:
@@ -42,11 +46,19 @@ class ExporterMetrics:
             ["account", "endpoint", "reason"],
             registry=registry,
         )
-        self.invalid_details = Counter(
-            "neo_exporter_invalid_details",
-            "Malformed entries of a row's optional detail fields (breakdowns, tool call "
-            "history) that were dropped while the row itself was counted; per read.",
-            ["account", "field"],
+        self.repaired_fields = Counter(
+            "neo_exporter_repaired_fields",
+            "Fields of counted rows that were null, malformed, negative or sent as strings, "
+            "read as absent, `unknown` or the number in the string; the row itself was "
+            "counted. Streams: once per stream counted or revised; tasks: per read.",
+            ["account", "endpoint", "field"],
+            registry=registry,
+        )
+        self.incomplete_reads = Counter(
+            "neo_exporter_incomplete_reads",
+            "Reads that ended holding fewer rows than the API's own total for their span, "
+            "after reading the missing parts again within the read's budget.",
+            ["account", "endpoint"],
             registry=registry,
         )
         self.polls = Counter(
@@ -69,8 +81,9 @@ class ExporterMetrics:
                     self.skipped_records.labels(account, endpoint, reason)
                 for reason in RETRY_REASONS:
                     self.api_retries.labels(account, endpoint, reason)
-            for field in DETAIL_FIELDS:
-                self.invalid_details.labels(account, field)
+                self.incomplete_reads.labels(account, endpoint)
+                for field in REPAIRABLE[endpoint]:
+                    self.repaired_fields.labels(account, endpoint, field)
 
     def request_hook(self, account: str) -> Callable[[str, str], None]:
         """For the client: count one request by endpoint and code."""

@@ -1,17 +1,29 @@
 """Pure parsing of Neo usage API bodies into typed records. No I/O here.
 
-A row is either turned into a record that is right to the cent, or rejected with a
-`RowError` whose `reason` is one of a small fixed set (it becomes a label value of
-`neo_exporter_skipped_records_total`) and whose `detail` says what was wrong (for the log).
+A stream row needs only a `stream_id` and a parsable `created_at` to be counted: every other
+field the docs leave open (nulls, numbers or booleans sent as strings, `-1` for a time that
+was not measured, inner keys of `tool_breakdown`) is repaired, never a reason to drop the
+row's money. Each repair is named in the record's `repairs` (by API field, a bounded set that
+becomes a label value of `neo_exporter_repaired_fields_total`):
 
-Optional detail fields (breakdowns, tool call history) never cost a row its money: a bad
-entry there is dropped and named in `StreamRecord.invalid_details`.
+- a null, empty or non-string `model` or `status` reads as `unknown`;
+- `is_byok` absent reads as `unknown`; `"true"`/`"false"` strings read as booleans; anything
+  else (null, a number) reads as `unknown`;
+- a null, negative, non-finite, implausibly large or non-numeric amount, count or time is
+  absent for that field only (adds nothing, observes nothing); a count must be whole;
+  numbers sent as strings are read as numbers;
+- per-tool calls and times come from `tool_call_history` (documented) where a row has it,
+  else from `tool_breakdown` entries that have the guessed keys `calls` and `duration_ms`;
+  an entry without them is dropped, not read as zero.
+
+Only a row without a usable id or time is rejected, with a `RowError` whose `reason` is one
+of a small fixed set (a label of `neo_exporter_skipped_records_total`) and whose `detail`
+says what was wrong (for the log).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,13 +42,29 @@ ROW_REASONS = (
     REASON_BAD_TIMESTAMP,
 )
 
+# Fields a row can have repaired (label values of neo_exporter_repaired_fields_total).
+MONEY_FIELDS = ("neo_credits", "llm_cost", "neo_cost")
+COUNT_FIELDS = ("step_count", "tool_calls", "agent_triggers")
+TIME_FIELDS = ("llm_time_ms", "tool_time_ms", "total_execution_ms", "avg_step_latency_ms")
+LABEL_FIELDS = ("model", "status", "is_byok")
+DETAIL_FIELDS = ("agent_breakdown", "tool_breakdown", "tool_call_history")
+REPAIR_FIELDS = (
+    *LABEL_FIELDS,
+    *MONEY_FIELDS,
+    *COUNT_FIELDS,
+    *TIME_FIELDS,
+    *DETAIL_FIELDS,
+    "stream_count",
+)
+
 # Long label values would bloat every scrape; no real model or tool name comes close.
 MAX_LABEL_LENGTH = 120
 MAX_ID_LENGTH = 256
-# No single stream costs anywhere near this; a larger value is a broken row, and summing it
+# No single stream costs anywhere near this; a larger value is a broken field, and summing it
 # would wreck the counter's precision (or overflow it to +Inf) for good.
 MAX_AMOUNT = 1e12
 UNKNOWN = "unknown"
+_BOOL_STRINGS = {"true": "true", "false": "false"}
 
 
 class RowError(ValueError):
@@ -61,28 +89,30 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class StreamRecord:
-    """One stream row, in base units (seconds, USD, credits), ready to be counted."""
+    """One stream row, in base units (seconds, USD, credits), ready to be counted.
+
+    A field that is None was absent or repaired away: it adds nothing and observes nothing.
+    """
 
     stream_id: str
-    task_id: str
     created_ts: float
     model: str
     status: str
-    byok: str  # "true" | "false" | "unknown" (field absent)
+    byok: str  # "true" | "false" | "unknown"
     credits: float
     llm_cost: float
     neo_cost: float
-    steps: int
-    tool_calls: int
-    agent_triggers: int
-    llm_time: float
-    tool_time: float
-    execution_time: float | None  # None when total_execution_ms is absent: not observed
-    step_latency: float | None  # None when avg_step_latency_ms is null: not observed
+    steps: int | None
+    tool_calls: int | None
+    agent_triggers: int | None
+    llm_time: float | None
+    tool_time: float | None
+    execution_time: float | None
+    step_latency: float | None
     agent_breakdown: tuple[tuple[str, int], ...]
-    tool_breakdown: tuple[tuple[str, int, float], ...]  # (tool, calls, seconds)
+    tool_usage: tuple[tuple[str, int, float], ...]  # (tool, calls, seconds), sorted by tool
     tool_durations: tuple[tuple[str, float], ...]  # (tool, seconds), one per history entry
-    invalid_details: tuple[str, ...] = ()
+    repairs: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
         """A digest of every value that feeds a metric, to notice a row that changed later."""
@@ -101,7 +131,7 @@ class StreamRecord:
             self.execution_time,
             self.step_latency,
             self.agent_breakdown,
-            self.tool_breakdown,
+            self.tool_usage,
             self.tool_durations,
         )
         return hashlib.blake2b(repr(values).encode(), digest_size=12).hexdigest()
@@ -118,6 +148,7 @@ class TaskRecord:
     llm_cost: float
     neo_cost: float
     stream_count: int
+    repairs: tuple[str, ...] = ()
 
 
 def parse_page(body: object) -> Page:
@@ -156,46 +187,52 @@ def format_timestamp(ts: float) -> str:
 
 
 def parse_stream(row: object) -> StreamRecord:
-    """Turn one `/usage/streams` row into a record, or raise RowError."""
+    """Turn one `/usage/streams` row into a record, or raise RowError (no id or no time)."""
     obj = _object(row)
     stream_id = _identifier(obj, "stream_id")
-    invalid: list[str] = []
+    created_ts = parse_timestamp(_required(obj, "created_at"))
+    fix = _Repairs()
+    steps = fix.count(obj, "step_count")
+    history = _tool_history(obj.get("tool_call_history"), fix)
     return StreamRecord(
         stream_id=stream_id,
-        task_id=_identifier(obj, "task_id"),
-        created_ts=parse_timestamp(_required(obj, "created_at")),
-        model=_label(obj, "model"),
-        status=_label(obj, "status").lower(),
-        byok=_byok(obj),
-        credits=_amount(obj, "neo_credits"),
-        llm_cost=_amount(obj, "llm_cost"),
-        neo_cost=_amount(obj, "neo_cost"),
-        steps=_count(obj, "step_count", required=True),
-        tool_calls=_count(obj, "tool_calls", required=True),
-        agent_triggers=_count(obj, "agent_triggers", required=True),
-        llm_time=_amount(obj, "llm_time_ms") / 1000.0,
-        tool_time=_amount(obj, "tool_time_ms") / 1000.0,
-        execution_time=_optional_seconds(obj, "total_execution_ms"),
-        step_latency=_optional_seconds(obj, "avg_step_latency_ms"),
-        agent_breakdown=_agent_breakdown(obj.get("agent_breakdown"), invalid),
-        tool_breakdown=_tool_breakdown(obj.get("tool_breakdown"), invalid),
-        tool_durations=_tool_history(obj.get("tool_call_history"), invalid),
-        invalid_details=tuple(invalid),
+        created_ts=created_ts,
+        model=fix.label(obj, "model"),
+        status=fix.label(obj, "status").lower(),
+        byok=fix.byok(obj),
+        credits=fix.amount(obj, "neo_credits") or 0.0,
+        llm_cost=fix.amount(obj, "llm_cost") or 0.0,
+        neo_cost=fix.amount(obj, "neo_cost") or 0.0,
+        steps=steps,
+        tool_calls=fix.count(obj, "tool_calls"),
+        agent_triggers=fix.count(obj, "agent_triggers"),
+        llm_time=fix.seconds(obj, "llm_time_ms"),
+        tool_time=fix.seconds(obj, "tool_time_ms"),
+        execution_time=fix.seconds(obj, "total_execution_ms"),
+        step_latency=fix.seconds(obj, "avg_step_latency_ms", nullable=True),
+        agent_breakdown=_agent_breakdown(obj.get("agent_breakdown"), fix),
+        tool_usage=_usage_of(history) if history else _tool_breakdown(obj, fix),
+        tool_durations=history,
+        repairs=tuple(fix.fields),
     )
 
 
 def parse_task(row: object) -> TaskRecord:
-    """Turn one `/usage/tasks` row into a record, or raise RowError."""
+    """Turn one `/usage/tasks` row into a record, or raise RowError (no id or no time)."""
     obj = _object(row)
-    stream_count = obj.get("stream_count")
+    task_id = _identifier(obj, "task_id")
+    created_ts = parse_timestamp(_required(obj, "created_at"))
+    fix = _Repairs()
+    stream_count = fix.count(obj, "stream_count")
     return TaskRecord(
-        task_id=_identifier(obj, "task_id"),
-        created_ts=parse_timestamp(_required(obj, "created_at")),
-        status=_label(obj, "status").lower(),
-        credits=_amount(obj, "neo_credits"),
-        llm_cost=_amount(obj, "llm_cost"),
-        neo_cost=_amount(obj, "neo_cost"),
-        stream_count=1 if stream_count is None else _count(obj, "stream_count", required=True),
+        task_id=task_id,
+        created_ts=created_ts,
+        status=fix.label(obj, "status").lower(),
+        credits=fix.amount(obj, "neo_credits") or 0.0,
+        llm_cost=fix.amount(obj, "llm_cost") or 0.0,
+        neo_cost=fix.amount(obj, "neo_cost") or 0.0,
+        stream_count=1 if stream_count is None else stream_count,
+        repairs=tuple(fix.fields),
     )
 
 
@@ -231,13 +268,6 @@ def _identifier(obj: Mapping[str, object], field: str) -> str:
     return value
 
 
-def _label(obj: Mapping[str, object], field: str) -> str:
-    value = _required(obj, field)
-    if not isinstance(value, str):
-        raise RowError(REASON_WRONG_TYPE, f"{field} should be a string, got {_type(value)}")
-    return clean_label(value)
-
-
 def clean_label(value: str) -> str:
     """Bound a label value's length; an empty one reads as `unknown`.
 
@@ -260,132 +290,181 @@ def _encodable(value: str) -> bool:
     return True
 
 
-def _byok(obj: Mapping[str, object]) -> str:
-    value = obj.get("is_byok")
-    if value is None:
-        return UNKNOWN
-    if not isinstance(value, bool):
-        raise RowError(REASON_WRONG_TYPE, f"is_byok should be a boolean, got {_type(value)}")
-    return "true" if value else "false"
-
-
-def _number(value: object, field: str) -> float:
-    """A finite, non-negative number. Numeric strings are accepted: they are unambiguous."""
-    # Fast path for what the API sends (tens of values per row); anything else is checked below.
+def _number(value: object) -> float | None:
+    """A finite number in [0, MAX_AMOUNT], numeric strings included; None if it is not one."""
     kind = type(value)
-    if kind is float:
-        if 0.0 <= value <= MAX_AMOUNT:  # type: ignore[operator]  # NaN fails both comparisons
-            return value  # type: ignore[return-value]
-    elif kind is int and 0 <= value <= MAX_AMOUNT:  # type: ignore[operator]
-        return float(value)  # type: ignore[arg-type]
-    return _checked_number(value, field)
-
-
-def _checked_number(value: object, field: str) -> float:
-    if isinstance(value, bool):
-        raise RowError(REASON_WRONG_TYPE, f"{field} should be a number, got bool")
-    if isinstance(value, int | float):
+    if kind is float or kind is int:
+        number = float(value)  # type: ignore[arg-type]  # exactly int or float here
+    elif kind is str:
         try:
-            number = float(value)
-        except OverflowError:  # an integer with hundreds of digits
-            raise RowError(REASON_BAD_VALUE, f"{field} is out of range") from None
-    elif isinstance(value, str):
-        try:
-            number = float(value)
+            number = float(value)  # type: ignore[arg-type]
         except ValueError:
-            raise RowError(REASON_WRONG_TYPE, f"{field} is not a number: {value[:40]!r}") from None
-    else:
-        raise RowError(REASON_WRONG_TYPE, f"{field} should be a number, got {_type(value)}")
-    if not math.isfinite(number):
-        raise RowError(REASON_BAD_VALUE, f"{field} is not finite")
-    if number < 0:
-        # Counters cannot go down: a negative amount would need a correction we cannot express.
-        raise RowError(REASON_BAD_VALUE, f"{field} is negative")
-    if number > MAX_AMOUNT:
-        raise RowError(REASON_BAD_VALUE, f"{field} is implausibly large (over {MAX_AMOUNT:g})")
+            return None
+    else:  # bool, null, containers
+        return None
+    if not 0.0 <= number <= MAX_AMOUNT:  # NaN fails both comparisons
+        return None
     return number
 
 
-def _amount(obj: Mapping[str, object], field: str) -> float:
-    value = obj.get(field)
-    return 0.0 if value is None else _number(value, field)
+class _Repairs:
+    """Reads one row's optional fields, noting each field it had to repair."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: list[str] = []
+
+    def label(self, obj: Mapping[str, object], field: str) -> str:
+        value = obj.get(field)
+        if type(value) is str and value and value.isascii() and value.strip() == value:
+            return value[:MAX_LABEL_LENGTH]  # what the API sends, without clean_label's work
+        if isinstance(value, str):
+            cleaned = clean_label(value)
+            if cleaned != UNKNOWN or value.strip().lower() == UNKNOWN:
+                return cleaned
+        self.fields.append(field)
+        return UNKNOWN
+
+    def byok(self, obj: Mapping[str, object]) -> str:
+        if "is_byok" not in obj:  # optional in the docs: absent is not a repair
+            return UNKNOWN
+        value = obj["is_byok"]
+        if value is True:
+            return "true"
+        if value is False:
+            return "false"
+        self.fields.append("is_byok")
+        if isinstance(value, str):
+            return _BOOL_STRINGS.get(value.strip().lower(), UNKNOWN)
+        return UNKNOWN
+
+    def amount(self, obj: Mapping[str, object], field: str) -> float | None:
+        """A money amount or time: None when absent; repaired to None when unusable."""
+        value = obj.get(field)
+        kind = type(value)
+        if kind is float:
+            if 0.0 <= value <= MAX_AMOUNT:  # type: ignore[operator]  # the usual case, fast
+                return value  # type: ignore[return-value]
+        elif kind is int:
+            if 0 <= value <= MAX_AMOUNT:  # type: ignore[operator]
+                return float(value)  # type: ignore[arg-type]
+        elif value is None and field not in obj:
+            return None
+        number = _number(value)
+        self.fields.append(field)  # a string read as a number is noted too
+        return number
+
+    def seconds(
+        self, obj: Mapping[str, object], field: str, *, nullable: bool = False
+    ) -> float | None:
+        """A `_ms` field in seconds; `nullable` fields may be null without a repair."""
+        if nullable and obj.get(field, 0) is None:
+            return None
+        amount = self.amount(obj, field)
+        return None if amount is None else amount / 1000.0
+
+    def count(self, obj: Mapping[str, object], field: str) -> int | None:
+        value = obj.get(field)
+        if type(value) is int and 0 <= value <= MAX_AMOUNT:
+            return value
+        amount = self.amount(obj, field)
+        if amount is None:
+            return None
+        if not amount.is_integer():
+            if field not in self.fields:
+                self.fields.append(field)
+            return None
+        return int(amount)
 
 
-def _optional_seconds(obj: Mapping[str, object], field: str) -> float | None:
-    value = obj.get(field)
-    return None if value is None else _number(value, field) / 1000.0
-
-
-def _count(obj: Mapping[str, object], field: str, *, required: bool) -> int:
-    value = obj.get(field)
-    if type(value) is int and 0 <= value <= MAX_AMOUNT:
-        return value  # what float() and int() below would give back
-    if value is None:
-        if required:
-            raise RowError(REASON_MISSING_FIELD, f"{field} is missing")
-        return 0
-    number = _number(value, field)
-    if not number.is_integer():
-        raise RowError(REASON_BAD_VALUE, f"{field} should be a whole number")
-    return int(number)
-
-
-def _agent_breakdown(value: object, invalid: list[str]) -> tuple[tuple[str, int], ...]:
+def _agent_breakdown(value: object, fix: _Repairs) -> tuple[tuple[str, int], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
-        invalid.append("agent_breakdown")
+        fix.fields.append("agent_breakdown")
         return ()
-    items: list[tuple[str, int]] = []
+    items: dict[str, int] = {}
+    bad = False
     for name, count in value.items():
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_AMOUNT:
-            invalid.append("agent_breakdown")
+        number = count if type(count) is int and 0 <= count <= MAX_AMOUNT else _number(count)
+        if number is None or not float(number).is_integer() or not isinstance(name, str):
+            bad = True
             continue
-        items.append((clean_label(name), count))
-    return tuple(sorted(items))
+        label = clean_label(name)
+        items[label] = items.get(label, 0) + int(number)
+    if bad:
+        fix.fields.append("agent_breakdown")
+    return tuple(sorted(items.items()))
 
 
-def _tool_breakdown(value: object, invalid: list[str]) -> tuple[tuple[str, int, float], ...]:
+def _tool_breakdown(obj: Mapping[str, object], fix: _Repairs) -> tuple[tuple[str, int, float], ...]:
+    """Per-tool (calls, seconds) from `tool_breakdown`, whose inner keys are a guess."""
+    value = obj.get("tool_breakdown")
     if value is None:
         return ()
     if not isinstance(value, dict):
-        invalid.append("tool_breakdown")
+        fix.fields.append("tool_breakdown")
         return ()
-    items: list[tuple[str, int, float]] = []
+    items: dict[str, tuple[int, float]] = {}
+    bad = False
     for name, entry in value.items():
-        try:
-            if not isinstance(entry, dict):
-                raise RowError(REASON_WRONG_TYPE, "tool_breakdown entry should be an object")
-            calls = _count(entry, "calls", required=False)
-            seconds = _amount(entry, "duration_ms") / 1000.0
-        except RowError:
-            invalid.append("tool_breakdown")
+        calls = duration = None
+        if isinstance(entry, dict) and isinstance(name, str):
+            calls, duration = _number(entry.get("calls")), _number(entry.get("duration_ms"))
+        if calls is None or duration is None or not calls.is_integer():
+            bad = True  # not a zero: an entry we cannot read says nothing
             continue
-        items.append((clean_label(name), calls, seconds))
-    return tuple(sorted(items))
+        label = clean_label(name)
+        before_calls, before_seconds = items.get(label, (0, 0.0))
+        items[label] = (before_calls + int(calls), before_seconds + duration / 1000.0)
+    if bad:
+        fix.fields.append("tool_breakdown")
+    return tuple((tool, calls, seconds) for tool, (calls, seconds) in sorted(items.items()))
 
 
-def _tool_history(value: object, invalid: list[str]) -> tuple[tuple[str, float], ...]:
+def _tool_history(value: object, fix: _Repairs) -> tuple[tuple[str, float], ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        invalid.append("tool_call_history")
+        fix.fields.append("tool_call_history")
         return ()
     items: list[tuple[str, float]] = []
+    bad = False
     for entry in value:
-        try:
-            if not isinstance(entry, dict):
-                raise RowError(REASON_WRONG_TYPE, "tool_call_history entry should be an object")
-            tool = entry.get("tool_name")
-            # Inlined _label for the common case (a row has dozens of entries); ASCII
-            # cannot hold a lone surrogate, anything else goes through clean_label.
-            if type(tool) is str and tool.isascii() and (name := tool.strip()):
-                tool = name[:MAX_LABEL_LENGTH]
-            else:
-                tool = _label(entry, "tool_name")
-            seconds = _number(_required(entry, "duration_ms"), "duration_ms") / 1000.0
-        except RowError:
-            invalid.append("tool_call_history")
+        if not isinstance(entry, dict):
+            bad = True
             continue
-        items.append((tool, seconds))
+        tool = entry.get("tool_name")
+        # Inlined clean_label for the common case (a row has dozens of entries); ASCII
+        # cannot hold a lone surrogate, anything else goes through clean_label.
+        if type(tool) is str and tool.isascii() and (name := tool.strip()):
+            tool = name[:MAX_LABEL_LENGTH]
+        elif isinstance(tool, str) and (cleaned := clean_label(tool)) != UNKNOWN:
+            tool = cleaned
+        else:
+            bad = True
+            continue
+        duration = entry.get("duration_ms")
+        if type(duration) is not int or not 0 <= duration <= MAX_AMOUNT:
+            duration = _number(duration)
+            if duration is None:
+                bad = True
+                continue
+        items.append((tool, duration / 1000.0))
+    if bad:
+        fix.fields.append("tool_call_history")
     return tuple(items)
+
+
+def _usage_of(history: tuple[tuple[str, float], ...]) -> tuple[tuple[str, int, float], ...]:
+    """Per-tool (calls, seconds) summed from the history, in history order per tool."""
+    usage: dict[str, list[float]] = {}
+    for tool, seconds in history:
+        slot = usage.get(tool)
+        if slot is None:
+            usage[tool] = [1, seconds]
+        else:
+            slot[0] += 1
+            slot[1] += seconds
+    return tuple((tool, int(slot[0]), slot[1]) for tool, slot in sorted(usage.items()))

@@ -1,26 +1,51 @@
-"""Background polling of one account: what to read when, and handing results to the state.
+"""Polling one account: the streams reads, the tasks read and the self-audit.
 
-Streams, every `polling.interval`: read `[min(now - lookback, watermark), now]`, the
-watermark being the `to` of the last complete read (so a restart re-reads its downtime,
-up to `polling.catch_up_limit`). Every `polling.reconcile_interval`, and on first start,
-read the whole window `[now - window, now]` instead, to catch rows that appeared long
-after their `created_at`. `to` is pinned for the whole read; rows are committed in
-batches (ids and counter increments together), and the watermark moves only once the
-read is complete, so a crash mid-read just means the next read starts earlier.
+Streams, every `polling.interval`: an incremental read of the lookback span, to catch rows
+that appeared long after their `created_at`. When the last complete read is older than the
+lookback (the exporter was down, or the API was), the read goes back to it instead (at most
+`polling.catch_up_limit`): a catch-up.
 
-Tasks, every `polling.tasks_interval`: read the window and keep gauges.
+Sweep, every `polling.reconcile_interval` and at first start: the whole window is read
+again, in time slices from its oldest end. The slice reached is saved, so a read that fails
+resumes where it stopped rather than from the start; a slice that fails three sweeps in a
+row is skipped (and counted incomplete). Incremental reads keep running every interval
+while a long sweep is under way.
+
+Every read pins its span; rows are committed in batches (ids and counter increments
+together), and a watermark moves only once its read is complete, so a crash mid-read just
+means the next read starts earlier. A read is complete when the state holds as many of the
+span's streams as the API counts (see `Listing`).
+
+Catching up: the first sweep's counters are published only when it is complete (series
+then appear at their full value, which `rate()` does not take as an increase), and the
+time of every commit made while reading a backlog is published, so that the spend alerts
+can leave out the jump a backlog makes in the counters.
+
+Tasks, every `polling.tasks_interval`: read the window and keep gauges, published only from
+a complete read.
+
+Audit, every `audit.interval`: Neo's own count of streams (`total` of the listing) and
+credits (`/usage/summary`) for the part of the window older than the lookback, beside what
+the state counted for the same period.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.account_info import TopTasks
-from exporter.client import ApiError, NeoClient, PageProgress, Stopped
+from exporter.account_info import (
+    SUMMARY_PATH,
+    UNAVAILABLE_STATUSES,
+    BodyError,
+    TopTasks,
+    parse_summary_credits,
+)
+from exporter.client import ApiError, NeoClient, PageProgress, ReadOutcome, Stopped
 from exporter.config import AccountConfig, PollingConfig
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
@@ -31,8 +56,14 @@ from exporter.models import (
     parse_stream,
     parse_task,
 )
-from exporter.snapshot import EndpointHealth, ReadProgress, SnapshotStore
-from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS, State
+from exporter.snapshot import AuditResult, EndpointHealth, ReadProgress, SnapshotStore
+from exporter.state import (
+    WATERMARK_RECONCILE,
+    WATERMARK_STREAMS,
+    WATERMARK_SWEEP_CURSOR,
+    WATERMARK_SWEEP_TO,
+    State,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +72,29 @@ TASKS_PATH = "/api/v1/usage/tasks"
 BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
 PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
 LOGGED_SKIPS = 5  # per read; the rest are summed in one line
+MAX_SKIPS_REMEMBERED = 10_000  # bad rows told apart within a read (memory stays bounded)
+SLICE_ROWS = 20_000  # rows per slice of a sweep: what a failure costs to read again
+SLICE_FAILURES = 3  # sweeps in a row a slice may fail before it is skipped
 
 
 @dataclass(frozen=True, slots=True)
-class ReadPlan:
-    kind: str  # "incremental" | "reconcile"
+class IncrementalSpan:
     start: float
     end: float
+    catching_up: bool  # the last complete read is older than the lookback
+    covers_gap: bool  # the span reaches back to that read (not cut by catch_up_limit)
 
 
-def plan_streams_read(
-    now: float, polling: PollingConfig, watermark: float | None, reconciled: float | None
-) -> ReadPlan:
-    """Decide the next streams read from the clock and the saved watermarks."""
-    window_start = now - polling.window
-    if reconciled is None or now - reconciled >= polling.reconcile_interval or watermark is None:
-        return ReadPlan("reconcile", window_start, now)
-    start = min(now - polling.lookback, watermark)
-    start = max(start, now - polling.catch_up_limit, window_start)
-    return ReadPlan("incremental", start, now)
+def incremental_span(
+    now: float, polling: PollingConfig, watermark: float | None
+) -> IncrementalSpan:
+    """The next incremental read: the lookback, or back to the watermark when that is older."""
+    lookback_start = now - polling.lookback
+    if watermark is None:
+        return IncrementalSpan(lookback_start, now, False, True)
+    floor = max(now - polling.catch_up_limit, now - polling.window)
+    start = max(min(lookback_start, watermark), floor)
+    return IncrementalSpan(start, now, watermark < lookback_start, watermark >= floor)
 
 
 class ProgressLog:
@@ -110,6 +145,15 @@ class ProgressLog:
             )
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What one streams read did to the state."""
+
+    new: int = 0
+    duplicates: int = 0
+    changed: int = 0
+
+
 class AccountPoller:
     """Polls one account; `run()` loops until the stop event, `poll_once()` reads once."""
 
@@ -126,11 +170,13 @@ class AccountPoller:
         clock: Callable[[], float] = time.time,
         top_tasks: int = 0,
         task_emails: bool = False,
+        audit_interval: float = 0.0,
     ) -> None:
         self.name = account.name
         self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
         self._task_emails = task_emails
         self._polling = polling
+        self._audit_interval = audit_interval
         self._state = state
         self._client = client
         self._store = store
@@ -138,14 +184,24 @@ class AccountPoller:
         self._stop = stop
         self._clock = clock
         self._endpoints: dict[str, EndpointHealth] = {}
+        self._missing: dict[str, int] = {}
         # The streams and tasks reads publish from two threads: state is read and the
         # snapshot written under one lock, so an older count never overwrites a newer one.
         self._publishing = threading.RLock()
+        # Counters are published once a whole window has been read (now or in an earlier
+        # life); until then they would climb through days of history in minutes.
+        self.live = state.watermark(self.name, WATERMARK_RECONCILE) is not None
+        self._backlog = not self.live  # reading a backlog: counter increases are not current
+        self._sweep_needed = False  # a catch-up could not reach its watermark: sweep now
+        self._slice_failures = 0
+        self._last_catch_up: float | None = None
+        self._settled = False  # a first result (data or a failure) has been published
+        self._publish()
 
     # --- scheduling ----------------------------------------------------------------------
 
     def run(self) -> None:
-        next_streams = next_tasks = self._clock()
+        next_streams = next_tasks = next_audit = self._clock()
         while not self._stop.is_set():
             now = self._clock()
             streams_due, tasks_due = now >= next_streams, now >= next_tasks
@@ -154,13 +210,20 @@ class AccountPoller:
             if tasks_due:
                 next_tasks = max(next_tasks + self._polling.tasks_interval, now)
             if streams_due and tasks_due:
-                self.poll_both()
+                self.poll_both(until=next_streams)
             elif streams_due:
-                self.poll_streams()
+                self.poll_streams(until=next_streams)
             elif tasks_due:
                 self.poll_tasks()
-            self._store.update(self.name, first_poll_done=True)
-            self._stop.wait(max(0.0, min(next_streams, next_tasks) - self._clock()))
+            if self._audit_interval > 0 and self._clock() >= next_audit and self.live:
+                self.audit()
+                next_audit = self._clock() + self._audit_interval
+            if self._settled:
+                self._store.update(self.name, first_poll_done=True)
+            due = [next_streams, next_tasks]
+            if self._audit_interval > 0:
+                due.append(next_audit)
+            self._stop.wait(max(0.0, min(due) - self._clock()))
 
     def poll_once(self) -> bool:
         """Read the whole window of streams and the tasks once; True if both succeeded."""
@@ -168,7 +231,7 @@ class AccountPoller:
         self._store.update(self.name, first_poll_done=True)
         return ok
 
-    def poll_both(self, *, force_reconcile: bool = False) -> bool:
+    def poll_both(self, *, force_reconcile: bool = False, until: float | None = None) -> bool:
         """The streams and tasks reads side by side; True if both succeeded.
 
         A first read is mostly waiting on pages: while the streams' rows are counted, the
@@ -181,94 +244,205 @@ class AccountPoller:
             daemon=True,
         )
         helper.start()
-        streams_ok = self.poll_streams(force_reconcile=force_reconcile)
+        streams_ok = self.poll_streams(force_reconcile=force_reconcile, until=until)
         helper.join()
         return streams_ok and tasks_ok == [True]
 
     # --- streams -------------------------------------------------------------------------
 
-    def poll_streams(self, *, force_reconcile: bool = False) -> bool:
+    def poll_streams(self, *, force_reconcile: bool = False, until: float | None = None) -> bool:
+        """The incremental read, then the sweep if one is due or under way (until `until`).
+
+        When the incremental read fails the API is most likely down: the sweep waits.
+        """
+        ok = self._incremental() and self._sweep(force=force_reconcile, until=until)
+        self._publish(window=True)
+        return ok
+
+    def _incremental(self) -> bool:
         now = self._clock()
-        plan = plan_streams_read(
-            now,
-            self._polling,
-            self._state.watermark(self.name, WATERMARK_STREAMS),
-            None if force_reconcile else self._state.watermark(self.name, WATERMARK_RECONCILE),
+        span = incremental_span(
+            now, self._polling, self._state.watermark(self.name, WATERMARK_STREAMS)
         )
-        started = time.monotonic()
-        try:
-            new, duplicates, changed = self._read_streams(plan)
-        except Stopped:
+        if span.catching_up:
+            self._backlog = True
+            # Older rows of the gap than the catch-up reaches are left to a sweep, now.
+            self._sweep_needed = self._sweep_needed or not span.covers_gap
+        self._set_catching_up()
+        outcome = self._guarded("incremental", span.start, span.end)
+        if outcome is None:
             return False
-        except ApiError as exc:
-            self._failed("streams", plan.kind, exc)
-            return False
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s streams read failed unexpectedly", self.name)
-            self._failed("streams", plan.kind, ApiError(f"internal error: {type(exc).__name__}"))
-            return False
-        duration = time.monotonic() - started
-        self._succeeded("streams", plan.kind)
-        log.info(
-            "account=%s %s read of %s..%s: %d new, %d already counted, %d changed, %.2fs",
-            self.name,
-            plan.kind,
-            format_timestamp(plan.start),
-            format_timestamp(plan.end),
-            new,
-            duplicates,
-            changed,
-            duration,
-        )
-        self._publish(last_poll_duration=duration, progress=None, window=True)
+        if outcome.complete:
+            self._state.save_marks(
+                self.name,
+                {WATERMARK_STREAMS: span.end},
+                prune_before=span.end - self._polling.window - self._polling.lookback,
+            )
+            if span.catching_up and not self._sweep_needed and self.live:
+                self._backlog = False
+        self._succeeded("streams", "incremental")
+        self._set_catching_up()
         return True
 
-    def _read_streams(self, plan: ReadPlan) -> tuple[int, int, int]:
-        params = {
-            "from": format_timestamp(plan.start),
-            "to": format_timestamp(plan.end),  # pinned for every page of this read
-            "sort": "created_at",
-        }
+    def _sweep(self, *, force: bool, until: float | None) -> bool:
+        """Read the window again, slice by slice from its oldest end; False if a slice failed."""
+        state, name = self._state, self.name
+        now = self._clock()
+        sweep_to = state.watermark(name, WATERMARK_SWEEP_TO)
+        cursor = state.watermark(name, WATERMARK_SWEEP_CURSOR)
+        if sweep_to is None or cursor is None:
+            reconciled = state.watermark(name, WATERMARK_RECONCILE)
+            due = (
+                force
+                or self._sweep_needed
+                or reconciled is None
+                or now - reconciled >= self._polling.reconcile_interval
+            )
+            if not due:
+                return True
+            sweep_to, cursor = now, now - self._polling.window
+            state.save_marks(name, {WATERMARK_SWEEP_TO: sweep_to, WATERMARK_SWEEP_CURSOR: cursor})
+            self._sweep_needed = False
+        self._set_catching_up()
+        slice_length: float | None = None
+        while cursor < sweep_to:
+            if self._stop.is_set():
+                return False
+            if until is not None and self._clock() >= until:
+                return True  # the incremental read is due: the sweep resumes after it
+            # Rows older than the window have left it while the sweep was paused.
+            cursor = max(cursor, self._clock() - self._polling.window)
+            end = sweep_to
+            try:
+                if slice_length is None:
+                    slice_length = self._slice_length(cursor, sweep_to)
+                end = min(sweep_to, cursor + slice_length)
+                self._read("reconcile", cursor, end)  # an incomplete slice is counted there
+            except Stopped:
+                return False
+            except ApiError as exc:
+                self._slice_failures += 1
+                if self._slice_failures < SLICE_FAILURES:
+                    self._failed("streams", "reconcile", exc)
+                    return False
+                # Skipped rather than retried forever: later sweeps read it again.
+                log.error(
+                    "account=%s the sweep's slice %s..%s failed %d times; skipping it (%s)",
+                    name,
+                    format_timestamp(cursor),
+                    format_timestamp(end),
+                    self._slice_failures,
+                    exc,
+                )
+                self._metrics.incomplete_reads.labels(name, "streams").inc()
+            except Exception as exc:  # a bug must not kill the thread: report it and go on
+                log.exception("account=%s sweep failed unexpectedly", name)
+                self._failed("streams", "reconcile", ApiError(f"internal error: {exc!r:.80}"))
+                return False
+            self._slice_failures = 0
+            cursor = end
+            state.save_marks(name, {WATERMARK_SWEEP_CURSOR: cursor})
+        state.save_marks(
+            name,
+            {WATERMARK_RECONCILE: sweep_to, WATERMARK_SWEEP_TO: None, WATERMARK_SWEEP_CURSOR: None},
+        )
+        self._succeeded("streams", "reconcile")
+        if not self.live:
+            self.live = True
+            log.info("account=%s the whole window is read: counters are published", name)
+        self._backlog = False
+        self._set_catching_up()
+        return True
+
+    def _slice_length(self, start: float, end: float) -> float:
+        """Slices of about SLICE_ROWS rows, from the API's count of the span's rows."""
+        total = self._client.count(STREAMS_PATH, "streams", start, end, {"sort": "created_at"})
+        slices = max(1, math.ceil((total or 0) / SLICE_ROWS))
+        return (end - start) / slices
+
+    def _guarded(self, kind: str, start: float, end: float) -> ReadOutcome | None:
+        """A streams read whose failure is reported rather than raised (None)."""
+        try:
+            return self._read(kind, start, end)
+        except Stopped:
+            return None
+        except ApiError as exc:
+            self._failed("streams", kind, exc)
+        except Exception as exc:  # a bug must not kill the thread: report it and go on
+            log.exception("account=%s streams read failed unexpectedly", self.name)
+            self._failed("streams", kind, ApiError(f"internal error: {exc!r:.80}"))
+        return None
+
+    def _read(self, kind: str, start: float, end: float) -> ReadOutcome:
+        """One streams read of [start, end], counted into the state as pages arrive."""
+        started = time.monotonic()
         progress = ProgressLog(
-            self.name, plan.kind, self._clock, lambda p: self._store.update(self.name, progress=p)
+            self.name, kind, self._clock, lambda p: self._store.update(self.name, progress=p)
+        )
+        listing = self._client.listing(
+            STREAMS_PATH, "streams", start, end, {"sort": "created_at"}, on_progress=progress
         )
         skips = _SkipLog(self.name, "streams", self._metrics)
+        tally = _Tally()
         batch: list[StreamRecord] = []
-        new = duplicates = changed = 0
-        for page in self._client.pages(STREAMS_PATH, params, "streams", on_progress=progress):
+
+        def flush() -> None:
+            if batch:
+                self._ingest(batch, tally)
+                batch.clear()
+
+        def found(first: float, last: float) -> int:
+            flush()  # what the pages brought so far is in the state before it is counted
+            return self._state.count_streams(self.name, first, last)
+
+        for page in listing.pages(found):
             for row in page.rows:
                 try:
-                    record = parse_stream(row)
+                    batch.append(parse_stream(row))
                 except RowError as exc:
                     skips.add(row, exc)
-                    continue
-                for name in record.invalid_details:
-                    self._metrics.invalid_details.labels(self.name, name).inc()
-                batch.append(record)
             if len(batch) >= BATCH_ROWS:
-                n, d, c = self._ingest(batch)
-                new, duplicates, changed = new + n, duplicates + d, changed + c
-                batch = []
-        n, d, c = self._ingest(batch)
+                flush()
+        flush()
         skips.summarise()
-        self._state.finish_read(
+        outcome = listing.outcome
+        assert outcome is not None
+        self._note_outcome("streams", kind, outcome, listing.start, listing.end)
+        log.info(
+            "account=%s %s read of %s..%s: %d new, %d already counted, %d revised, %.2fs",
             self.name,
-            to=plan.end,
-            whole_window=plan.kind == "reconcile",
-            prune_before=plan.end - self._polling.window - self._polling.lookback,
+            kind,
+            format_timestamp(listing.start),
+            format_timestamp(listing.end),
+            tally.new,
+            tally.duplicates,
+            tally.changed,
+            time.monotonic() - started,
         )
-        return new + n, duplicates + d, changed + c
+        self._publish(last_poll_duration=time.monotonic() - started, progress=None)
+        return outcome
 
-    def _ingest(self, batch: list[StreamRecord]) -> tuple[int, int, int]:
-        if not batch:
-            return 0, 0, 0
+    def _ingest(self, batch: list[StreamRecord], tally: _Tally) -> None:
         result = self._state.ingest(self.name, batch, self._clock())
+        tally.new += result.new
+        tally.duplicates += result.duplicates
+        tally.changed += result.changed
+        for name, count in result.repairs.items():
+            self._metrics.repaired_fields.labels(self.name, "streams", name).inc(count)
         if result.changed_ids:
-            log.warning(
-                "account=%s %d stream(s) changed after they were counted (not recounted): %s",
+            log.info(
+                "account=%s %d counted stream(s) revised by the API, increases added: %s",
                 self.name,
                 result.changed,
                 ", ".join(result.changed_ids[:5]),
+            )
+        if result.decreased_ids:
+            log.warning(
+                "account=%s %d counted stream(s) revised down or relabelled by the API; the "
+                "counters keep the first figures (neo_exporter_revisions_total): %s",
+                self.name,
+                len(result.decreased_ids),
+                ", ".join(result.decreased_ids[:5]),
             )
         if result.before_horizon:
             log.warning(
@@ -277,21 +451,46 @@ class AccountPoller:
                 result.before_horizon,
             )
         if result.new or result.changed:
+            if self._backlog and self.live:
+                self._last_catch_up = self._clock()
             self._publish()
-        return result.new, result.duplicates, result.changed
+
+    def _note_outcome(
+        self, endpoint: str, kind: str, outcome: ReadOutcome, start: float, end: float
+    ) -> None:
+        missing = 0
+        if outcome.reported is not None and outcome.found is not None:
+            missing = max(0, outcome.reported - outcome.found)
+        self._missing[endpoint] = missing
+        if outcome.complete:
+            return
+        self._metrics.incomplete_reads.labels(self.name, endpoint).inc()
+        log.warning(
+            "account=%s %s read of %s..%s is incomplete: the API counts %s rows, %s are held "
+            "(%d repair requests spent)",
+            self.name,
+            kind,
+            format_timestamp(start),
+            format_timestamp(end),
+            outcome.reported,
+            outcome.found,
+            outcome.repair_requests,
+        )
 
     # --- tasks ---------------------------------------------------------------------------
 
     def poll_tasks(self) -> bool:
         now = self._clock()
-        params = {
-            "from": format_timestamp(now - self._polling.window),
-            "to": format_timestamp(now),
-        }
         skips = _SkipLog(self.name, "tasks", self._metrics)
         top = TopTasks(self._top_tasks, emails=self._task_emails)
+        listing = self._client.listing(TASKS_PATH, "tasks", now - self._polling.window, now)
+        repairs: dict[str, int] = {}
+
+        def found(first: float, last: float) -> int:
+            return self._state.count_read_tasks(self.name, first, last)
+
         try:
-            for page in self._client.pages(TASKS_PATH, params, "tasks"):
+            for page in listing.pages(found):
                 tasks: list[TaskRecord] = []
                 for row in page.rows:
                     try:
@@ -301,6 +500,8 @@ class AccountPoller:
                         continue
                     tasks.append(task)
                     top.add(task, row)
+                    for name in task.repairs:
+                        repairs[name] = repairs.get(name, 0) + 1
                 # Offset paging can repeat a task: the state keeps the read's distinct ids.
                 self._state.add_read_tasks(self.name, tasks)
             window = self._state.tasks_read_totals(self.name)
@@ -311,21 +512,84 @@ class AccountPoller:
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s tasks read failed unexpectedly", self.name)
-            self._failed("tasks", "tasks", ApiError(f"internal error: {type(exc).__name__}"))
+            self._failed("tasks", "tasks", ApiError(f"internal error: {exc!r:.80}"))
             return False
         finally:
             self._state.discard_tasks_read(self.name)
         skips.summarise()
+        for name, count in repairs.items():
+            self._metrics.repaired_fields.labels(self.name, "tasks", name).inc(count)
+        outcome = listing.outcome
+        assert outcome is not None
+        self._note_outcome("tasks", "tasks", outcome, listing.start, listing.end)
         self._succeeded("tasks", "tasks")
-        self._publish(tasks=window, top_tasks=top.ranked())
+        if outcome.complete:
+            self._publish(tasks=window, top_tasks=top.ranked())
+        else:
+            self._publish()  # the gauges keep the last complete read's figures
         return True
 
+    # --- audit ---------------------------------------------------------------------------
+
+    def audit(self) -> AuditResult | None:
+        """Compare Neo's totals for the window less the lookback with the state's."""
+        now = self._clock()
+        # Half-second bounds: no row with a whole-second created_at sits on one, whichever
+        # of the API's bounds is inclusive.
+        start = math.floor(now - self._polling.window) + 0.5
+        end = math.floor(now - self._polling.lookback) + 0.5
+        if end <= start:
+            return None
+        period = {"from": format_timestamp(start), "to": format_timestamp(end)}
+        try:
+            neo_streams = self._client.count(STREAMS_PATH, "streams", start, end)
+            try:
+                neo_credits: float | None = parse_summary_credits(
+                    self._client.get_json(SUMMARY_PATH, period, "summary")
+                )
+            except ApiError as exc:
+                if exc.status not in UNAVAILABLE_STATUSES:
+                    raise
+                neo_credits = None  # a token that may not read the summary: streams only
+            except BodyError as exc:
+                log.warning("account=%s audit: summary not usable (%s)", self.name, exc)
+                neo_credits = None
+        except Stopped:
+            return None
+        except ApiError as exc:
+            log.warning("account=%s audit failed: %s", self.name, exc)
+            return None
+        counted, credits = self._state.counted_in(self.name, start, end)
+        result = AuditResult(now, start, end, neo_streams, counted, neo_credits, credits)
+        missing, drift = result.streams_missing, result.credits_drift
+        exact = not missing and (drift is None or abs(drift) < 1e-6)
+        log.log(
+            logging.INFO if exact else logging.WARNING,
+            "account=%s audit of %s..%s: Neo counts %s streams and %s credits; the exporter "
+            "counted %d streams and %.6f credits (missing %s, credits drift %s)",
+            self.name,
+            period["from"],
+            period["to"],
+            neo_streams,
+            "?" if neo_credits is None else f"{neo_credits:.6f}",
+            counted,
+            credits,
+            missing,
+            "?" if drift is None else f"{drift:.6f}",
+        )
+        self._publish(audit=result)
+        return result
+
     # --- health and publishing -----------------------------------------------------------
+
+    def _set_catching_up(self) -> None:
+        self._publish(catching_up=self._backlog)
 
     def _succeeded(self, endpoint: str, kind: str) -> None:
         self._metrics.polls.labels(self.name, kind, "success").inc()
         with self._publishing:
             self._endpoints[endpoint] = EndpointHealth(True, self._clock(), None)
+            self._settled = self._settled or self.live
             self._publish()
 
     def _failed(self, endpoint: str, kind: str, exc: ApiError) -> None:
@@ -334,6 +598,7 @@ class AccountPoller:
         with self._publishing:
             previous = self._endpoints.get(endpoint, EndpointHealth())
             self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
+            self._settled = True
             self._publish(progress=None)
 
     def _publish(self, *, window: bool = False, **changes: object) -> None:
@@ -343,26 +608,38 @@ class AccountPoller:
                 since = self._clock() - self._polling.window
                 changes["window_streams"] = self._state.window_streams(self.name, since)
                 changes["seen_streams"] = self._state.seen_streams(self.name)
+            if self.live:
+                changes["counts"] = self._state.counts(self.name)
             self._store.update(
                 self.name,
                 state_bytes=self._state.size_bytes() if window else None,
-                counts=self._state.counts(self.name),
                 endpoints=dict(self._endpoints),
                 watermark=self._state.watermark(self.name, WATERMARK_STREAMS),
+                last_catch_up=self._last_catch_up,
+                missing_rows=dict(self._missing),
                 **changes,
             )
 
 
 class _SkipLog:
-    """Counts skipped rows and logs the first few of a read with their reasons."""
+    """Counts skipped rows and logs the first few of a read with their reasons.
+
+    A row fetched again within the read (the pages of a repair overlap) counts once.
+    """
 
     def __init__(self, account: str, endpoint: str, metrics: ExporterMetrics) -> None:
         self._account = account
         self._endpoint = endpoint
         self._metrics = metrics
         self._count = 0
+        self._seen: set[int] = set()
 
     def add(self, row: object, exc: RowError) -> None:
+        key = hash(repr(row))
+        if key in self._seen:
+            return
+        if len(self._seen) < MAX_SKIPS_REMEMBERED:
+            self._seen.add(key)
         self._count += 1
         self._metrics.skipped_records.labels(self._account, self._endpoint, exc.reason).inc()
         if self._count <= LOGGED_SKIPS:

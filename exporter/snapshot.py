@@ -33,6 +33,30 @@ class ReadProgress:
     eta_seconds: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    """Neo's own totals for a closed period beside what the exporter counted for it.
+
+    `neo_*` is None when Neo did not say (no `total` in the listing; summary unavailable).
+    """
+
+    at: float
+    start: float
+    end: float
+    neo_streams: int | None
+    counted_streams: int
+    neo_credits: float | None
+    counted_credits: float
+
+    @property
+    def streams_missing(self) -> int | None:
+        return None if self.neo_streams is None else self.neo_streams - self.counted_streams
+
+    @property
+    def credits_drift(self) -> float | None:
+        return None if self.neo_credits is None else self.neo_credits - self.counted_credits
+
+
 # Account-level endpoints, each read on its own interval (see exporter.account_info).
 ACCOUNT_ENDPOINTS = ("summary", "user", "credits")
 
@@ -123,6 +147,13 @@ class AccountSnapshot:
     first_poll_done: bool = False
     info: AccountInfo = field(default_factory=AccountInfo)
     top_tasks: tuple[TopTask, ...] = ()
+    # A backlog is being read (first start, after downtime or an API outage), and when the
+    # last read of one committed something; counter increases then are not current spend.
+    catching_up: bool = False
+    last_catch_up: float | None = None
+    # Rows the last read of each list endpoint missed against the API's own count (0: none).
+    missing_rows: Mapping[str, int] = field(default_factory=dict)
+    audit: AuditResult | None = None
 
 
 @dataclass(frozen=True, slots=True)

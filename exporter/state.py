@@ -5,6 +5,12 @@ transaction that adds its values to the counters. Whatever instant the process d
 the committed counters equal the sum over the committed seen set, and a re-read row is
 recognised by its id. Metrics are built only from values that have been committed.
 
+Each seen stream keeps what was counted for it (`counted`) and a fingerprint of the version
+last seen. When Neo revises a counted stream, the increase of each value is added under the
+labels it was first counted with, in the same transaction as its new fingerprint; a decrease
+cannot be taken back from a counter, so it is counted by field instead (the stream keeps the
+higher figure, and a later increase adds only what goes beyond it).
+
 Counters and histograms are small (bounded by the label budget) and are cached in memory;
 the seen set can hold millions of rows and lives only in SQLite.
 """
@@ -17,42 +23,66 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from exporter.models import StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OTHER = "other"
 DOCUMENTED_STATUSES = ("completed", "error", "failed", "aborted", "blocked")
 BYOK_VALUES = ("true", "false")
 
-# Counters fed by every stream, labelled (model, status, byok).
-STREAM_COUNTERS: tuple[tuple[str, Callable[[StreamRecord], float]], ...] = (
-    ("neo_streams_total", lambda r: 1.0),
-    ("neo_credits_total", lambda r: r.credits),
-    ("neo_llm_cost_usd_total", lambda r: r.llm_cost),
-    ("neo_platform_cost_usd_total", lambda r: r.neo_cost),
-    ("neo_steps_total", lambda r: float(r.steps)),
-    ("neo_tool_calls_total", lambda r: float(r.tool_calls)),
-    ("neo_agent_triggers_total", lambda r: float(r.agent_triggers)),
-    ("neo_llm_time_seconds_total", lambda r: r.llm_time),
-    ("neo_tool_time_seconds_total", lambda r: r.tool_time),
-    ("neo_execution_time_seconds_total", lambda r: r.execution_time or 0.0),
+# Counters fed by every stream, labelled (model, status, byok), in the order of
+# `_stream_amounts`; with the API field each one comes from (the `field` of a revision).
+STREAM_COUNTERS: tuple[str, ...] = (
+    "neo_streams_total",
+    "neo_credits_total",
+    "neo_llm_cost_usd_total",
+    "neo_platform_cost_usd_total",
+    "neo_steps_total",
+    "neo_tool_calls_total",
+    "neo_agent_triggers_total",
+    "neo_llm_time_seconds_total",
+    "neo_tool_time_seconds_total",
+    "neo_execution_time_seconds_total",
+    "neo_step_latency_seconds_total",
+    "neo_step_latency_steps_total",
+)
+_AMOUNT_FIELDS: tuple[str | None, ...] = (
+    None,  # a stream is one stream, whatever else changes
+    "neo_credits",
+    "llm_cost",
+    "neo_cost",
+    "step_count",
+    "tool_calls",
+    "agent_triggers",
+    "llm_time_ms",
+    "tool_time_ms",
+    "total_execution_ms",
+    "avg_step_latency_ms",
+    None,  # the steps behind the latency sum: step_count's revision already says it
 )
 AGENT_TRIGGERS = "neo_agent_triggers_by_agent_total"  # (agent,)
 TOOL_CALLS = "neo_tool_calls_by_tool_total"  # (tool,)
 TOOL_TIME = "neo_tool_time_by_tool_seconds_total"  # (tool,)
 CHANGED_RECORDS = "neo_exporter_changed_records_total"  # ()
+REVISIONS = "neo_exporter_revisions_total"  # (field, direction)
+REVISED_DOWN = "neo_exporter_revised_down_total"  # (field,)
 TOOL_CALL_DURATION = "neo_tool_call_duration_seconds"  # histogram (tool,)
 STREAM_DURATION = "neo_stream_duration_seconds"  # histogram (model,)
 STEP_LATENCY = "neo_stream_step_latency_seconds"  # histogram (model,)
+# Directions of a revision: a value went up (added), down (kept), or a label changed (kept).
+UP, DOWN, CHANGED = "up", "down", "changed"
 
 WATERMARK_STREAMS = "streams_to"  # `to` of the last complete streams read
 WATERMARK_RECONCILE = "reconcile_to"  # `to` of the last complete read of the whole window
 WATERMARK_HORIZON = "prune_horizon"  # rows created before this may have left the seen set
+WATERMARK_SWEEP_TO = "sweep_to"  # `to` of a read of the whole window in progress
+WATERMARK_SWEEP_CURSOR = "sweep_cursor"  # that read is complete from its start up to here
 
 Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account`)
 
@@ -103,9 +133,11 @@ class Counts:
 class IngestResult:
     new: int = 0
     duplicates: int = 0
-    changed: int = 0
+    changed: int = 0  # counted before, now revised: increases added, the rest counted
     before_horizon: int = 0
     changed_ids: list[str] = field(default_factory=list)
+    decreased_ids: list[str] = field(default_factory=list)  # revised down or relabelled
+    repairs: Counter[str] = field(default_factory=Counter)  # of the rows counted or revised
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +199,9 @@ class State:
         db.execute("PRAGMA temp_store=FILE")
         db.execute(
             "CREATE TEMP TABLE IF NOT EXISTS task_read (account TEXT NOT NULL, "
-            "task_id TEXT NOT NULL, status TEXT NOT NULL, credits REAL NOT NULL, "
-            "llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, PRIMARY KEY (account, task_id)) "
-            "WITHOUT ROWID"
+            "task_id TEXT NOT NULL, created_ts REAL NOT NULL, status TEXT NOT NULL, "
+            "credits REAL NOT NULL, llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, "
+            "PRIMARY KEY (account, task_id)) WITHOUT ROWID"
         )
         db.executescript(
             """
@@ -177,10 +209,10 @@ class State:
             CREATE TABLE IF NOT EXISTS streams (
                 account TEXT NOT NULL, stream_id TEXT NOT NULL, created_ts REAL NOT NULL,
                 status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
-                neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, changed_fingerprint TEXT,
+                neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, counted TEXT,
                 PRIMARY KEY (account, stream_id)) WITHOUT ROWID;
-            -- Covers the window gauge (count by status since a time) and pruning by time, so
-            -- neither reads the table itself; it replaces the narrower streams_by_time.
+            -- Covers the window gauge (count by status since a time), the completeness
+            -- counts of a read and pruning by time, so none of them reads the table itself.
             DROP INDEX IF EXISTS streams_by_time;
             CREATE INDEX IF NOT EXISTS streams_by_time_status
                 ON streams (account, created_ts, status);
@@ -201,10 +233,32 @@ class State:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) == 1:
+            self._migrate_from_1()
         elif int(row[0]) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"schema version {row[0]}, this exporter reads version {SCHEMA_VERSION}"
             )
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 kept no `counted` values: its rows take their next version as a baseline.
+
+        A version 1 row's fingerprint was its first version (and `changed_fingerprint` the
+        latest); the fingerprint's make-up changed too, so the first re-read of such a row
+        adopts what it sees without counting a revision (see `ingest`).
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("ALTER TABLE streams ADD COLUMN counted TEXT")
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("state file upgraded from schema version 1 to %d", SCHEMA_VERSION)
 
     def _load(self) -> None:
         for account, metric, labels, value, created in self._db.execute(
@@ -262,9 +316,24 @@ class State:
 
     def add_read_tasks(self, account: str, tasks: Iterable[TaskRecord]) -> None:
         """Add tasks to the current read of `account`; a task already in it is ignored."""
-        rows = [(account, t.task_id, t.status, t.credits, t.llm_cost, t.neo_cost) for t in tasks]
+        rows = [
+            (account, t.task_id, t.created_ts, t.status, t.credits, t.llm_cost, t.neo_cost)
+            for t in tasks
+        ]
         with self._lock:
-            self._db.executemany("INSERT OR IGNORE INTO temp.task_read VALUES (?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.task_read VALUES (?,?,?,?,?,?,?)", rows
+            )
+
+    def count_read_tasks(self, account: str, start: float, end: float) -> int:
+        """Distinct tasks of the current read created in [start, end]."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM temp.task_read "
+                "WHERE account = ? AND created_ts >= ? AND created_ts <= ?",
+                (account, start, end),
+            ).fetchone()
+        return int(row[0])
 
     def tasks_read_totals(self, account: str) -> TaskWindow:
         """Sums over the distinct tasks of the current read of `account`."""
@@ -312,6 +381,29 @@ class State:
             (account, before),
         ).fetchall()
 
+    def count_streams(self, account: str, start: float, end: float) -> int:
+        """Seen streams created in [start, end] (what a complete read must have reached)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM streams "
+                "WHERE account = ? AND created_ts >= ? AND created_ts <= ?",
+                (account, start, end),
+            ).fetchone()
+        return int(row[0])
+
+    def counted_in(self, account: str, start: float, end: float) -> tuple[int, float]:
+        """Streams counted with a `created_at` in [start, end], and their credits as counted."""
+        with self._lock:
+            credits = [
+                value
+                for (value,) in self._db.execute(
+                    "SELECT credits FROM streams "
+                    "WHERE account = ? AND created_ts >= ? AND created_ts <= ?",
+                    (account, start, end),
+                )
+            ]
+        return len(credits), math.fsum(credits)
+
     def seen_streams(self, account: str) -> int:
         with self._lock:
             return sum(self._account(account).seen_by_status.values())
@@ -325,7 +417,7 @@ class State:
     # --- writes --------------------------------------------------------------------------
 
     def ingest(self, account: str, records: Iterable[StreamRecord], now: float) -> IngestResult:
-        """Count the records not seen before, in one transaction with their ids."""
+        """Count the records not seen before and the revisions of those seen, in one transaction."""
         with self._lock:
             acct = self._account(account)
             batch: dict[str, StreamRecord] = {}
@@ -342,33 +434,53 @@ class State:
             existing = self._existing(account, list(batch))
             work = _Work(acct, self._limits, self._bounds, now)
             new_rows: list[tuple[object, ...]] = []
-            changed_rows: list[tuple[str, str, str]] = []
+            changed_rows: list[tuple[object, ...]] = []
             for stream_id, record in batch.items():
                 known = existing.get(stream_id)
                 if known is None:
-                    status = work.add(record)
+                    counted = work.add(record)
                     new_rows.append(
                         (
                             account,
                             stream_id,
                             record.created_ts,
-                            status,
-                            record.credits,
-                            record.llm_cost,
-                            record.neo_cost,
+                            counted.status,
+                            counted.amounts[1],
+                            counted.amounts[2],
+                            counted.amounts[3],
                             record.fingerprint(),
+                            counted.dumps(),
                         )
                     )
+                    result.repairs.update(record.repairs)
                     continue
-                fingerprint = record.fingerprint()
-                if fingerprint in known:
+                fingerprint, stored = known
+                if fingerprint == record.fingerprint():
                     result.duplicates += 1
                     continue
-                # Counted once already: note the change (once per distinct new version).
-                result.changed += 1
-                result.changed_ids.append(stream_id)
-                work.bump(CHANGED_RECORDS, (), 1.0)
-                changed_rows.append((fingerprint, account, stream_id))
+                if stored is None:
+                    # A row of schema version 1: its counted values were not kept, so this
+                    # version becomes its baseline (see _migrate_from_1).
+                    counted, lowered = work.baseline(record), False
+                else:
+                    counted, lowered = work.revise(_Counted.loads(stored), record)
+                    result.changed += 1
+                    result.changed_ids.append(stream_id)
+                    if lowered:
+                        result.decreased_ids.append(stream_id)
+                    result.repairs.update(record.repairs)
+                    work.bump(CHANGED_RECORDS, (), 1.0)
+                changed_rows.append(
+                    (
+                        record.fingerprint(),
+                        counted.dumps(),
+                        counted.amounts[1],
+                        counted.amounts[2],
+                        counted.amounts[3],
+                        account,
+                        stream_id,
+                    )
+                )
             result.new = len(new_rows)
             work.freeze()
             if new_rows or changed_rows:
@@ -381,12 +493,12 @@ class State:
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             marks = ",".join("?" * len(chunk))
-            for stream_id, fingerprint, changed in self._db.execute(
-                "SELECT stream_id, fingerprint, changed_fingerprint FROM streams "  # noqa: S608
+            for stream_id, fingerprint, counted in self._db.execute(
+                "SELECT stream_id, fingerprint, counted FROM streams "  # noqa: S608
                 f"WHERE account = ? AND stream_id IN ({marks})",
                 (account, *chunk),
             ):
-                found[stream_id] = (fingerprint, changed)
+                found[stream_id] = (fingerprint, counted)
         return found
 
     def _commit(
@@ -395,18 +507,20 @@ class State:
         acct: _Account,
         work: _Work,
         new_rows: list[tuple[object, ...]],
-        changed_rows: list[tuple[str, str, str]],
+        changed_rows: list[tuple[object, ...]],
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
                 "INSERT INTO streams (account, stream_id, created_ts, status, credits, llm_cost, "
-                "neo_cost, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "neo_cost, fingerprint, counted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows,
             )
+            # A revision's new fingerprint and counted values commit with its increments.
             db.executemany(
-                "UPDATE streams SET changed_fingerprint = ? WHERE account = ? AND stream_id = ?",
+                "UPDATE streams SET fingerprint = ?, counted = ?, credits = ?, llm_cost = ?, "
+                "neo_cost = ? WHERE account = ? AND stream_id = ?",
                 changed_rows,
             )
             db.executemany(
@@ -450,37 +564,54 @@ class State:
         for name, values in work.new_labels.items():
             acct.labels.setdefault(name, set()).update(values)
 
-    def finish_read(
-        self, account: str, *, to: float, whole_window: bool, prune_before: float
+    def save_marks(
+        self,
+        account: str,
+        marks: Mapping[str, float | None],
+        *,
+        prune_before: float | None = None,
     ) -> int:
-        """Record a complete read up to `to` and drop seen rows older than `prune_before`.
+        """Set (or, with None, clear) watermarks; drop seen rows older than `prune_before`.
 
         Returns the number of rows pruned.
         """
         with self._lock:
             acct = self._account(account)
-            horizon = max(prune_before, acct.watermarks.get(WATERMARK_HORIZON, float("-inf")))
-            marks = {WATERMARK_STREAMS: to, WATERMARK_HORIZON: horizon}
-            if whole_window:
-                marks[WATERMARK_RECONCILE] = to
+            settled = dict(marks)
+            if prune_before is not None:
+                settled[WATERMARK_HORIZON] = max(
+                    prune_before, acct.watermarks.get(WATERMARK_HORIZON, float("-inf"))
+                )
+            horizon = settled.get(WATERMARK_HORIZON)
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                leaving = self._older_by_status(account, horizon)
-                pruned = db.execute(
-                    "DELETE FROM streams WHERE account = ? AND created_ts < ?",
-                    (account, horizon),
-                ).rowcount
+                leaving: list[tuple[str, int]] = []
+                pruned = 0
+                if prune_before is not None and horizon is not None:
+                    leaving = self._older_by_status(account, horizon)
+                    pruned = db.execute(
+                        "DELETE FROM streams WHERE account = ? AND created_ts < ?",
+                        (account, horizon),
+                    ).rowcount
                 db.executemany(
                     "INSERT INTO watermarks (account, kind, ts) VALUES (?, ?, ?) "
                     "ON CONFLICT (account, kind) DO UPDATE SET ts = excluded.ts",
-                    [(account, kind, ts) for kind, ts in marks.items()],
+                    [(account, kind, ts) for kind, ts in settled.items() if ts is not None],
+                )
+                db.executemany(
+                    "DELETE FROM watermarks WHERE account = ? AND kind = ?",
+                    [(account, kind) for kind, ts in settled.items() if ts is None],
                 )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            acct.watermarks.update(marks)
+            for kind, ts in settled.items():
+                if ts is None:
+                    acct.watermarks.pop(kind, None)
+                else:
+                    acct.watermarks[kind] = ts
             for status, count in leaving:
                 acct.seen_by_status[status] -= count
             return int(pruned)
@@ -488,19 +619,17 @@ class State:
 
 # Label names of each stored series, in order; `account` is added by the collector.
 _LABEL_NAMES: dict[str, tuple[str, ...]] = {
-    **{name: ("model", "status", "byok") for name, _ in STREAM_COUNTERS},
+    **dict.fromkeys(STREAM_COUNTERS, ("model", "status", "byok")),
     AGENT_TRIGGERS: ("agent",),
     TOOL_CALLS: ("tool",),
     TOOL_TIME: ("tool",),
     CHANGED_RECORDS: (),
+    REVISIONS: ("field", "direction"),
+    REVISED_DOWN: ("field",),
     TOOL_CALL_DURATION: ("tool",),
     STREAM_DURATION: ("model",),
     STEP_LATENCY: ("model",),
 }
-
-
-def label_names(metric: str) -> tuple[str, ...]:
-    return _LABEL_NAMES[metric]
 
 
 class _Hist:
@@ -525,19 +654,68 @@ class _Hist:
 
 
 def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
-    """What each of STREAM_COUNTERS adds for one stream, in the same order (the hot path)."""
+    """What each of STREAM_COUNTERS adds for one stream, in the same order (the hot path).
+
+    An absent value adds 0; the step latency sum and its steps only where both are present.
+    """
+    steps, latency = r.steps, r.step_latency
+    both = steps is not None and latency is not None
     return (
         1.0,
         r.credits,
         r.llm_cost,
         r.neo_cost,
-        float(r.steps),
-        float(r.tool_calls),
-        float(r.agent_triggers),
-        r.llm_time,
-        r.tool_time,
+        float(steps or 0),
+        float(r.tool_calls or 0),
+        float(r.agent_triggers or 0),
+        r.llm_time or 0.0,
+        r.tool_time or 0.0,
         r.execution_time or 0.0,
+        latency * steps if both else 0.0,  # type: ignore[operator]  # both checked above
+        float(steps) if both else 0.0,  # type: ignore[arg-type]
     )
+
+
+@dataclass(slots=True)
+class _Counted:
+    """What has been counted for one stream: stored as JSON in `streams.counted`.
+
+    Labels are the (folded) ones it was first counted under; amounts follow STREAM_COUNTERS
+    and only ever rise; breakdowns are by the API's names, folded when they are added to.
+    """
+
+    model: str
+    status: str
+    byok: str
+    amounts: list[float]
+    duration_observed: bool
+    latency_observed: bool
+    history: int  # tool_call_history entries observed
+    agents: dict[str, int]
+    tools: dict[str, list[float]]  # tool -> [calls, seconds]
+
+    def dumps(self) -> str:
+        return json.dumps(
+            [
+                self.model,
+                self.status,
+                self.byok,
+                self.amounts,
+                int(self.duration_observed),
+                int(self.latency_observed),
+                self.history,
+                self.agents,
+                self.tools,
+            ],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def loads(cls, text: str) -> _Counted:
+        model, status, byok, amounts, duration, latency, history, agents, tools = json.loads(text)
+        return cls(
+            model, status, byok, amounts, bool(duration), bool(latency), history, agents, tools
+        )
 
 
 class _Work:
@@ -608,14 +786,14 @@ class _Work:
             )
             for status in statuses:
                 for byok in BYOK_VALUES:
-                    for metric, _ in STREAM_COUNTERS:
+                    for metric in STREAM_COUNTERS:
                         self.bump(metric, (value, status, byok), 0.0)
             for metric in (STREAM_DURATION, STEP_LATENCY):
                 self._histogram(metric, (value,))
         elif name == "status":
             for model in self._values_of("model"):
                 for byok in BYOK_VALUES:
-                    for metric, _ in STREAM_COUNTERS:
+                    for metric in STREAM_COUNTERS:
                         self.bump(metric, (model, value, byok), 0.0)
 
     def _values_of(self, name: str) -> set[str]:
@@ -646,21 +824,22 @@ class _Work:
     def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
         self._histogram(metric, labels).observe(value)
 
-    def add(self, record: StreamRecord) -> str:
-        """Add one new stream's values; returns its folded status."""
+    def add(self, record: StreamRecord) -> _Counted:
+        """Add one new stream's values; returns what was counted for it."""
         fold = self._fold
         model = fold("model", record.model)
         status = fold("status", record.status)
         labels = (model, status, record.byok)
         slots = self._stream_slots.get(labels)
         if slots is None:
-            slots = [self._slot((metric, labels)) for metric, _ in STREAM_COUNTERS]
+            slots = [self._slot((metric, labels)) for metric in STREAM_COUNTERS]
             self._stream_slots[labels] = slots
-        for slot, amount in zip(slots, _stream_amounts(record), strict=True):
+        amounts = _stream_amounts(record)
+        for slot, amount in zip(slots, amounts, strict=True):
             slot[0] += amount
         for agent, count in record.agent_breakdown:
             self.bump(AGENT_TRIGGERS, (fold("agent", agent),), float(count))
-        for tool, calls, seconds in record.tool_breakdown:
+        for tool, calls, seconds in record.tool_usage:
             tool_label = (fold("tool", tool),)
             self.bump(TOOL_CALLS, tool_label, float(calls))
             self.bump(TOOL_TIME, tool_label, seconds)
@@ -670,4 +849,106 @@ class _Work:
             self._histogram(STREAM_DURATION, (model,)).observe(record.execution_time)
         if record.step_latency is not None:
             self._histogram(STEP_LATENCY, (model,)).observe(record.step_latency)
-        return status
+        return self._counted(labels, amounts, record)
+
+    def baseline(self, record: StreamRecord) -> _Counted:
+        """What `add` would have counted for this version, without adding anything."""
+        labels = (self._fold("model", record.model), self._fold("status", record.status))
+        return self._counted((*labels, record.byok), _stream_amounts(record), record)
+
+    @staticmethod
+    def _counted(
+        labels: tuple[str, ...], amounts: Sequence[float], record: StreamRecord
+    ) -> _Counted:
+        return _Counted(
+            labels[0],
+            labels[1],
+            labels[2],
+            list(amounts),
+            record.execution_time is not None,
+            record.step_latency is not None,
+            len(record.tool_durations),
+            dict(record.agent_breakdown),
+            {tool: [calls, seconds] for tool, calls, seconds in record.tool_usage},
+        )
+
+    def revise(self, old: _Counted, record: StreamRecord) -> tuple[_Counted, bool]:
+        """Add what a revised stream gained; count what it lost or relabelled.
+
+        Returns the new counted values and whether anything could not be applied (a value
+        went down, or a label changed: counters keep the first figures and labels).
+        """
+        labels = (old.model, old.status, old.byok)
+        events: set[tuple[str, str]] = set()
+        for field_name, before, after in (
+            ("model", old.model, record.model),
+            ("status", old.status, record.status),
+            ("is_byok", old.byok, record.byok),
+        ):
+            name = field_name.removeprefix("is_")
+            folded_away = before == OTHER and after not in self._values_of(name)
+            if after != before and not folded_away:
+                events.add((field_name, CHANGED))
+        amounts = list(old.amounts)
+        for index, now in enumerate(_stream_amounts(record)):
+            delta = now - amounts[index]
+            source = _AMOUNT_FIELDS[index]
+            if delta > 0:
+                self.bump(STREAM_COUNTERS[index], labels, delta)
+                amounts[index] = now
+                if source is not None:
+                    events.add((source, UP))
+            elif delta < 0 and source is not None:
+                events.add((source, DOWN))
+                self.bump(REVISED_DOWN, (source,), -delta)
+        counted = _Counted(
+            old.model,
+            old.status,
+            old.byok,
+            amounts,
+            old.duration_observed or record.execution_time is not None,
+            old.latency_observed or record.step_latency is not None,
+            max(old.history, len(record.tool_durations)),
+            dict(old.agents),
+            {tool: list(value) for tool, value in old.tools.items()},
+        )
+        # A timing observed once is not observed again: a histogram cannot move a sample.
+        if not old.duration_observed and record.execution_time is not None:
+            self.observe(STREAM_DURATION, (old.model,), record.execution_time)
+        if not old.latency_observed and record.step_latency is not None:
+            self.observe(STEP_LATENCY, (old.model,), record.step_latency)
+        # Tool call history grows at its end: the entries past those observed are new.
+        for tool, seconds in record.tool_durations[old.history :]:
+            self.observe(TOOL_CALL_DURATION, (self._fold("tool", tool),), seconds)
+        if len(record.tool_durations) < old.history:
+            events.add(("tool_call_history", DOWN))
+        for agent, count in record.agent_breakdown:
+            gained = count - counted.agents.get(agent, 0)
+            if gained > 0:
+                self.bump(AGENT_TRIGGERS, (self._fold("agent", agent),), float(gained))
+                counted.agents[agent] = count
+                events.add(("agent_breakdown", UP))
+        if any(count < old.agents.get(agent, 0) for agent, count in record.agent_breakdown) or (
+            set(old.agents) - {agent for agent, _ in record.agent_breakdown}
+        ):
+            events.add(("agent_breakdown", DOWN))
+        usage_field = "tool_call_history" if record.tool_durations else "tool_breakdown"
+        for tool, calls, seconds in record.tool_usage:
+            slot = counted.tools.setdefault(tool, [0, 0.0])
+            label = (self._fold("tool", tool),)
+            if calls > slot[0]:
+                self.bump(TOOL_CALLS, label, calls - slot[0])
+                slot[0] = calls
+                events.add((usage_field, UP))
+            elif calls < slot[0]:
+                events.add((usage_field, DOWN))
+            if seconds > slot[1]:
+                self.bump(TOOL_TIME, label, seconds - slot[1])
+                slot[1] = seconds
+                events.add((usage_field, UP))
+            elif seconds < slot[1]:
+                events.add((usage_field, DOWN))
+        for event in events:
+            self.bump(REVISIONS, event, 1.0)
+        kept = any(direction != UP for _, direction in events)
+        return counted, kept

@@ -6,7 +6,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,12 +19,14 @@ import responses
 from exporter.client import (
     ApiError,
     AuthError,
+    Listing,
     NeoClient,
     PageProgress,
     Stopped,
     _retry_after,
     decode_json,
 )
+from exporter.models import Page, format_timestamp, parse_timestamp
 from exporter.config import AccountConfig, HttpConfig, Secret
 
 BASE = "https://neo.test"
@@ -70,6 +73,29 @@ def make_client(
         on_retry=lambda e, r: retries.append((e, r)),
     )
     return client, requests_seen, retries
+
+
+DAY_START, DAY_END = 1_795_000_000.0, 1_795_086_400.0
+
+
+def read(
+    client: NeoClient,
+    *,
+    found: Callable[[float, float], int] | None = None,
+    start: float = DAY_START,
+    end: float = DAY_END,
+    on_progress: Callable[[PageProgress], None] | None = None,
+) -> tuple[list[Page], Listing]:
+    """Every page of a streams read; by default the caller "holds" every distinct row seen."""
+    listing = client.listing(
+        "/api/v1/usage/streams", "streams", start, end, on_progress=on_progress
+    )
+    held: set[str] = set()
+    pages = []
+    for p in listing.pages(found or (lambda a, b: len(held))):
+        pages.append(p)
+        held.update(json.dumps(row, sort_keys=True) for row in p.rows)
+    return pages, listing
 
 
 def page(rows: list[Any], has_more: bool, total: int | None = None) -> dict[str, Any]:
@@ -142,7 +168,7 @@ def test_a_malformed_page_is_retried_never_returned(mocked: responses.RequestsMo
     mocked.get(STREAMS, json={"data": "oops"})
     mocked.get(STREAMS, json=page([{"ok": 1}], False, 1))
     client, _, retries = make_client(Clock())
-    pages = list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    pages, _ = read(client)
     assert [p.rows for p in pages] == [[{"ok": 1}]]
     assert [r for _, r in retries] == ["invalid_body", "invalid_body"]
 
@@ -161,7 +187,7 @@ def test_the_retry_budget_bounds_retries_across_a_whole_read(
     mocked.get(STREAMS, status=500)
     client, seen, _ = make_client(Clock(), max_retries=10, retry_budget=3)
     with pytest.raises(ApiError):
-        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+        read(client)
     assert len(seen) == 4  # one try plus the three retries the budget allows
 
 
@@ -230,15 +256,14 @@ def test_paging_reads_every_offset_once_with_to_pinned(mocked: responses.Request
     mocked.add_callback(responses.GET, STREAMS, callback=_paged_callback(list(range(23)), limit=5))
     client, _, _ = make_client(Clock(), page_size=5, concurrency=3)
     progress: list[PageProgress] = []
-    params = {"from": "2026-11-24T00:00:00.000Z", "to": "2026-11-25T00:00:00.000Z"}
-    pages = list(
-        client.pages("/api/v1/usage/streams", params, "streams", on_progress=progress.append)
-    )
+    pages, listing = read(client, on_progress=progress.append)
     assert sorted(row["n"] for p in pages for row in p.rows) == list(range(23))
     queries = [parse_qs(urlsplit(c.request.url).query) for c in mocked.calls]
     assert sorted(int(q["offset"][0]) for q in queries) == [0, 5, 10, 15, 20]
-    assert {q["to"][0] for q in queries} == {params["to"]}
+    assert {q["to"][0] for q in queries} == {format_timestamp(DAY_END)}
+    assert {q["from"][0] for q in queries} == {format_timestamp(DAY_START)}
     assert progress[-1] == PageProgress(5, 5, 23, 23)
+    assert listing.outcome is not None and listing.outcome.complete
 
 
 def test_paging_follows_has_more_when_rows_arrive_meanwhile(
@@ -248,17 +273,15 @@ def test_paging_follows_has_more_when_rows_arrive_meanwhile(
         responses.GET, STREAMS, callback=_paged_callback(list(range(10)), limit=5, extra_after=5)
     )
     client, _, _ = make_client(Clock(), page_size=5, concurrency=1)
-    rows = [
-        row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows
-    ]
-    assert sorted(rows) == list(range(13))
+    pages, _ = read(client)
+    assert sorted(row["n"] for p in pages for row in p.rows) == list(range(13))
 
 
 def test_paging_stops_at_the_page_cap(mocked: responses.RequestsMock) -> None:
     mocked.add_callback(responses.GET, STREAMS, callback=_paged_callback(list(range(50)), limit=5))
     client, seen, _ = make_client(Clock(), page_size=5, max_pages=4)
     with pytest.raises(ApiError, match="max_pages=4"):
-        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+        read(client)
     assert len(seen) == 1
 
 
@@ -266,7 +289,7 @@ def test_endless_has_more_without_total_hits_the_page_cap(mocked: responses.Requ
     mocked.get(STREAMS, json=page([{"n": 1}], True))
     client, seen, _ = make_client(Clock(), page_size=1, max_pages=6)
     with pytest.raises(ApiError, match="max_pages"):
-        list(client.pages("/api/v1/usage/streams", {}, "streams"))
+        read(client)
     assert len(seen) == 6
 
 
@@ -282,12 +305,13 @@ def test_a_429_pauses_every_concurrent_worker(mocked: responses.RequestsMock) ->
             if offset == 10 and not state["throttled"]:
                 state["throttled"] = True
                 return 429, {"Retry-After": "30"}, "{}"
-        return 200, {}, json.dumps(page([{"n": offset}], offset < 20, 25))
+        rows = [{"n": n} for n in range(offset, offset + 5)]
+        return 200, {}, json.dumps(page(rows, offset < 20, 25))
 
     mocked.add_callback(responses.GET, STREAMS, callback=callback)
     clock = Clock()
     client, _, retries = make_client(clock, page_size=5, concurrency=4)
-    pages = list(client.pages("/api/v1/usage/streams", {}, "streams"))
+    pages, _ = read(client)
     assert len(pages) == 5
     assert retries == [("streams", "429")]
     assert clock.now >= 30.0
@@ -339,34 +363,29 @@ def test_rows_arriving_mid_read_are_not_lost_between_pages_fetched_out_of_order(
 ) -> None:
     # Newest first: three late rows land at the head after page 10 was served but before
     # page 5, so rows 7..9 slide from page 5's span into page 10's, already read.
-    data = list(range(20))
-    lock = threading.Lock()
+    api = TimedApi([DAY_START + 60.0 * (20 - n) for n in range(20)])
     page_10_served = threading.Event()
     inserted = threading.Event()
 
     def callback(request: Any) -> tuple[int, dict[str, str], str]:
-        import json
-
         offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
         # Only the first request for offset 5, whenever it arrives relative to page 10.
         if offset == 5 and not inserted.is_set():
             assert page_10_served.wait(5.0)
-            with lock:
-                data[:0] = [100, 101, 102]
+            with api.lock:
+                api.times.extend(DAY_START + 3600.0 + n for n in range(3))
             inserted.set()
-        with lock:
-            chunk, total = data[offset : offset + 5], len(data)
+        answer = api.callback(request)
         if offset == 10:
             page_10_served.set()
-        return 200, {}, json.dumps(page([{"n": n} for n in chunk], offset + 5 < total, total))
+        return answer
 
     mocked.add_callback(responses.GET, STREAMS, callback=callback)
     client, seen, _ = make_client(Clock(), page_size=5, concurrency=3)
-    rows = {
-        row["n"] for p in client.pages("/api/v1/usage/streams", {}, "streams") for row in p.rows
-    }
-    assert rows >= set(range(20))
-    assert len(seen) > 4  # the read was repeated in order, not trusted
+    got, listing = read_timed(client, api, DAY_START, DAY_END)
+    assert got == set(range(23))
+    assert len(seen) > 5  # the missing rows were looked for, not trusted
+    assert listing.outcome is not None and listing.outcome.complete
 
 
 def test_reads_side_by_side_share_the_accounts_request_slots(
@@ -385,13 +404,119 @@ def test_reads_side_by_side_share_the_accounts_request_slots(
         with lock:
             in_flight[0] -= 1
         offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
-        return 200, {}, json.dumps(page([{"n": offset}], offset < 25, 30))
+        rows = [{"n": n} for n in range(offset, offset + 5)]
+        return 200, {}, json.dumps(page(rows, offset < 25, 30))
 
     mocked.add_callback(responses.GET, STREAMS, callback=callback)
     client, _, _ = make_client(Clock(), page_size=5, concurrency=2)
-    read = lambda: [p for p in client.pages("/api/v1/usage/streams", {}, "streams")]  # noqa: E731
-    other = threading.Thread(target=read)
+    other = threading.Thread(target=lambda: read(client))
     other.start()
-    assert len(read()) == 6
+    assert len(read(client)[0]) == 6
     other.join(10)
     assert in_flight[1] == 2  # two reads, each with workers to spare, never more than 2
+
+
+@dataclass
+class TimedApi:
+    """A list endpoint over timed rows that honours from/to (both inclusive), newest first.
+
+    `cap` caps every page whatever `limit` asks; with `shuffle_ties`, rows of equal time come
+    in a fresh order at each request; `hidden` rows are counted in `total` but never served.
+    """
+
+    times: list[float]
+    cap: int | None = None
+    shuffle_ties: bool = False
+    hidden: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def callback(self, request: Any) -> tuple[int, dict[str, str], str]:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+        low, high = parse_timestamp(query["from"]), parse_timestamp(query["to"])
+        offset, limit = int(query["offset"]), int(query["limit"])
+        rows = [(t, n) for n, t in enumerate(self.times) if low <= t <= high]
+        with self.lock:
+            keys = {n: self.rng.random() if self.shuffle_ties else 0.0 for _, n in rows}
+        rows.sort(key=lambda tn: (-tn[0], keys[tn[1]], tn[1]))
+        size = min(limit, self.cap or limit)
+        chunk = rows[offset : offset + size]
+        body = page([{"n": n, "t": t} for t, n in chunk], offset + size < len(rows))
+        body["total"] = len(rows) + (self.hidden if rows else 0)
+        return 200, {}, json.dumps(body)
+
+    def held(self, rows: set[int]) -> Callable[[float, float], int]:
+        return lambda a, b: sum(1 for n in rows if a <= self.times[n] <= b)
+
+
+def read_timed(
+    client: NeoClient, api: TimedApi, start: float, end: float
+) -> tuple[set[int], Listing]:
+    listing = client.listing("/api/v1/usage/streams", "streams", start, end)
+    got: set[int] = set()
+    for p in listing.pages(api.held(got)):
+        got.update(row["n"] for row in p.rows)
+    return got, listing
+
+
+def test_a_server_that_caps_its_pages_is_paged_by_what_it_returns(
+    mocked: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = TimedApi([DAY_START + 60.0 * i for i in range(47)], cap=4)
+    mocked.add_callback(responses.GET, STREAMS, callback=api.callback)
+    client, _, _ = make_client(Clock(), page_size=10, concurrency=3)
+    got, listing = read_timed(client, api, DAY_START, DAY_END)
+    assert got == set(range(47))
+    offsets = sorted(
+        int(parse_qs(urlsplit(c.request.url).query)["offset"][0]) for c in mocked.calls
+    )
+    assert offsets == list(range(0, 47, 4))  # by the 4 rows each page held, never skipping
+    assert listing.outcome is not None and listing.outcome.complete
+    assert caplog.text.count("pages of 4 rows while 10 were asked for") == 1
+    read_timed(client, api, DAY_START, DAY_END)  # the cap is known now: said once
+    assert caplog.text.count("pages of 4 rows while 10 were asked for") == 1
+
+
+def test_ties_returned_in_any_order_are_found_by_reading_halves_of_the_span(
+    mocked: responses.RequestsMock,
+) -> None:
+    # 120 rows on 30 whole seconds, 4 to a second: offset paging over ties in a fresh order
+    # at each request misses some and repeats others.
+    times = [DAY_START + float(i // 4) for i in range(120)]
+    api = TimedApi(times, shuffle_ties=True)
+    mocked.add_callback(responses.GET, STREAMS, callback=api.callback)
+    client, _, _ = make_client(Clock(), page_size=10, concurrency=2)
+    naive: set[int] = set()
+    for offset in range(0, 120, 10):
+        request = requests.get(
+            STREAMS,
+            params={
+                "from": format_timestamp(DAY_START),
+                "to": format_timestamp(DAY_END),
+                "limit": "10",
+                "offset": str(offset),
+            },
+            timeout=5,
+        )
+        naive.update(row["n"] for row in request.json()["data"])
+    assert len(naive) < 120  # what the exporter got before this read was made complete
+    got, listing = read_timed(client, api, DAY_START, DAY_END)
+    assert got == set(range(120))
+    outcome = listing.outcome
+    assert outcome is not None and outcome.complete
+    assert (outcome.reported, outcome.found) == (120, 120)
+    assert 0 < outcome.repair_requests <= 60
+
+
+def test_a_read_short_of_the_apis_total_within_its_budget_says_how_short(
+    mocked: responses.RequestsMock,
+) -> None:
+    api = TimedApi([DAY_START + 60.0 * i for i in range(30)], hidden=2)
+    mocked.add_callback(responses.GET, STREAMS, callback=api.callback)
+    client, _, _ = make_client(Clock(), page_size=10)
+    got, listing = read_timed(client, api, DAY_START, DAY_END)
+    assert got == set(range(30))
+    outcome = listing.outcome
+    assert outcome is not None and not outcome.complete
+    assert (outcome.reported, outcome.found) == (32, 30)
+    assert outcome.repair_requests <= 16  # the budget: bounded however the API behaves

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from exporter.models import (
     ROW_REASONS,
     PageError,
     RowError,
+    StreamRecord,
     format_timestamp,
     parse_page,
     parse_stream,
@@ -57,15 +59,34 @@ def test_full_row_is_converted_to_base_units() -> None:
     assert record.step_latency == 0.6
     assert record.byok == "false"
     assert record.agent_breakdown == (("exploit", 1), ("recon", 2))
-    assert record.tool_breakdown == (("nuclei", 1, 2.0),)
     assert record.tool_durations == (("nuclei", 2.0), ("httpx", 0.5))
-    assert record.invalid_details == ()
+    assert record.repairs == ()
+
+
+def test_per_tool_usage_comes_from_the_history_when_a_row_has_one() -> None:
+    # The breakdown says one nuclei call; the documented history says nuclei and httpx.
+    record = parse_stream(stream_row())
+    assert record.tool_usage == (("httpx", 1, 0.5), ("nuclei", 1, 2.0))
+
+
+def test_per_tool_usage_falls_back_to_breakdown_entries_with_the_expected_keys() -> None:
+    record = parse_stream(
+        stream_row(
+            tool_call_history=...,
+            tool_breakdown={
+                "nuclei": {"calls": 2, "duration_ms": 3000},
+                "httpx": {"count": 5, "time_ms": 100},  # keys we do not know: not a zero
+            },
+        )
+    )
+    assert record.tool_usage == (("nuclei", 2, 3.0),)
+    assert record.repairs == ("tool_breakdown",)
 
 
 def test_missing_optional_fields_count_as_zero_and_are_not_observed() -> None:
     row = stream_row(
         neo_credits=...,
-        llm_cost=None,
+        llm_cost=...,
         neo_cost=...,
         is_byok=...,
         total_execution_ms=...,
@@ -78,40 +99,72 @@ def test_missing_optional_fields_count_as_zero_and_are_not_observed() -> None:
     assert (record.credits, record.llm_cost, record.neo_cost) == (0.0, 0.0, 0.0)
     assert record.execution_time is None and record.step_latency is None
     assert record.byok == "unknown"
-    assert record.tool_durations == ()
+    assert record.tool_durations == () and record.tool_usage == ()
+    assert record.repairs == ()  # absent optional fields and a null latency are documented
 
 
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
         ({"stream_id": ...}, "missing_field"),
+        ({"stream_id": None}, "missing_field"),
         ({"stream_id": 12}, "wrong_type"),
         ({"stream_id": ""}, "bad_value"),
-        ({"task_id": None}, "missing_field"),
+        ({"created_at": ...}, "missing_field"),
         ({"created_at": "yesterday"}, "bad_timestamp"),
         ({"created_at": 1700000000}, "wrong_type"),
-        ({"model": ["gpt"]}, "wrong_type"),
-        ({"status": ...}, "missing_field"),
-        ({"is_byok": "yes"}, "wrong_type"),
-        ({"neo_credits": -0.5}, "bad_value"),
-        ({"neo_credits": math.inf}, "bad_value"),
-        ({"neo_credits": math.nan}, "bad_value"),
-        ({"llm_cost": "abc"}, "wrong_type"),
-        ({"llm_cost": True}, "wrong_type"),
-        ({"neo_cost": {"usd": 1}}, "wrong_type"),
-        ({"step_count": 2.5}, "bad_value"),
-        ({"tool_calls": ...}, "missing_field"),
-        ({"agent_triggers": "many"}, "wrong_type"),
-        ({"total_execution_ms": -1}, "bad_value"),
     ],
 )
-def test_bad_core_fields_reject_the_row_with_a_bounded_reason(
+def test_only_a_row_without_an_id_or_a_time_is_rejected(
     changes: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(RowError) as caught:
         parse_stream(stream_row(**changes))
     assert caught.value.reason == reason
     assert caught.value.reason in ROW_REASONS
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "check"),
+    [
+        ({"model": None}, "model", lambda r: r.model == "unknown"),
+        ({"model": ["gpt"]}, "model", lambda r: r.model == "unknown"),
+        ({"model": "  "}, "model", lambda r: r.model == "unknown"),
+        ({"status": ...}, "status", lambda r: r.status == "unknown"),
+        ({"status": None}, "status", lambda r: r.status == "unknown"),
+        ({"is_byok": None}, "is_byok", lambda r: r.byok == "unknown"),
+        ({"is_byok": "yes"}, "is_byok", lambda r: r.byok == "unknown"),
+        ({"is_byok": 1}, "is_byok", lambda r: r.byok == "unknown"),
+        ({"is_byok": "true"}, "is_byok", lambda r: r.byok == "true"),
+        ({"is_byok": " FALSE "}, "is_byok", lambda r: r.byok == "false"),
+        ({"neo_credits": "1.5"}, "neo_credits", lambda r: r.credits == 1.5),
+        ({"neo_credits": -0.5}, "neo_credits", lambda r: r.credits == 0.0),
+        ({"neo_credits": math.inf}, "neo_credits", lambda r: r.credits == 0.0),
+        ({"neo_credits": math.nan}, "neo_credits", lambda r: r.credits == 0.0),
+        ({"llm_cost": "abc"}, "llm_cost", lambda r: r.llm_cost == 0.0),
+        ({"llm_cost": True}, "llm_cost", lambda r: r.llm_cost == 0.0),
+        ({"neo_cost": {"usd": 1}}, "neo_cost", lambda r: r.neo_cost == 0.0),
+        ({"neo_cost": None}, "neo_cost", lambda r: r.neo_cost == 0.0),
+        ({"step_count": None}, "step_count", lambda r: r.steps is None),
+        ({"step_count": 2.5}, "step_count", lambda r: r.steps is None),
+        ({"step_count": "4"}, "step_count", lambda r: r.steps == 4),
+        ({"tool_calls": -3}, "tool_calls", lambda r: r.tool_calls is None),
+        ({"agent_triggers": "many"}, "agent_triggers", lambda r: r.agent_triggers is None),
+        ({"llm_time_ms": -1}, "llm_time_ms", lambda r: r.llm_time is None),
+        ({"tool_time_ms": "2500"}, "tool_time_ms", lambda r: r.tool_time == 2.5),
+        ({"total_execution_ms": -1}, "total_execution_ms", lambda r: r.execution_time is None),
+        ({"avg_step_latency_ms": -1}, "avg_step_latency_ms", lambda r: r.step_latency is None),
+        ({"avg_step_latency_ms": "600"}, "avg_step_latency_ms", lambda r: r.step_latency == 0.6),
+    ],
+)
+def test_an_odd_field_is_repaired_alone_and_the_money_is_kept(
+    changes: dict[str, Any], field: str, check: Callable[[StreamRecord], bool]
+) -> None:
+    record = parse_stream(stream_row(**changes))
+    assert check(record)
+    assert record.repairs == (field,)
+    if field not in ("neo_credits",):
+        assert record.credits == 1.25  # the money of a row is never lost to another field
 
 
 @pytest.mark.parametrize("row", [None, [], "row", 3, True])
@@ -121,10 +174,10 @@ def test_a_row_that_is_not_an_object_is_rejected(row: object) -> None:
     assert caught.value.reason == "not_an_object"
 
 
-def test_numeric_strings_and_integral_floats_are_accepted() -> None:
-    record = parse_stream(stream_row(neo_credits="0.125", step_count=4.0))
-    assert record.credits == 0.125
+def test_integral_floats_are_counts_without_a_repair() -> None:
+    record = parse_stream(stream_row(step_count=4.0))
     assert record.steps == 4
+    assert record.repairs == ()
 
 
 def test_bad_detail_entries_are_dropped_but_the_money_is_kept() -> None:
@@ -136,13 +189,10 @@ def test_bad_detail_entries_are_dropped_but_the_money_is_kept() -> None:
     record = parse_stream(row)
     assert record.credits == 1.25
     assert record.agent_breakdown == (("exploit", 1),)
-    assert record.tool_breakdown == ()
     assert record.tool_durations == (("httpx", 0.01),)
-    assert set(record.invalid_details) == {
-        "agent_breakdown",
-        "tool_breakdown",
-        "tool_call_history",
-    }
+    assert record.tool_usage == (("httpx", 1, 0.01),)
+    # The history had a usable entry, so the broken breakdown was not needed (nor read).
+    assert set(record.repairs) == {"agent_breakdown", "tool_call_history"}
 
 
 def test_label_values_are_bounded_and_status_is_normalised() -> None:
@@ -150,7 +200,7 @@ def test_label_values_are_bounded_and_status_is_normalised() -> None:
     assert len(record.model) == MAX_LABEL_LENGTH
     assert record.status == "completed"
     assert record.byok == "true"
-    assert parse_stream(stream_row(model="  ")).model == "unknown"
+    assert record.repairs == ()
 
 
 def test_unusual_label_characters_are_kept_verbatim() -> None:
@@ -161,6 +211,7 @@ def test_unusual_label_characters_are_kept_verbatim() -> None:
 def test_fingerprint_changes_with_any_counted_value_only() -> None:
     base = parse_stream(stream_row()).fingerprint()
     assert parse_stream(stream_row(task_title="renamed")).fingerprint() == base
+    assert parse_stream(stream_row(task_id="another")).fingerprint() == base
     assert parse_stream(stream_row(neo_credits=1.26)).fingerprint() != base
     assert parse_stream(stream_row(status="error")).fingerprint() != base
 
@@ -180,6 +231,14 @@ def test_task_rows_parse_with_stream_count() -> None:
         3,
         1.25,
     )
+
+
+def test_task_rows_are_repaired_like_streams_and_need_only_an_id_and_a_time() -> None:
+    task = parse_task(stream_row(stream_id=..., status=None, neo_credits="2.5", stream_count=None))
+    assert (task.status, task.credits, task.stream_count) == ("unknown", 2.5, 1)
+    assert set(task.repairs) == {"status", "neo_credits", "stream_count"}
+    with pytest.raises(RowError):
+        parse_task(stream_row(task_id=None))
 
 
 @pytest.mark.parametrize(

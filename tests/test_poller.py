@@ -16,7 +16,8 @@ from exporter.client import PageProgress
 from exporter.config import Config, config_from_mapping
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import format_timestamp
-from exporter.poller import ProgressLog, plan_streams_read
+from exporter import poller as poller_module
+from exporter.poller import ProgressLog, incremental_span
 from exporter.snapshot import ReadProgress
 from tests.conftest import ManualClock, sample, scrape, select, truth_mismatches
 
@@ -207,47 +208,88 @@ def test_retried_faults_do_not_change_the_counts(
     assert sum(retries.values()) == 7
 
 
-def test_bad_rows_are_skipped_with_a_reason_and_the_rest_counted(
+def test_only_rows_without_an_id_or_a_time_are_skipped_and_odd_fields_are_repaired(
     neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
 ) -> None:
-    good = neo.generate(50, T0 - 3600, T0 - 60, late_fraction=0.0)
+    good = neo.generate(50, T0 - 3600, T0 - 120, late_fraction=0.0)
     template = dict(good[0])
-    bad = [
-        {**template, "stream_id": "bad-1", "neo_credits": -1},
+    unusable = [
+        {**template, "stream_id": None},
         {**template, "stream_id": "bad-2", "created_at": "not a date"},
-        {**template, "stream_id": "bad-3", "step_count": None},
         "not an object",
     ]
-    neo.add_rows(bad, visible_at=T0 - 60, in_truth=False)
+    neo.add_rows(unusable, visible_at=T0 - 60, in_truth=False)
+    odd = [
+        {**template, "stream_id": "odd-1", "neo_credits": -1, "model": None},
+        {**template, "stream_id": "odd-2", "step_count": None, "is_byok": "true"},
+    ]
+    neo.add_rows(odd, visible_at=T0 - 60, in_truth=False)
     exporter = make_exporter(make_config(fake.url))
     assert poll(exporter)
     samples = scrape(exporter.registry)
-    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    truth = neo.truth()
+    streams = sum(select(samples, "neo_streams_total", account="acme").values())
+    credits = sum(select(samples, "neo_credits_total", account="acme").values())
+    assert streams == sum(truth.streams.values()) + 2
+    # odd-1's credits were negative: absent; odd-2's are counted in full.
+    assert credits == pytest.approx(sum(truth.credits.values()) + template["neo_credits"])
+    assert sample(samples, "neo_streams_total", account="acme", model="unknown",
+                  status=template["status"], byok=str(template["is_byok"]).lower()) == 1  # fmt: skip
     skipped = {
         dict(k)["reason"]: v
         for k, v in select(
             samples, "neo_exporter_skipped_records_total", account="acme", endpoint="streams"
         ).items()
     }
-    assert skipped["bad_value"] == 1
-    assert skipped["missing_field"] == 1
-    assert skipped["bad_timestamp"] == 1
-    assert skipped["not_an_object"] == 1
+    # Counted once per read that returned them, however often a read fetched them: the
+    # first start reads the lookback, then the window.
+    reads = sum(
+        sample(samples, "neo_exporter_polls_total", account="acme", kind=kind, result="success")
+        for kind in ("incremental", "reconcile")
+    )
+    assert reads == 2
+    assert skipped == {
+        "missing_field": reads,
+        "bad_timestamp": reads,
+        "not_an_object": reads,
+        "bad_value": 0,
+        "wrong_type": 0,
+    }
+    repaired = {
+        dict(k)["field"]: v
+        for k, v in select(
+            samples, "neo_exporter_repaired_fields_total", account="acme", endpoint="streams"
+        ).items()
+        if v
+    }
+    assert repaired == {"neo_credits": 1, "model": 1, "step_count": 1, "is_byok": 1}
 
 
-def test_a_row_changed_after_counting_is_reported_not_recounted(
+def test_a_row_revised_after_counting_converges_to_the_new_figures(
     neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
 ) -> None:
     rows = neo.generate(40, T0 - 3600, T0 - 60, late_fraction=0.0)
     exporter = make_exporter(make_config(fake.url))
     assert poll(exporter)
-    before = select(scrape(exporter.registry), "neo_credits_total")
-    neo.replace_row(rows[0]["stream_id"], neo_credits=999.0, is_byok=False)
+    before = sum(select(scrape(exporter.registry), "neo_credits_total").values())
+    row = rows[0]
+    neo.replace_row(row["stream_id"], neo_credits=row["neo_credits"] + 2.0)
     clock.advance(60)
     assert poll(exporter)
     samples = scrape(exporter.registry)
-    assert select(samples, "neo_credits_total") == before
+    assert sum(select(samples, "neo_credits_total").values()) == pytest.approx(before + 2.0)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
     assert sample(samples, "neo_exporter_changed_records_total", account="acme") == 1
+    assert (
+        sample(
+            samples,
+            "neo_exporter_revisions_total",
+            account="acme",
+            field="neo_credits",
+            direction="up",
+        )
+        == 1
+    )
 
 
 def test_tasks_feed_window_gauges(neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any) -> None:
@@ -271,7 +313,8 @@ def test_a_full_read_reads_streams_and_tasks_side_by_side_to_the_exact_truth(
     paths = [r.path for r in fake.neo.requests_log]
     streams = [i for i, p in enumerate(paths) if p.endswith("/streams")]
     tasks = [i for i, p in enumerate(paths) if p.endswith("/tasks")]
-    assert len(streams) == 12
+    # The lookback (1 page), the window's count (1 row) and its 600 rows in pages of 50.
+    assert len(streams) == 1 + 1 + 12
     assert tasks and tasks[0] < streams[-1]  # not one read after the other
     samples = scrape(exporter.registry)
     assert truth_mismatches(samples, neo.truth(T0 - 2 * DAY, T0), "acme") == []
@@ -320,16 +363,17 @@ def test_a_tasks_read_that_fails_midway_leaves_nothing_to_the_next(
     assert sum(select(samples, "neo_window_tasks", account="acme").values()) == in_window
 
 
-def test_plan_reads_the_window_first_then_the_lookback() -> None:
+def test_the_incremental_read_spans_the_lookback_or_back_to_an_older_watermark() -> None:
     polling = make_config("http://127.0.0.1:1").polling
-    first = plan_streams_read(T0, polling, None, None)
-    assert (first.kind, first.start, first.end) == ("reconcile", T0 - polling.window, T0)
-    steady = plan_streams_read(T0, polling, T0 - 60, T0 - 600)
-    assert (steady.kind, steady.start) == ("incremental", T0 - polling.lookback)
-    after_downtime = plan_streams_read(T0, polling, T0 - 5 * 3600, T0 - 600)
-    assert after_downtime.start == T0 - 5 * 3600
-    due = plan_streams_read(T0, polling, T0 - 60, T0 - polling.reconcile_interval)
-    assert due.kind == "reconcile"
+    first = incremental_span(T0, polling, None)
+    assert (first.start, first.end, first.catching_up) == (T0 - polling.lookback, T0, False)
+    steady = incremental_span(T0, polling, T0 - 60)
+    assert (steady.start, steady.catching_up) == (T0 - polling.lookback, False)
+    after_downtime = incremental_span(T0, polling, T0 - 5 * 3600)
+    assert (after_downtime.start, after_downtime.catching_up) == (T0 - 5 * 3600, True)
+    assert after_downtime.covers_gap
+    too_long = incremental_span(T0, polling, T0 - 9 * DAY)
+    assert (too_long.start, too_long.covers_gap) == (T0 - polling.window, False)
 
 
 def test_a_long_read_logs_progress_with_an_estimate_of_the_time_left(
@@ -348,3 +392,174 @@ def test_a_long_read_logs_progress_with_an_estimate_of_the_time_left(
     assert last.eta_seconds == pytest.approx(6 * 1600 / 400)
     lines = [r.getMessage() for r in caplog.records if "read:" in r.getMessage()]
     assert lines == ["account=acme reconcile read: pages 2/10, rows 400/2000, about 24s left"]
+
+
+def test_counters_are_published_only_once_the_first_window_read_is_complete(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    neo.generate(300, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    poller = exporter.pollers[0]
+    # The incremental read runs; the sweep is already out of time and waits for the next poll.
+    assert poller.poll_streams(until=clock())
+    samples = scrape(exporter.registry)
+    assert select(samples, "neo_streams_total") == {}
+    assert sample(samples, "neo_exporter_catching_up", account="acme") == 1
+    assert poller.poll_streams()
+    samples = scrape(exporter.registry)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
+    # The first window's counters appear whole: not a catch-up of live counters.
+    assert select(samples, "neo_exporter_last_catch_up_timestamp_seconds") == {}
+
+
+def failing_slice(neo: FakeNeo, start: str, times: int) -> list[int]:
+    """Make the fake answer 500 to the first `times` streams reads whose `from` is `start`."""
+    handle = neo.handle
+    failures = [0]
+
+    def wrapped(method: str, path: str, query: Any, token: Any, **kw: Any) -> tuple[int, Any]:
+        if (
+            path.endswith("/streams")
+            and query.get("from") == start
+            and query.get("limit") != "1"
+            and failures[0] < times
+        ):
+            failures[0] += 1
+            return 500, {"error": "deep trouble"}
+        return handle(method, path, query, token, **kw)
+
+    neo.handle = wrapped  # type: ignore[method-assign]
+    return failures
+
+
+def sweep_froms(neo: FakeNeo) -> list[str]:
+    return [
+        r.query["from"]
+        for r in neo.requests_log
+        if r.path.endswith("/streams") and r.query.get("limit") != "1"
+    ]
+
+
+def test_a_failing_window_read_resumes_at_its_slice_while_the_lookback_reads_go_on(
+    neo: FakeNeo,
+    fake: FakeNeoServer,
+    make_exporter: Any,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(poller_module, "SLICE_ROWS", 100)  # 6 slices of the 600 rows
+    neo.generate(600, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url, http={"max_retries": 0}))
+    poller = exporter.pollers[0]
+    third = format_timestamp(T0 - 2 * DAY + 2 * (2 * DAY / 6))
+    failures = failing_slice(neo, third, times=2)
+    assert not poller.poll_streams()
+    lookback = format_timestamp(T0 - 3600)
+    first_poll = sweep_froms(neo)
+    assert first_poll[0] == lookback and first_poll[-1] == third
+    for poll_number in (2, 3):
+        neo.clear_log()
+        clock.advance(60)
+        assert poller.poll_streams() is (poll_number == 3)
+        froms = sweep_froms(neo)
+        # The lookback is read every time, then the window from the failed slice on.
+        assert froms[0] == format_timestamp(clock() - 3600)
+        assert froms[1] == third
+        assert format_timestamp(T0 - 2 * DAY) not in froms
+    assert failures == [2]
+    samples = scrape(exporter.registry)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    assert sample(samples, "neo_exporter_polls_total", account="acme", kind="incremental",
+                  result="success") == 3  # fmt: skip
+
+
+def test_a_slice_that_keeps_failing_is_skipped_and_counted_incomplete(
+    neo: FakeNeo,
+    fake: FakeNeoServer,
+    make_exporter: Any,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(poller_module, "SLICE_ROWS", 100)
+    neo.generate(600, T0 - 2 * DAY, T0 - 2 * 3600, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url, http={"max_retries": 0}))
+    poller = exporter.pollers[0]
+    failing_slice(neo, format_timestamp(T0 - 2 * DAY), times=1000)
+    # Three polls at one instant, so that the window (and its first slice) stays put.
+    results = [poller.poll_streams() for _ in range(3)]
+    assert results == [False, False, True]
+    samples = scrape(exporter.registry)
+    # The window was read but for its first slice, and the counters went live.
+    assert sample(samples, "neo_exporter_incomplete_reads_total", account="acme",
+                  endpoint="streams") == 1  # fmt: skip
+    counted = sum(select(samples, "neo_streams_total", account="acme").values())
+    assert 400 < counted < 600
+
+
+def test_a_restart_after_downtime_publishes_when_it_caught_up(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state.db")
+    neo.generate(200, T0 - DAY, T0, late_fraction=0.0)
+    first = make_exporter(make_config(fake.url, state))
+    assert poll(first)
+    assert select(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds") == {}
+    first.close()
+    neo.generate(150, T0, T0 + 3 * 3600, late_fraction=0.0)
+    clock.advance(3 * 3600 + 60)
+    second = make_exporter(make_config(fake.url, state, reconcile_interval="1d"))
+    # Counters of the earlier life are served before any read.
+    assert sum(select(scrape(second.registry), "neo_streams_total").values()) == 200
+    assert poll(second)
+    samples = scrape(second.registry)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    assert sample(samples, "neo_exporter_last_catch_up_timestamp_seconds", account="acme") == (
+        clock()
+    )
+    assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
+    # A read of the lookback after that is not a catch-up: the time stays.
+    clock.advance(60)
+    neo.generate(5, clock() - 50, clock() - 10, late_fraction=0.0)
+    assert poll(second)
+    assert sample(scrape(second.registry), "neo_exporter_last_catch_up_timestamp_seconds",
+                  account="acme") == clock() - 60  # fmt: skip
+
+
+def test_the_audit_reads_zero_drift_when_every_row_was_counted(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
+) -> None:
+    neo.generate(400, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    assert poll(exporter)
+    result = exporter.pollers[0].audit()
+    assert result is not None
+    samples = scrape(exporter.registry)
+    assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 0
+    assert sample(samples, "neo_exporter_audit_credits_drift", account="acme") == pytest.approx(
+        0.0, abs=1e-9
+    )
+    in_period = neo.truth(result.start, result.end)
+    assert sample(samples, "neo_exporter_audit_neo_streams", account="acme") == sum(
+        in_period.streams.values()
+    )
+    assert sample(samples, "neo_exporter_audit_last_timestamp_seconds", account="acme") == T0
+
+
+def test_the_audit_shows_rows_that_appeared_after_the_reads_had_passed_them(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    neo.generate(300, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    assert poll(exporter)
+    # Five streams of the day before show up now: later than the lookback reaches.
+    late = neo.generate(5, T0 - DAY - 600, T0 - DAY, late_fraction=0.0)
+    clock.advance(60)
+    assert poll(exporter)
+    exporter.pollers[0].audit()
+    samples = scrape(exporter.registry)
+    assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 5
+    late_credits = sum(row["neo_credits"] for row in late)
+    assert sample(samples, "neo_exporter_audit_credits_drift", account="acme") == pytest.approx(
+        late_credits
+    )

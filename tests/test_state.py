@@ -12,6 +12,8 @@ from exporter.models import StreamRecord, TaskRecord
 from exporter.state import (
     CHANGED_RECORDS,
     OTHER,
+    REVISED_DOWN,
+    REVISIONS,
     STEP_LATENCY,
     STREAM_DURATION,
     TOOL_CALL_DURATION,
@@ -32,7 +34,6 @@ LIMITS = LabelLimitsView(model=50, status=20, tool=100, agent=50)
 def record(stream_id: str, **changes: object) -> StreamRecord:
     base = StreamRecord(
         stream_id=stream_id,
-        task_id="t",
         created_ts=1000.0,
         model="gpt-5",
         status="completed",
@@ -48,7 +49,7 @@ def record(stream_id: str, **changes: object) -> StreamRecord:
         execution_time=20.0,
         step_latency=1.5,
         agent_breakdown=(("recon", 1),),
-        tool_breakdown=(("nuclei", 1, 0.5),),
+        tool_usage=(("nuclei", 1, 0.5),),
         tool_durations=(("nuclei", 0.5),),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -92,23 +93,126 @@ def test_accounts_are_counted_apart() -> None:
     assert value(state, "neo_streams_total", LABELS, "b") == 1
 
 
-def test_a_changed_row_is_reported_once_and_not_recounted() -> None:
+def strict(state: State, metric: str, labels: tuple[str, ...], account: str = "a") -> float:
+    """A committed counter's value; a missing series fails the test rather than reading 0."""
+    counters = state.counts(account).counters
+    assert (metric, labels) in counters, f"no series {metric}{labels}"
+    return counters[(metric, labels)].value
+
+
+def test_a_revised_stream_adds_its_increases_under_the_labels_first_counted() -> None:
     state = open_state()
     state.ingest("a", [record("s1")], now=2000.0)
-    changed = record("s1", credits=5.0)
-    first = state.ingest("a", [changed], now=2001.0)
-    second = state.ingest("a", [changed], now=2002.0)
-    assert (first.changed, second.changed, second.duplicates) == (1, 0, 1)
+    revised = record("s1", credits=0.25, steps=5, status="error", tool_calls=3)
+    first = state.ingest("a", [revised], now=2001.0)
+    again = state.ingest("a", [revised], now=2002.0)
+    assert (first.changed, again.changed, again.duplicates) == (1, 0, 1)
     assert first.changed_ids == ["s1"]
-    assert value(state, "neo_credits_total", LABELS) == pytest.approx(0.1)
-    assert value(state, CHANGED_RECORDS, ()) == 1
+    # Converged to the revised figures, still under status "completed".
+    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(0.25)
+    assert strict(state, "neo_steps_total", LABELS) == 5
+    assert strict(state, "neo_tool_calls_total", LABELS) == 3
+    assert strict(state, "neo_streams_total", LABELS) == 1
+    assert value(state, "neo_credits_total", ("gpt-5", "error", "false")) == 0.0
+    assert strict(state, CHANGED_RECORDS, ()) == 1
+    assert strict(state, REVISIONS, ("neo_credits", "up")) == 1
+    assert strict(state, REVISIONS, ("status", "changed")) == 1
+    assert first.decreased_ids == ["s1"]  # the status change could not be applied
+
+
+def test_a_decrease_is_counted_by_field_and_a_later_rise_adds_only_what_goes_beyond() -> None:
+    state = open_state()
+    state.ingest("a", [record("s1", credits=1.0)], now=2000.0)
+    lowered = state.ingest("a", [record("s1", credits=0.75)], now=2001.0)
+    assert lowered.decreased_ids == ["s1"]
+    assert strict(state, "neo_credits_total", LABELS) == 1.0
+    assert strict(state, REVISED_DOWN, ("neo_credits",)) == pytest.approx(0.25)
+    assert strict(state, REVISIONS, ("neo_credits", "down")) == 1
+    state.ingest("a", [record("s1", credits=1.5)], now=2002.0)
+    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(1.5)
+    assert state.counted_in("a", 0.0, 5000.0) == (1, 1.5)  # what the audit compares
+
+
+def test_a_revision_observes_new_tool_calls_and_adds_to_the_breakdowns() -> None:
+    state = open_state()
+    state.ingest("a", [record("s1")], now=2000.0)
+    state.ingest(
+        "a",
+        [
+            record(
+                "s1",
+                tool_durations=(("nuclei", 0.5), ("httpx", 2.0)),
+                tool_usage=(("httpx", 1, 2.0), ("nuclei", 1, 0.5)),
+                agent_breakdown=(("recon", 3),),
+            )
+        ],
+        now=2001.0,
+    )
+    assert strict(state, TOOL_CALLS, ("httpx",)) == 1
+    assert strict(state, TOOL_CALLS, ("nuclei",)) == 1
+    assert strict(state, "neo_agent_triggers_by_agent_total", ("recon",)) == 3
+    hist = state.counts("a").histograms
+    assert hist[(TOOL_CALL_DURATION, ("httpx",))].count == 1
+    assert hist[(TOOL_CALL_DURATION, ("nuclei",))].count == 1
+    # The stream's duration was observed once and is not observed again.
+    assert hist[(STREAM_DURATION, ("gpt-5",))].count == 1
+
+
+def test_step_latency_counters_cover_only_streams_with_both_steps_and_latency() -> None:
+    state = open_state()
+    state.ingest(
+        "a",
+        [
+            record("s1", steps=4, step_latency=1.5),
+            record("s2", steps=10, step_latency=None),
+            record("s3", steps=None, step_latency=2.0),
+        ],
+        now=2000.0,
+    )
+    assert strict(state, "neo_step_latency_seconds_total", LABELS) == 6.0
+    assert strict(state, "neo_step_latency_steps_total", LABELS) == 4.0
+    assert strict(state, "neo_steps_total", LABELS) == 14.0
+
+
+def test_a_revision_and_its_fingerprint_survive_a_restart_together(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1")], now=2000.0)
+    state.ingest("a", [record("s1", credits=0.4)], now=2001.0)
+    state.close()
+    reopened = open_state(path)
+    assert strict(reopened, "neo_credits_total", LABELS) == pytest.approx(0.4)
+    again = reopened.ingest("a", [record("s1", credits=0.4)], now=3000.0)
+    assert (again.changed, again.duplicates) == (0, 1)
+    reopened.ingest("a", [record("s1", credits=0.5)], now=3001.0)
+    assert strict(reopened, "neo_credits_total", LABELS) == pytest.approx(0.5)
+
+
+def test_a_version_1_state_is_upgraded_and_its_rows_take_their_next_version_as_baseline(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1")], now=2000.0)
+    state.close()
+    with sqlite3.connect(str(path)) as db:  # back to the table version 1 wrote
+        db.execute("ALTER TABLE streams DROP COLUMN counted")
+        db.execute("ALTER TABLE streams ADD COLUMN changed_fingerprint TEXT")
+        db.execute("UPDATE streams SET fingerprint = 'v1'")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    upgraded = open_state(path)
+    result = upgraded.ingest("a", [record("s1", credits=0.3)], now=3000.0)
+    assert (result.new, result.changed) == (0, 0)
+    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.1)
+    upgraded.ingest("a", [record("s1", credits=0.5)], now=3001.0)
+    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.3)
 
 
 def test_counters_and_seen_ids_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     state = open_state(path)
     state.ingest("a", [record("s1"), record("s2", model="claude")], now=2000.0)
-    state.finish_read("a", to=2000.0, whole_window=True, prune_before=0.0)
+    state.save_marks("a", {"streams_to": 2000.0}, prune_before=0.0)
     before = state.counts("a")
     state.close()
 
@@ -189,7 +293,7 @@ def test_known_label_sets_start_at_zero() -> None:
 def test_rows_before_the_prune_horizon_are_not_counted() -> None:
     state = open_state()
     state.ingest("a", [record("old", created_ts=100.0), record("new", created_ts=900.0)], now=1000)
-    assert state.finish_read("a", to=1000.0, whole_window=True, prune_before=500.0) == 1
+    assert state.save_marks("a", {"streams_to": 1000.0}, prune_before=500.0) == 1
     assert state.seen_streams("a") == 1
     # "old" left the seen set: seeing it again must not count it a second time.
     result = state.ingest("a", [record("old", created_ts=100.0)], now=1001.0)
@@ -235,7 +339,7 @@ def test_window_streams_match_the_table_through_prunes_and_restarts(tmp_path: Pa
     checkpoints = (0.0, 450.0, 1000.0, 3900.0, 9999.0)
     for since in checkpoints:
         assert state.window_streams("a", since) == window_in_table(path, "a", since)
-    assert state.finish_read("a", to=5000.0, whole_window=True, prune_before=1050.0) == 10
+    assert state.save_marks("a", {"streams_to": 5000.0}, prune_before=1050.0) == 10
     for since in checkpoints:
         assert state.window_streams("a", since) == window_in_table(path, "a", since)
     assert state.seen_streams("a") == 29
