@@ -46,7 +46,7 @@ from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import format_timestamp
-from exporter.poller import STREAMS_PATH, TASKS_PATH, plan_streams_read
+from exporter.poller import STREAMS_PATH, TASKS_PATH, incremental_span
 from exporter.server import RENDER_TTL, ExporterServer, Renders
 from exporter.snapshot import SnapshotStore
 from exporter.state import (
@@ -242,14 +242,12 @@ def run_steady(url: str, exporter: Exporter, polls: int) -> Steady:
     polling = exporter.config.polling
     for _ in range(polls):
         clock.now += polling.interval
-        plan = plan_streams_read(
-            clock.now,
-            polling,
-            exporter.state.watermark("bench", WATERMARK_STREAMS),
-            exporter.state.watermark("bench", WATERMARK_RECONCILE),
+        reconciled = exporter.state.watermark("bench", WATERMARK_RECONCILE)
+        if reconciled is None or clock.now - reconciled >= polling.reconcile_interval:
+            raise Failed("expected an incremental poll only, but the window's read is due")
+        plan = incremental_span(
+            clock.now, polling, exporter.state.watermark("bench", WATERMARK_STREAMS)
         )
-        if plan.kind != "incremental":
-            raise Failed(f"expected an incremental poll, planned {plan.kind}")
         expected = max(1, math.ceil(rows_in(url, plan.start, plan.end) / PAGE_SIZE))
         before = requests_served(url)
         ok, wall, cpu = measure(poller.poll_streams)
@@ -329,7 +327,7 @@ def scrape_store(series: int) -> SnapshotStore:
     statuses = 10
     for i in range(per_metric):
         labels = (f"model-{i // (statuses * 2)}", f"status-{i // 2 % statuses}", str(i % 2 == 0))
-        for metric, _ in STREAM_COUNTERS:
+        for metric in STREAM_COUNTERS:
             if len(counters) < series:
                 counters[(metric, labels)] = CounterValue(i * 1.5, 1_700_000_000.0)
     store = SnapshotStore(("bench",), WINDOW)

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.models import StreamRecord, TaskRecord
+from exporter.models import MONEY_FIELDS, StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +433,8 @@ class State:
                     batch[record.stream_id] = record
             existing = self._existing(account, list(batch))
             work = _Work(acct, self._limits, self._bounds, now)
+            if batch and (REVISIONS, (MONEY_FIELDS[0], UP)) not in acct.counters:
+                work.zero_revisions()
             new_rows: list[tuple[object, ...]] = []
             changed_rows: list[tuple[object, ...]] = []
             for stream_id, record in batch.items():
@@ -795,6 +797,13 @@ class _Work:
                 for byok in BYOK_VALUES:
                     for metric in STREAM_COUNTERS:
                         self.bump(metric, (model, value, byok), 0.0)
+
+    def zero_revisions(self) -> None:
+        """Start the money fields' revision counters at 0, for `increase()` and dashboards."""
+        for money in MONEY_FIELDS:
+            for direction in (UP, DOWN):
+                self.bump(REVISIONS, (money, direction), 0.0)
+            self.bump(REVISED_DOWN, (money,), 0.0)
 
     def _values_of(self, name: str) -> set[str]:
         return self._acct.labels.get(name, set()) | self.new_labels.get(name, set())

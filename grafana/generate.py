@@ -35,7 +35,12 @@ TOP_N = 10
 # Label selectors shared by the panels. Tool and agent breakdowns carry no `model` label.
 ACC = 'account=~"$account"'
 SEL = 'account=~"$account", model=~"$model"'
-ERROR_STATUSES = "error|failed|blocked"
+# One definition of a failed stream everywhere (rules, dashboards, docs): anything but
+# completed and aborted, so that statuses Neo adds later count as failed until told apart.
+FAILED = 'status!~"completed|aborted"'
+# USD totals leave out rows known not to be BYOK: an LLM cost on those, if Neo ever reports
+# one, is Neo's own and already billed in credits (see docs/metrics.md, units).
+USD_SEL = SEL + ', byok!="false"'
 CREDITS_PER_HOUR = "suffix: credits/h"
 USD = "currencyUSD"
 
@@ -230,13 +235,14 @@ def spend_row() -> Iterator[Builder[Any]]:
         time_from="now/M",
     )
     yield stat_panel(
-        "Error ratio in range",
-        f"Streams with status {ERROR_STATUSES} over all streams that ended in the range.",
+        "Failed share in range",
+        "Streams that failed (any status but completed and aborted) over all streams that "
+        "ended in the range.",
         "percentunit",
         query(
-            f'sum(increase(neo_streams_total{{{SEL}, status=~"{ERROR_STATUSES}"}}[$__range]))'
+            f"sum(increase(neo_streams_total{{{SEL}, {FAILED}}}[$__range]))"
             f" / sum(increase(neo_streams_total{{{SEL}}}[$__range]))",
-            "error ratio",
+            "failed share",
             instant=True,
         ),
     )
@@ -471,8 +477,8 @@ def spend_over_time_row() -> Iterator[Builder[Any]]:
             instant=True,
         ),
         query(
-            f"sort_desc(sum by (model) (increase(neo_llm_cost_usd_total{{{SEL}}}[$__range]))"
-            f" + sum by (model) (increase(neo_platform_cost_usd_total{{{SEL}}}[$__range])))",
+            f"sort_desc(sum by (model) (increase(neo_llm_cost_usd_total{{{USD_SEL}}}[$__range]))"
+            f" + sum by (model) (increase(neo_platform_cost_usd_total{{{USD_SEL}}}[$__range])))",
             "{{model}} USD",
             instant=True,
         ),
@@ -492,13 +498,25 @@ def streams_row() -> Iterator[Builder[Any]]:
         stacked=True,
     )
     yield series_panel(
-        "Error ratio",
-        f"Share of streams ending with status {ERROR_STATUSES}.",
+        "Failed share",
+        "Share of streams that failed: any status but completed and aborted (error, failed, "
+        "blocked, and statuses Neo adds later).",
         "percentunit",
         query(
-            f'sum(rate(neo_streams_total{{{SEL}, status=~"{ERROR_STATUSES}"}}[$__rate_interval]))'
+            f"sum(rate(neo_streams_total{{{SEL}, {FAILED}}}[$__rate_interval]))"
             f" / sum(rate(neo_streams_total{{{SEL}}}[$__rate_interval]))",
-            "error ratio",
+            "failed share",
+        ),
+    )
+    yield series_panel(
+        "Mean step latency",
+        "Mean latency of one agent step, per model: step latency summed over steps divided "
+        "by the steps (streams without an average step latency are left out).",
+        "s",
+        query(
+            f"sum by (model) (rate(neo_step_latency_seconds_total{{{SEL}}}[$__rate_interval]))"
+            f" / sum by (model) (rate(neo_step_latency_steps_total{{{SEL}}}[$__rate_interval]))",
+            "{{model}}",
         ),
     )
     for title, metric, what in (
@@ -776,20 +794,21 @@ def exporter_health() -> dash.Dashboard:
     data = [
         dash.Row("Data quality and state"),
         series_panel(
-            "Changed records",
-            "Streams whose values changed after they were counted (logged, never "
-            "recounted), per interval.",
+            "Revised by Neo",
+            "Values of counted streams that Neo revised, per interval, by field: up (added), "
+            "down (kept: counters cannot go down), changed (a label: the first is kept).",
             "none",
             query(
-                "sum by (account) "
-                f"(increase(neo_exporter_changed_records_total{{{ACC}}}[$__rate_interval]))",
-                "{{account}}",
+                "sum by (field, direction) "
+                f"(increase(neo_exporter_revisions_total{{{ACC}}}[$__rate_interval]))",
+                "{{field}} {{direction}}",
             ),
             w=8,
         ),
         series_panel(
-            "Skipped rows and dropped details",
-            "Rows that could not be counted and malformed detail entries, per interval.",
+            "Skipped rows and repaired fields",
+            "Rows not counted (no usable id or time: alert NeoExporterRowsSkipped) and fields "
+            "of counted rows read as absent or unknown, per interval.",
             "none",
             query(
                 "sum by (endpoint, reason) "
@@ -797,9 +816,25 @@ def exporter_health() -> dash.Dashboard:
                 "skipped {{endpoint}} {{reason}}",
             ),
             query(
-                "sum by (field) "
-                f"(increase(neo_exporter_invalid_details_total{{{ACC}}}[$__rate_interval]))",
-                "dropped {{field}}",
+                "sum by (endpoint, field) "
+                f"(increase(neo_exporter_repaired_fields_total{{{ACC}}}[$__rate_interval]))",
+                "repaired {{endpoint}} {{field}}",
+            ),
+            w=8,
+        ),
+        series_panel(
+            "Incomplete reads",
+            "Rows the last read of each listing missed against Neo's own total (0 when "
+            "complete), and reads that ended incomplete per interval.",
+            "none",
+            query(
+                f"max by (account, endpoint) (neo_exporter_read_missing_rows{{{ACC}}})",
+                "missing rows {{account}} {{endpoint}}",
+            ),
+            query(
+                "sum by (account, endpoint) "
+                f"(increase(neo_exporter_incomplete_reads_total{{{ACC}}}[$__rate_interval]))",
+                "incomplete reads {{account}} {{endpoint}}",
             ),
             w=8,
         ),
@@ -812,7 +847,7 @@ def exporter_health() -> dash.Dashboard:
                 f"sum by (account) (neo_exporter_seen_streams{{{ACC}}})",
                 "{{account}} seen streams",
             ),
-            w=8,
+            w=24,
         ).override_by_regexp(
             ".*seen streams", [model.DynamicConfigValue(id_val="unit", value="none")]
         ),
@@ -830,7 +865,78 @@ def exporter_health() -> dash.Dashboard:
             decimals=None,
         ),
     ]
-    return add_all(builder, (freshness, data))
+    audit = [
+        dash.Row("Self-audit against Neo's own totals"),
+        stat_panel(
+            "Streams missing",
+            "Neo's count of streams created in the last audited period (the window less the "
+            "lookback) minus the exporter's. 0 is exact; alert NeoExporterAuditDrift.",
+            "none",
+            query(
+                f"max by (account) (neo_exporter_audit_streams_missing{{{ACC}}})",
+                "{{account}}",
+                instant=True,
+            ),
+            decimals=0,
+        ),
+        stat_panel(
+            "Credits drift",
+            "Neo's credits for the audited period (usage summary) minus the exporter's.",
+            "none",
+            query(
+                f"max by (account) (neo_exporter_audit_credits_drift{{{ACC}}})",
+                "{{account}}",
+                instant=True,
+            ),
+        ),
+        stat_panel(
+            "Credits drift ratio",
+            "Credits drift as a share of Neo's credits for the period; the alert's tolerance "
+            "is 0.5%.",
+            "percentunit",
+            query(
+                f"max by (account) (neo_exporter_audit_credits_drift{{{ACC}}})"
+                f" / max by (account) (neo_exporter_audit_neo_credits{{{ACC}}} > 0)",
+                "{{account}}",
+                instant=True,
+            ),
+            decimals=3,
+        ),
+        stat_panel(
+            "Last audit age",
+            "Seconds since the last self-audit (audit.interval), and 1 while a backlog is "
+            "being read (first start, after downtime or an API outage).",
+            "s",
+            query(
+                f"time() - max by (account) (neo_exporter_audit_last_timestamp_seconds{{{ACC}}})",
+                "{{account}} audit age",
+                instant=True,
+            ),
+            query(
+                f"max by (account) (neo_exporter_catching_up{{{ACC}}})",
+                "{{account}} catching up",
+                instant=True,
+            ),
+            decimals=0,
+        ).override_by_regexp(
+            ".*catching up", [model.DynamicConfigValue(id_val="unit", value="none")]
+        ),
+        series_panel(
+            "Audit over time",
+            "Streams missing and credits drift at each audit.",
+            "none",
+            query(
+                f"max by (account) (neo_exporter_audit_streams_missing{{{ACC}}})",
+                "{{account}} streams missing",
+            ),
+            query(
+                f"max by (account) (neo_exporter_audit_credits_drift{{{ACC}}})",
+                "{{account}} credits drift",
+            ),
+            w=24,
+        ),
+    ]
+    return add_all(builder, (freshness, data, audit))
 
 
 def add_all(builder: dash.Dashboard, sections: Any) -> dash.Dashboard:

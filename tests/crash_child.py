@@ -24,7 +24,9 @@ T0 = 1_795_000_000.0
 MODELS = ("claude-sonnet-4-5", "gpt-5", "gemini-2.5-pro")
 
 
-def record(n: int) -> StreamRecord:
+def record(n: int, version: int = 1) -> StreamRecord:
+    """Stream n as the API lists it; version 2 is Neo's revision, with more credits and steps."""
+    extra = version - 1
     return parse_stream(
         {
             "stream_id": f"stream-{n:06d}",
@@ -33,9 +35,9 @@ def record(n: int) -> StreamRecord:
             "model": MODELS[n % 3],
             "status": "completed" if n % 7 else "error",
             "is_byok": n % 4 == 0,
-            "neo_credits": round(0.01 * (n % 97) + 0.5, 2),
+            "neo_credits": round(0.01 * (n % 97) + 0.5 + 0.25 * extra, 2),
             "llm_cost": 0.001 * (n % 13),
-            "step_count": n % 9,
+            "step_count": n % 9 + extra,
             "tool_calls": n % 5,
             "agent_triggers": n % 3,
             "total_execution_ms": 1000 + n % 5000,
@@ -58,7 +60,7 @@ def open_state(path: str) -> State:
     )
 
 
-def main(path: str, total: int, batch: int) -> None:
+def main(path: str, total: int, batch: int, version: int = 1) -> None:
     state = open_state(path)
 
     def trace(sql: str) -> None:
@@ -68,13 +70,15 @@ def main(path: str, total: int, batch: int) -> None:
 
     # The state's own connection: the only way to see where SQLite is when the kill lands.
     state._db.set_trace_callback(trace)
-    first = max(0, state.seen_streams("acme") - batch // 2)
+    # A revision run goes over every stream again; a first run resumes where it stopped.
+    first = 0 if version > 1 else max(0, state.seen_streams("acme") - batch // 2)
     print("READY", flush=True)
     for start in range(first, total, batch):
-        state.ingest("acme", [record(n) for n in range(start, min(total, start + batch))], T0)
+        rows = [record(n, version) for n in range(start, min(total, start + batch))]
+        state.ingest("acme", rows, T0)
     state.close()
     print("DONE", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *map(int, sys.argv[4:5]))

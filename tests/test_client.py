@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
 import time
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,8 +26,8 @@ from exporter.client import (
     _retry_after,
     decode_json,
 )
-from exporter.models import Page, format_timestamp, parse_timestamp
 from exporter.config import AccountConfig, HttpConfig, Secret
+from exporter.models import Page, format_timestamp, parse_timestamp
 
 BASE = "https://neo.test"
 STREAMS = f"{BASE}/api/v1/usage/streams"

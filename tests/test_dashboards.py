@@ -199,7 +199,8 @@ def test_overview_has_the_sections_the_issue_asks_for() -> None:
         "Credit spend rate",
         "by model",
         "Streams by status",
-        "Error ratio",
+        "Failed share",
+        "Mean step latency",
         "Stream duration percentiles",
         "Step latency percentiles",
         "Tool calls in range",
@@ -215,5 +216,11 @@ def test_overview_has_the_sections_the_issue_asks_for() -> None:
     health = " | ".join(
         p["title"] for p in panels(load(DASHBOARD_DIR / "neo-exporter-health.json"))
     )
-    for wanted in ("Data lag", "Retries by reason", "Changed records", "State size"):
+    for wanted in (
+        "Data lag",
+        "Retries by reason",
+        "Revised by Neo",
+        "State size",
+        "Streams missing",
+    ):
         assert wanted in health, wanted
