@@ -570,7 +570,12 @@ def test_truth_equals_a_hand_computed_sum(neo: FakeNeo) -> None:
     )
     neo.add_rows([a, b, c], visible_at=T0 - 10)
     neo.add_rows([row("early", T0 - 500, neo_credits=7.0)], visible_at=T0 - 10)
-    malformed = [row("negative", T0 - 20, neo_credits=-1.0), row("text", T0 - 20, step_count="2")]
+    # Rows an exporter cannot count: money that is negative or not a number, no stream_id.
+    malformed = [
+        row("negative", T0 - 20, neo_credits=-1.0),
+        row("text", T0 - 20, neo_credits="lots"),
+        row("", T0 - 20, neo_credits=1.0),
+    ]
     neo.add_rows([*malformed, "not a row"], visible_at=T0 - 10)
     neo.add_rows([row("excluded", T0 - 20, neo_credits=3.0)], visible_at=T0 - 10, in_truth=False)
     neo.add_rows([row("not-yet", T0 - 20, neo_credits=5.0)], visible_at=T0 + 10)
