@@ -21,7 +21,8 @@ command-line flag) that makes it behave otherwise, so that tests can exercise bo
   and served at whole seconds (truncated; `...T11:06:40Z`), the `from`/`to` filters, the
   sorting and the truth's time filters use that truncated time, generated tasks start in
   bursts that share a second, and every list request returns the rows of equal `created_at`
-  (streams, and tasks by their first stream's) in a fresh random order, so that naive offset
+  (streams sorted by created_at, and tasks by their first stream's) in a fresh random order,
+  so that naive offset
   paging misses and repeats rows across page boundaries. The shuffle's RNG is seeded from the
   seed and a count of list requests, so a run is reproducible.
 - Whether `from` and `to` are inclusive. Default: both are. `from_inclusive=False` /
@@ -49,9 +50,11 @@ command-line flag) that makes it behave otherwise, so that tests can exercise bo
 - Whether the listings show everything Neo counts. Default: they do. `hide=share` /
   `--hide share`: that share of generated streams (picked from the seed) is never in any
   listing's `data` (a task's sums leave them out; a task whose streams are all hidden is not
-  listed) but counts in the streams listing's `total` and in `/usage/summary`, credits and
-  the spending cap. `truth()` is Neo's books and includes them; `truth(listed_only=True)`
-  (`/_fake/truth?listed_only=1`) is what the listings show.
+  listed) but counts in the streams listing's `total` (pages are filled and `has_more` set
+  from the shown rows; the tasks listing's `total` counts listed tasks) and in
+  `/usage/summary`, `/billing/credits` and the spending cap. `truth()` is Neo's books and
+  includes them; `truth(listed_only=True)` (`/_fake/truth?listed_only=1`) is what the
+  listings show.
 - When a row shows up: only once its execution has ended (`created_at + total_execution_ms`),
   and `late_fraction` / `--late-fraction` of them up to `max_late` / `--max-late` later.
 - A task's `created_at` and `model` are its first stream's, its `status` its latest
@@ -260,19 +263,18 @@ _ODD_UNMEASURED = (
     ("llm_time_unmeasured", "llm_time_ms"),
     ("tool_time_unmeasured", "tool_time_ms"),
 )
-_NUMBER_FIELDS = (
-    "neo_credits",
-    "llm_cost",
-    "neo_cost",
+_MONEY_FIELDS = ("neo_credits", "llm_cost", "neo_cost")
+# What a task row sums over its streams; with the average latency, a row's numbers.
+_TASK_SUMS = (
+    *_MONEY_FIELDS,
     "step_count",
     "tool_calls",
     "agent_triggers",
     "llm_time_ms",
     "tool_time_ms",
     "total_execution_ms",
-    "avg_step_latency_ms",
 )
-_MONEY_FIELDS = ("neo_credits", "llm_cost", "neo_cost")
+_NUMBER_FIELDS = (*_TASK_SUMS, "avg_step_latency_ms")
 _REVISED_MONEY = (0.5, 0.9)  # a revised stream's first money, as a share of its final money
 _LIVE_BUCKET = 60  # seconds of live traffic generated at once, from the bucket's own seed
 
@@ -579,9 +581,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_LARGEST = sys.float_info.max
+
+
 def _measure(value: object) -> int | float | None:
     """A count, timing or amount as the repair rules read it: a finite number >= 0, or a
     string of one ("12", "0.35"); None (not measured) for null, negatives and anything else."""
+    kind = type(value)  # the fast path: what rows hold almost always
+    if kind is int or kind is float:  # NaN, infinities and ints past any float fail this
+        return value if 0 <= value <= _LARGEST else None  # type: ignore[operator,return-value]
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -592,9 +600,7 @@ def _measure(value: object) -> int | float | None:
             return _measure(float(text))
         except ValueError:
             return None
-    if not _is_number(value) or value < 0:  # type: ignore[operator]
-        return None
-    return value  # type: ignore[return-value]
+    return None
 
 
 def _count_of(value: object) -> int | None:
@@ -1050,19 +1056,6 @@ def _matches(entry: _Entry, filters: tuple[tuple[str, str | bool], ...]) -> bool
         elif got != wanted:
             return False
     return True
-
-
-_TASK_SUMS = (
-    "neo_credits",
-    "llm_cost",
-    "neo_cost",
-    "step_count",
-    "tool_calls",
-    "agent_triggers",
-    "llm_time_ms",
-    "tool_time_ms",
-    "total_execution_ms",
-)
 
 
 def _task_row(task_id: str, streams: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1949,9 +1942,13 @@ class FakeNeo:
             self._rows.sort(key=_created)  # stable: equal created_at keeps insertion order
         self._visible.extend(e.visible_us for e in ordered)
         self._visible.sort()
-        revisions = [e.quirks.revised_us for e in ordered if isinstance(e, _Gen) and e.quirks]
-        if any(revisions):
-            self._revisions.extend(filter(None, revisions))
+        revisions = [
+            e.quirks.revised_us
+            for e in ordered
+            if isinstance(e, _Gen) and e.quirks is not None and e.quirks.revised_us
+        ]
+        if revisions:
+            self._revisions.extend(revisions)
             self._revisions.sort()
         self._changed()
         return ordered
