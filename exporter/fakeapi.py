@@ -8,20 +8,75 @@ injects faults (error statuses, resets, timeouts, slow or truncated bodies, bad 
 paging, wrong totals), and computes the ground truth (`FakeNeo.truth`) straight from the rows it
 serves, so that tests can compare the exporter's metrics with it. Standard library only.
 
-What the public docs leave open, and this fake guesses (each is a constructor argument or
-documented here, so that tests can exercise both sides):
-- the direction of `sort=created_at` (`order="desc"`, newest first, by default) and of
-  `sort=cost` (the same direction); rows with equal keys keep their insertion order;
-- `from` is inclusive; `to` is inclusive unless `to_inclusive=False`;
-- the tasks endpoint's partial-match filter is named `search`; `tool_breakdown` values are
-  `{"calls", "duration_ms"}`; `tool_call_history[].timestamp` is epoch milliseconds;
-- a stream is served only once its execution has ended (`created_at + total_execution_ms`), and
-  some much later; a task's `created_at` and `model` are its first stream's, its `status` its
-  latest stream's;
-- error bodies are `{"error": "..."}`; a team member's token gets 403 on usage and billing;
-  an account on no plan (`billing=False`) gets 404 on `/billing/credits`;
-- credits reset on the first day of each month (UTC) and expire at the next reset; the
-  spending cap's `used` is the BYOK spend (`llm_cost + neo_cost`, USD) since the last reset.
+What the public docs leave open, the fake's default, and the switch (constructor argument /
+command-line flag) that makes it behave otherwise, so that tests can exercise both sides:
+- How many rows a page holds. Default: what `limit` asks. `page_cap=N` / `--page-cap N`: at
+  most N rows a page whatever `limit` asks; `has_more` stays true while rows remain past
+  `offset` + the rows served, and `total` is unchanged.
+- The direction of `sort=created_at`. Default `order="desc"` (newest first); `order="asc"` /
+  `--order asc`: oldest first, on streams and tasks alike. `sort=cost` goes the same way
+  (dearest first with desc).
+- The order of rows with equal `created_at`, and its precision. Default: milliseconds, and
+  equal times keep their insertion order. `tie_seconds=True` / `--ties`: `created_at` is kept
+  and served at whole seconds (truncated; `...T11:06:40Z`), the `from`/`to` filters, the
+  sorting and the truth's time filters use that truncated time, generated tasks start in
+  bursts that share a second, and every list request returns the rows of equal `created_at`
+  (streams sorted by created_at, and tasks by their first stream's) in a fresh random order,
+  so that naive offset
+  paging misses and repeats rows across page boundaries. The shuffle's RNG is seeded from the
+  seed and a count of list requests, so a run is reproducible.
+- Whether `from` and `to` are inclusive. Default: both are. `from_inclusive=False` /
+  `--from-exclusive` and `to_inclusive=False` / `--to-exclusive` make either exclusive.
+- Which fields can be null or come in other forms than the docs' example. Default: the
+  example's types, with only `avg_step_latency_ms` and `error_message` ever null.
+  `odd_fields=share` / `--odd-fields share`: that share of generated streams (picked from the
+  seed) come with some of the forms in ODD_KINDS (null `model`, `status`, `step_count`,
+  `tool_calls`, `agent_triggers`; `is_byok` as "true"/"false" or null; counts, timings and
+  money as numeric strings; -1 for an unmeasured timing; `tool_breakdown` entries with other
+  inner keys; no `tool_call_history`). Money always keeps its true value. Task rows built
+  from such streams carry the oddities over (model, is_byok and status come from the
+  streams; their sums come as strings when a summed stream's did).
+- The inner keys of `tool_breakdown` values: `{"calls", "duration_ms"}`, except in odd rows
+  (above). `tool_call_history[].timestamp` is epoch milliseconds (no switch: nothing in the
+  exporter reads it).
+- Whether a row changes after it was first listed. Default: never (unless a test calls
+  `replace_row`). `revise=share` / `--revise share` with `revise_after=seconds` /
+  `--revise-after 5s`: that share of generated streams (picked from the seed, among those
+  with a tool call and two steps) is first served with lower `neo_credits`, `llm_cost`,
+  `neo_cost`, `step_count`, `tool_calls` (one tool call less, in `tool_call_history`,
+  `tool_breakdown` and `tool_time_ms` alike), then from `revise_after` seconds after it became
+  visible with its final, higher figures. Its model, status, is_byok, created_at, stream_id
+  and other timings never change. Every endpoint and the truth serve the version of the moment.
+- Whether the listings show everything Neo counts. Default: they do. `hide=share` /
+  `--hide share`: that share of generated streams (picked from the seed) is never in any
+  listing's `data` (a task's sums leave them out; a task whose streams are all hidden is not
+  listed) but counts in the streams listing's `total` (pages are filled and `has_more` set
+  from the shown rows; the tasks listing's `total` counts listed tasks) and in
+  `/usage/summary`, `/billing/credits` and the spending cap. `truth()` is Neo's books and
+  includes them; `truth(listed_only=True)` (`/_fake/truth?listed_only=1`) is what the
+  listings show.
+- When a row shows up: only once its execution has ended (`created_at + total_execution_ms`),
+  and `late_fraction` / `--late-fraction` of them up to `max_late` / `--max-late` later.
+- A task's `created_at` and `model` are its first stream's, its `status` its latest
+  stream's; the tasks endpoint's partial-match filter is named `search` (no switch).
+- The status set: `blocked` (newer docs) is served by default; any other value can be served
+  with `add_rows` (no switch).
+- Error bodies are `{"error": "..."}`; no `Retry-After` unless a fault sets one; a team
+  member's token gets 403 on usage and billing; an account on no plan (`billing=False` /
+  `--no-billing`) gets 404 on `/billing/credits`; the token is taken from `Authorization:
+  Bearer` or `X-Api-Key` alike (no switch).
+- Credits reset on the first day of each month (UTC) and expire at the next reset; the
+  spending cap's `used` is the BYOK spend (`llm_cost + neo_cost`, USD) since the last reset;
+  `/usage/summary` filters `from`/`to` on `created_at` as the listings do (no switch).
+
+The truth follows the repair rules an exact exporter applies (see `_compute_truth`): a row
+counts when it has a `stream_id` and a parsable `created_at` and its money fields are absent,
+null, or non-negative numbers (numeric strings read as numbers); a `model` or `status` that is
+not a non-empty string is `unknown` (status lower-cased); `is_byok` is true/false from a
+boolean or a "true"/"false" string and `unknown` otherwise; a count or timing that is null,
+negative or not a number is absent for that field only (adds nothing; a histogram gets no
+observation); per-tool calls and times come from `tool_call_history` where a row has a
+non-empty one, else from the `tool_breakdown` entries that have `calls` and `duration_ms`.
 """
 
 from __future__ import annotations
@@ -30,6 +85,7 @@ import argparse
 import bisect
 import contextlib
 import copy
+import hashlib
 import ipaddress
 import json
 import logging
@@ -52,10 +108,19 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import accumulate
 from types import FrameType, MappingProxyType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FAULT_KINDS", "FakeNeo", "FakeNeoServer", "Fault", "RequestRecord", "Truth", "main"]
+__all__ = [
+    "FAULT_KINDS",
+    "ODD_KINDS",
+    "FakeNeo",
+    "FakeNeoServer",
+    "Fault",
+    "RequestRecord",
+    "Truth",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +229,53 @@ _TITLE_HOSTS = (
 _TASK_SIZES = ((1, 0.5), (2, 0.25), (3, 0.15), (4, 0.10))
 _BYOK_SHARE = 0.3
 _NULL_LATENCY_SHARE = 0.05
+# The forms an odd row's fields come in (odd_fields=); each is a bit of _Quirks.odd. An odd row
+# has one picked from the seed, and each of the others with _ODD_EXTRA chance.
+ODD_KINDS = (
+    "model_null",
+    "status_null",
+    "step_count_null",
+    "tool_calls_null",
+    "agent_triggers_null",
+    "is_byok_string",  # "true" / "false"
+    "is_byok_null",
+    "numeric_strings",  # counts, timings and money as strings: "12", "0.35"
+    "avg_step_latency_unmeasured",  # -1
+    "total_execution_unmeasured",  # -1
+    "llm_time_unmeasured",  # -1
+    "tool_time_unmeasured",  # -1
+    "tool_breakdown_keys",  # {"count": 3, "time_ms": 120} instead of {"calls", "duration_ms"}
+    "no_tool_call_history",  # the field is left out
+)
+_ODD = MappingProxyType({kind: 1 << i for i, kind in enumerate(ODD_KINDS)})
+_ODD_EXTRA = 0.1
+_ODD_NULLS = (
+    ("model_null", "model"),
+    ("status_null", "status"),
+    ("step_count_null", "step_count"),
+    ("tool_calls_null", "tool_calls"),
+    ("agent_triggers_null", "agent_triggers"),
+    ("is_byok_null", "is_byok"),
+)
+_ODD_UNMEASURED = (
+    ("avg_step_latency_unmeasured", "avg_step_latency_ms"),
+    ("total_execution_unmeasured", "total_execution_ms"),
+    ("llm_time_unmeasured", "llm_time_ms"),
+    ("tool_time_unmeasured", "tool_time_ms"),
+)
+_MONEY_FIELDS = ("neo_credits", "llm_cost", "neo_cost")
+# What a task row sums over its streams; with the average latency, a row's numbers.
+_TASK_SUMS = (
+    *_MONEY_FIELDS,
+    "step_count",
+    "tool_calls",
+    "agent_triggers",
+    "llm_time_ms",
+    "tool_time_ms",
+    "total_execution_ms",
+)
+_NUMBER_FIELDS = (*_TASK_SUMS, "avg_step_latency_ms")
+_REVISED_MONEY = (0.5, 0.9)  # a revised stream's first money, as a share of its final money
 _LIVE_BUCKET = 60  # seconds of live traffic generated at once, from the bucket's own seed
 
 
@@ -220,6 +332,15 @@ class _Task(NamedTuple):
     is_byok: bool
 
 
+class _Quirks(NamedTuple):
+    """What the switches do to one generated stream (None on a stream they leave alone)."""
+
+    odd: int = 0  # bits of _ODD: the odd forms its fields are served in
+    revised_us: int = 0  # served in its first, lower version before this time (0: never)
+    factor: float = 1.0  # the first version's money, as a share of the final
+    hidden: bool = False  # in Neo's books, never in a listing
+
+
 class _Gen(NamedTuple):
     """A generated stream (compact; see _stream_row for its JSON)."""
 
@@ -229,6 +350,7 @@ class _Gen(NamedTuple):
     task: _Task
     status: str
     blob: bytes
+    quirks: _Quirks | None = None
 
 
 class _Raw(NamedTuple):
@@ -238,6 +360,7 @@ class _Raw(NamedTuple):
     visible_us: int
     row: Any
     in_truth: bool
+    hidden: bool = False
 
 
 _Entry = _Gen | _Raw
@@ -287,10 +410,14 @@ StreamKey = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Truth:
-    """What the exporter should have counted: sums over well-formed visible stream rows.
+    """What an exact exporter counts: sums over the countable visible stream rows.
 
-    Per-stream sums are keyed by (model, status, byok) with byok "true"/"false"; times are in
-    seconds; histogram-like fields map a label to (count, sum of seconds).
+    Per-stream sums are keyed by (model, status, byok) with byok "true"/"false"/"unknown" and
+    `unknown` for a model or status that is not a string (see _compute_truth for the rules);
+    times are in seconds; histogram-like fields map a label to (count, sum of seconds).
+    `step_latency_seconds` sums avg_step_latency_ms/1000 * step_count over the streams that
+    have both, `step_latency_steps` those streams' step_count (their ratio is the mean step
+    latency).
     """
 
     streams: dict[StreamKey, float]
@@ -303,6 +430,8 @@ class Truth:
     llm_time_seconds: dict[StreamKey, float]
     tool_time_seconds: dict[StreamKey, float]
     execution_time_seconds: dict[StreamKey, float]
+    step_latency_seconds: dict[StreamKey, float]
+    step_latency_steps: dict[StreamKey, float]
     agent_triggers_by_agent: dict[str, float]
     tool_calls_by_tool: dict[str, float]
     tool_time_by_tool_seconds: dict[str, float]
@@ -338,7 +467,15 @@ _TRUTH_SUMS = (
     ("tool_time_seconds", "tool_time_ms", 1000.0),
     ("execution_time_seconds", "total_execution_ms", 1000.0),
 )
-_TRUTH_KEYED = frozenset({"streams", *(name for name, _, _ in _TRUTH_SUMS)})
+_TRUTH_KEYED = frozenset(
+    {
+        "streams",
+        "step_latency_seconds",
+        "step_latency_steps",
+        *(name for name, _, _ in _TRUTH_SUMS),
+    }
+)
+_COUNT_FIELDS = frozenset({"step_count", "tool_calls", "agent_triggers"})
 
 
 class _BadRequest(Exception):
@@ -415,6 +552,11 @@ def _iso_us(us: int) -> str:
     return _iso_ms(us // 1000)
 
 
+def _iso_s(us: int) -> str:
+    """Whole seconds (truncated), as with tie_seconds: 2026-11-18T11:06:40Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us // 1_000_000))
+
+
 def _credit_period(now_us: int) -> tuple[int, int]:
     """The current credit period: from the first of this month to the first of the next (UTC)."""
     now = _EPOCH + timedelta(microseconds=now_us)
@@ -439,16 +581,55 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(value: object) -> float:
-    return float(value) if _is_number(value) else 0.0  # type: ignore[arg-type]
+_LARGEST = sys.float_info.max
+
+
+def _measure(value: object) -> int | float | None:
+    """A count, timing or amount as the repair rules read it: a finite number >= 0, or a
+    string of one ("12", "0.35"); None (not measured) for null, negatives and anything else."""
+    kind = type(value)  # the fast path: what rows hold almost always
+    if kind is int or kind is float:  # NaN, infinities and ints past any float fail this
+        return value if 0 <= value <= _LARGEST else None  # type: ignore[operator,return-value]
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _measure(int(text))
+        except ValueError:
+            pass
+        try:
+            return _measure(float(text))
+        except ValueError:
+            return None
+    return None
+
+
+def _count_of(value: object) -> int | None:
+    """A count as the repair rules read it: a whole _measure, else None (absent)."""
+    number = _measure(value)
+    return None if number is None or not float(number).is_integer() else int(number)
+
+
+def _amount_of(value: object) -> float:
+    number = _measure(value)
+    return 0.0 if number is None else float(number)
+
+
+def _flag(value: object) -> bool | None:
+    """A boolean, or a "true"/"false" string, as a bool; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
 
 
 def _total(values: Iterable[object]) -> int | float:
-    """Sum of the numbers among values: an int when all are ints, else an exact float sum."""
-    numbers = [v for v in values if _is_number(v)]
+    """Sum of the measured values (see _measure): an int when all are ints, else an exact
+    float sum."""
+    numbers = [n for v in values if (n := _measure(v)) is not None]
     if all(isinstance(v, int) for v in numbers):
-        return sum(int(v) for v in numbers)  # type: ignore[call-overload]
-    return math.fsum(float(v) for v in numbers)  # type: ignore[arg-type]
+        return sum(int(v) for v in numbers)
+    return math.fsum(float(v) for v in numbers)
 
 
 # --- the generator ------------------------------------------------------------------------
@@ -597,17 +778,20 @@ def _generate(
     max_late: float,
     fit: bool,
     people: _People = _DEFAULT_PEOPLE,
+    ties: random.Random | None = None,
 ) -> list[_Gen]:
     """Streams grouped in tasks of 1-4, created in [start, end].
 
     With fit, a task's streams all finish by end (durations shrink if the span is too short), so
     that every row not picked as late is visible at end; without it (live traffic), tasks start
-    anywhere in the span and finish when they finish.
+    anywhere in the span and finish when they finish. With `ties` (an RNG of its own, so that
+    the rows are otherwise the same), tasks start in bursts of 1 to 30 that share a second.
     """
     start_ms = math.ceil(start * 1000)
     end_ms = max(start_ms, math.floor(end * 1000))
     window = end_ms - start_ms
     out: list[_Gen] = []
+    burst_ms, burst_left = 0, 0
     while len(out) < count:
         task = _draw_task(rng, people)
         size = min(count - len(out), _TASK_SIZES[_pick(rng, _SIZE_CUM)][0])
@@ -623,6 +807,17 @@ def _generate(
             cursor = start_ms + rng.randint(0, window - span)
         else:
             cursor = rng.randint(start_ms, end_ms)
+        if ties is not None:
+            span = sum(shape.total_ms for shape in shapes) + sum(gaps)
+            if burst_left > 0 and (not fit or burst_ms + span <= end_ms):
+                cursor, burst_left = burst_ms, burst_left - 1
+            else:  # this task starts a burst, at the start of its second if that fits
+                burst_ms = cursor - cursor % 1000
+                if burst_ms < start_ms:
+                    burst_ms += 1000
+                if fit and burst_ms + span > end_ms:
+                    burst_ms = cursor
+                cursor, burst_left = burst_ms, _burst_size(ties) - 1
         for shape, gap in zip(shapes, gaps, strict=True):
             ended_us = (cursor + shape.total_ms) * 1000
             late = rng.random() < late_fraction
@@ -631,6 +826,16 @@ def _generate(
             out.append(_make_stream(rng, task, shape, created_ms=cursor, visible_us=ended_us))
             cursor += shape.total_ms + gap
     return out
+
+
+def _burst_size(rng: random.Random) -> int:
+    """Tasks started in one second with tie_seconds: mostly a few, sometimes a batch."""
+    draw = rng.random()
+    if draw < 0.4:
+        return 1
+    if draw < 0.9:
+        return rng.randint(2, 4)
+    return rng.randint(5, 30)
 
 
 def _spike_streams(
@@ -669,20 +874,34 @@ def _poisson(rng: random.Random, mean: float) -> int:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _stream_row(gen: _Gen, *, detail: bool = True) -> dict[str, Any]:
-    """A generated stream as the API sends it; without detail, less its breakdowns and history."""
+class _At(NamedTuple):
+    """How rows are served: the moment (for revised rows) and the precision of created_at."""
+
+    now_us: int
+    seconds: bool = False  # created_at at whole seconds (tie_seconds)
+
+
+def _stream_row(gen: _Gen, at: _At, *, detail: bool = True) -> dict[str, Any]:
+    """A generated stream as the API sends it at `at`; without detail, less its breakdowns
+    and history."""
     credits, llm_cost, neo_cost, steps, llm_ms, total_ms, avg, error = _SCALARS.unpack_from(
         gen.blob
     )
     agents = _AGENT_COUNTS.unpack_from(gen.blob, _SCALARS.size)
     calls = list(_CALL.iter_unpack(memoryview(gen.blob)[_CALLS_AT:]))
+    quirks = gen.quirks
+    first = quirks is not None and at.now_us < quirks.revised_us
+    if first:  # the first, lower version of a revised stream: one call and some steps less
+        assert quirks is not None
+        credits, llm_cost, neo_cost = _first_money(credits, llm_cost, quirks.factor)
+        steps -= max(1, steps // 5)
     task = gen.task
     row = {
         "stream_id": gen.stream_id,
         "task_id": task.task_id,
         "task_title": task.task_title,
         "email": task.email,
-        "created_at": _iso_us(gen.created_us),
+        "created_at": _iso_s(gen.created_us) if at.seconds else _iso_us(gen.created_us),
         "model": task.model,
         "status": gen.status,
         "is_byok": task.is_byok,
@@ -690,10 +909,10 @@ def _stream_row(gen: _Gen, *, detail: bool = True) -> dict[str, Any]:
         "llm_cost": llm_cost,
         "neo_cost": neo_cost,
         "step_count": steps,
-        "tool_calls": len(calls),
+        "tool_calls": len(calls) - first,
         "agent_triggers": sum(agents),
         "llm_time_ms": llm_ms,
-        "tool_time_ms": sum(duration for _, duration in calls),
+        "tool_time_ms": sum(duration for _, duration in calls[: len(calls) - first]),
         "total_execution_ms": total_ms,
         "avg_step_latency_ms": None if avg < 0 else avg,
         "error_message": None if error < 0 else ERRORS[error],
@@ -704,7 +923,47 @@ def _stream_row(gen: _Gen, *, detail: bool = True) -> dict[str, Any]:
         row["tool_breakdown"], row["tool_call_history"] = _tool_detail(
             calls, gen.created_us // 1000, llm_ms
         )
+        if first:  # its last call is not there yet; the others are as they will stay
+            last = row["tool_call_history"].pop()
+            slot = row["tool_breakdown"][last["tool_name"]]
+            slot["calls"] -= 1
+            slot["duration_ms"] -= last["duration_ms"]
+            if not slot["calls"]:
+                del row["tool_breakdown"][last["tool_name"]]
+    if quirks is not None and quirks.odd:
+        _make_odd(row, quirks.odd)
     return row
+
+
+def _first_money(credits: float, llm_cost: float, factor: float) -> tuple[float, float, float]:
+    """A revised stream's first (neo_credits, llm_cost, neo_cost), rounded as generated ones."""
+    first_llm = round(llm_cost * factor, 6)
+    return round(credits * factor, 4), first_llm, round(first_llm * NEO_COST_RATE, 6)
+
+
+def _make_odd(row: dict[str, Any], odd: int) -> None:
+    """Serve a row's fields in the odd forms of the `odd` bits (see ODD_KINDS); money keeps
+    its value (as a number or a numeric string)."""
+    if odd & _ODD["numeric_strings"]:
+        for name in _NUMBER_FIELDS:
+            value = row.get(name)
+            if _is_number(value):
+                row[name] = repr(value) if isinstance(value, float) else str(value)
+    if odd & _ODD["is_byok_string"]:
+        row["is_byok"] = "true" if row.get("is_byok") is True else "false"
+    for kind, name in _ODD_NULLS:
+        if odd & _ODD[kind]:
+            row[name] = None
+    for kind, name in _ODD_UNMEASURED:
+        if odd & _ODD[kind]:
+            row[name] = -1
+    if odd & _ODD["tool_breakdown_keys"] and "tool_breakdown" in row:
+        row["tool_breakdown"] = {
+            name: {"count": usage["calls"], "time_ms": usage["duration_ms"]}
+            for name, usage in row["tool_breakdown"].items()
+        }
+    if odd & _ODD["no_tool_call_history"]:
+        row.pop("tool_call_history", None)
 
 
 def _tool_detail(
@@ -732,13 +991,30 @@ def _tool_detail(
     return breakdown, history
 
 
-def _row(entry: _Entry, *, detail: bool = True) -> Any:
-    return _stream_row(entry, detail=detail) if isinstance(entry, _Gen) else entry.row
+def _row(entry: _Entry, at: _At, *, detail: bool = True) -> Any:
+    return _stream_row(entry, at, detail=detail) if isinstance(entry, _Gen) else entry.row
+
+
+def _hidden(entry: _Entry) -> bool:
+    if isinstance(entry, _Gen):
+        return entry.quirks is not None and entry.quirks.hidden
+    return entry.hidden
 
 
 def _attr(entry: _Entry, name: str) -> object:
-    """A row field that filters and grouping use, without building the whole row."""
+    """A row field that filters and grouping use, without building the whole row.
+
+    Filters see what is served: a nulled field is None; an is_byok sent as a string filters
+    as the boolean it spells.
+    """
     if isinstance(entry, _Gen):
+        quirks = entry.quirks
+        if (
+            quirks is not None
+            and quirks.odd
+            and any(quirks.odd & _ODD[kind] and field == name for kind, field in _ODD_NULLS)
+        ):
+            return None
         if name == "status":
             return entry.status
         if name == "stream_id":
@@ -748,19 +1024,26 @@ def _attr(entry: _Entry, name: str) -> object:
     return row.get(name) if isinstance(row, dict) else None
 
 
-def _costs(entry: _Entry) -> tuple[float, float, float]:
-    """(neo_credits, llm_cost, neo_cost); 0 for what is missing or not a number."""
+def _costs(entry: _Entry, now_us: int) -> tuple[float, float, float]:
+    """(neo_credits, llm_cost, neo_cost) as served at now_us; 0 for what is missing or odd."""
     if isinstance(entry, _Gen):
         credits, llm_cost, neo_cost = _MONEY.unpack_from(entry.blob)
+        quirks = entry.quirks
+        if quirks is not None and now_us < quirks.revised_us:
+            return _first_money(credits, llm_cost, quirks.factor)
         return credits, llm_cost, neo_cost
     row = entry.row
     if not isinstance(row, dict):
         return 0.0, 0.0, 0.0
-    return _num(row.get("neo_credits")), _num(row.get("llm_cost")), _num(row.get("neo_cost"))
+    return (
+        _amount_of(row.get("neo_credits")),
+        _amount_of(row.get("llm_cost")),
+        _amount_of(row.get("neo_cost")),
+    )
 
 
-def _cost(entry: _Entry) -> float:
-    credits, llm_cost, _ = _costs(entry)
+def _cost(entry: _Entry, now_us: int) -> float:
+    credits, llm_cost, _ = _costs(entry, now_us)
     return credits + llm_cost
 
 
@@ -768,7 +1051,7 @@ def _matches(entry: _Entry, filters: tuple[tuple[str, str | bool], ...]) -> bool
     for name, wanted in filters:
         got = _attr(entry, name)
         if name == "is_byok":
-            if (got is True) != wanted:
+            if (_flag(got) is True) != wanted:
                 return False
         elif got != wanted:
             return False
@@ -776,7 +1059,11 @@ def _matches(entry: _Entry, filters: tuple[tuple[str, str | bool], ...]) -> bool
 
 
 def _task_row(task_id: str, streams: list[dict[str, Any]]) -> dict[str, Any]:
-    """A task as the API sends it: its streams (in created order) summed and merged."""
+    """A task as the API sends it: its streams (in created order) summed and merged.
+
+    Sums skip what is not measured (null, negative, not a number) and read numeric strings
+    as numbers; a sum is sent as a string when a summed stream's value was one.
+    """
     first, last = streams[0], streams[-1]
     row: dict[str, Any] = {"task_id": task_id}
     for key in ("task_title", "email"):
@@ -788,41 +1075,44 @@ def _task_row(task_id: str, streams: list[dict[str, Any]]) -> dict[str, Any]:
         status=last.get("status"),
         is_byok=first.get("is_byok", False),
     )
-    for key in (
-        "neo_credits",
-        "llm_cost",
-        "neo_cost",
-        "step_count",
-        "tool_calls",
-        "agent_triggers",
-        "llm_time_ms",
-        "tool_time_ms",
-        "total_execution_ms",
-    ):
-        row[key] = _total(stream.get(key) for stream in streams)
-    latencies = [_num(v) for s in streams if _is_number(v := s.get("avg_step_latency_ms"))]
-    row["avg_step_latency_ms"] = round(math.fsum(latencies) / len(latencies)) if latencies else None
+    for key in _TASK_SUMS:
+        row[key] = _served_sum([stream.get(key) for stream in streams])
+    latencies = [s.get("avg_step_latency_ms") for s in streams]
+    measured = [n for v in latencies if (n := _measure(v)) is not None]
+    latency = round(math.fsum(measured) / len(measured)) if measured else None
+    as_text = latency is not None and any(isinstance(v, str) for v in latencies)
+    row["avg_step_latency_ms"] = str(latency) if as_text else latency
     row["error_message"] = last.get("error_message")
     row["stream_count"] = len(streams)
     agents: dict[str, list[object]] = {}
-    tools: dict[str, dict[str, Any]] = {}
+    tools: dict[str, dict[str, list[object]]] = {}
     history: list[Any] = []
     for stream in streams:
         for name, triggers in _dict(stream.get("agent_breakdown")).items():
             agents.setdefault(name, []).append(triggers)
         for name, usage in _dict(stream.get("tool_breakdown")).items():
-            slot = tools.setdefault(name, {"calls": 0, "duration_ms": 0})
-            slot["calls"] += int(_num(_dict(usage).get("calls")))
-            slot["duration_ms"] += int(_num(_dict(usage).get("duration_ms")))
+            slot = tools.setdefault(name, {})
+            for inner, value in _dict(usage).items():  # whatever its keys are, each is summed
+                slot.setdefault(inner, []).append(value)
         calls = stream.get("tool_call_history")
         history.extend(calls if isinstance(calls, list) else ())
     row["agent_breakdown"] = {name: _total(counts) for name, counts in agents.items()}
-    row["tool_breakdown"] = tools
+    row["tool_breakdown"] = {
+        name: {inner: _total(values) for inner, values in slot.items()}
+        for name, slot in tools.items()
+    }
     # One numbering for the whole task, in the order the calls happened.
     row["tool_call_history"] = [
         {**call, "index": i} if isinstance(call, dict) else call for i, call in enumerate(history)
     ]
     return row
+
+
+def _served_sum(values: list[object]) -> int | float | str:
+    total = _total(values)
+    if any(isinstance(v, str) for v in values):
+        return repr(total) if isinstance(total, float) else str(total)
+    return total
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -832,75 +1122,102 @@ def _dict(value: object) -> dict[str, Any]:
 # --- ground truth -------------------------------------------------------------------------
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+UNKNOWN = "unknown"  # the label value of a model, status or is_byok that is not usable
 
 
-def _amount(value: object) -> bool:
-    return _is_number(value) and float(value) >= 0  # type: ignore[arg-type]
-
-
-def _breakdowns_ok(row: dict[str, Any]) -> bool:
-    agents = row.get("agent_breakdown") or {}
-    tools = row.get("tool_breakdown") or {}
-    history = row.get("tool_call_history") or []
-    return (
-        isinstance(agents, dict)
-        and all(isinstance(k, str) and _count(v) for k, v in agents.items())
-        and isinstance(tools, dict)
-        and all(
-            isinstance(v, dict) and _count(v.get("calls")) and _amount(v.get("duration_ms"))
-            for v in tools.values()
-        )
-        and isinstance(history, list)
-        and all(
-            isinstance(c, dict)
-            and isinstance(c.get("tool_name"), str)
-            and _amount(c.get("duration_ms"))
-            for c in history
-        )
-    )
-
-
-def _well_formed(row: object) -> bool:
-    """Whether a row is one an exporter must count (the truth skips the others)."""
+def _countable(row: object) -> bool:
+    """Whether a row is one an exporter must count (the truth skips the others): an object
+    with a `stream_id`, a parsable `created_at`, and money that is absent, null or a number
+    >= 0 (or a string of one). Everything else in it is repaired field by field."""
     if not isinstance(row, dict):
         return False
-    latency = row.get("avg_step_latency_ms")
+    stream_id = row.get("stream_id")
     return (
-        all(
-            isinstance(row.get(k), str) and row[k]
-            for k in ("stream_id", "task_id", "model", "status")
-        )
+        isinstance(stream_id, str)
+        and bool(stream_id)
         and _parse_iso_us(row.get("created_at")) is not None
-        and isinstance(row.get("is_byok", False), bool)
-        and all(_count(row.get(k)) for k in ("step_count", "tool_calls", "agent_triggers"))
-        # Optional numbers may be missing or null (counted as 0), never negative or text.
-        and all(row.get(f) is None or _amount(row[f]) for _, f, _ in _TRUTH_SUMS)
-        and (latency is None or _amount(latency))
-        and _breakdowns_ok(row)
+        and all(row.get(f) is None or _measure(row[f]) is not None for f in _MONEY_FIELDS)
     )
+
+
+def _label_of(value: object) -> str:
+    return value.strip() if isinstance(value, str) and value.strip() else UNKNOWN
+
+
+def _byok_of(value: object) -> str:
+    flag = _flag(value)
+    return UNKNOWN if flag is None else "true" if flag else "false"
+
+
+def _tool_usage(row: dict[str, Any]) -> tuple[dict[str, tuple[int, int | float]], list[Any]]:
+    """A row's per-tool (calls, duration ms), and the history entries that count.
+
+    From `tool_call_history` where the row has a non-empty one (its entries with a tool name
+    and a duration); otherwise from the `tool_breakdown` entries with `calls` and
+    `duration_ms` (an entry without them counts nothing).
+    """
+    usage: dict[str, tuple[int, int | float]] = {}
+    history = row.get("tool_call_history")
+    if isinstance(history, list) and history:
+        calls = []
+        for call in history:
+            if not isinstance(call, dict):
+                continue
+            tool, duration = call.get("tool_name"), _measure(call.get("duration_ms"))
+            if isinstance(tool, str) and tool and duration is not None:
+                calls.append((tool, duration))
+                count, total = usage.get(tool, (0, 0))
+                usage[tool] = (count + 1, total + duration)
+        return usage, calls
+    for tool, entry in _dict(row.get("tool_breakdown")).items():
+        calls_of = _count_of(_dict(entry).get("calls"))
+        time_of = _measure(_dict(entry).get("duration_ms"))
+        if calls_of is not None and time_of is not None:
+            count, total = usage.get(tool, (0, 0))
+            usage[tool] = (count + calls_of, total + time_of)
+    return usage, []
 
 
 def _compute_truth(rows: Iterable[dict[str, Any]]) -> Truth:
+    """Sums over countable rows (see _countable), under the repair rules an exact exporter
+    applies: a `model` or `status` that is not a non-empty string is `unknown` (status
+    lower-cased); `is_byok` from a boolean or a "true"/"false" string, else `unknown`;
+    numeric strings are numbers; a count or timing that is null, negative or not a number is
+    absent for that field only (adds 0; a histogram gets no observation); per-tool figures as
+    in _tool_usage."""
     sums: dict[str, dict[StreamKey, list[float]]] = defaultdict(lambda: defaultdict(list))
     by_label: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        key = (row["model"], row["status"], "true" if row.get("is_byok", False) else "false")
+        model = _label_of(row.get("model"))
+        key = (model, _label_of(row.get("status")).lower(), _byok_of(row.get("is_byok")))
         sums["streams"][key].append(1.0)
         for name, field, divisor in _TRUTH_SUMS:
-            sums[name][key].append(_num(row.get(field)) / divisor)
-        for agent, triggers in (row.get("agent_breakdown") or {}).items():
-            by_label["agent_triggers_by_agent"][agent].append(float(triggers))
-        for tool, usage in (row.get("tool_breakdown") or {}).items():
-            by_label["tool_calls_by_tool"][tool].append(float(usage["calls"]))
-            by_label["tool_time_by_tool_seconds"][tool].append(usage["duration_ms"] / 1000)
-        for call in row.get("tool_call_history") or []:
-            by_label["tool_call_history"][call["tool_name"]].append(call["duration_ms"] / 1000)
-        if _amount(row.get("total_execution_ms")):
-            by_label["stream_duration"][row["model"]].append(row["total_execution_ms"] / 1000)
-        if row.get("avg_step_latency_ms") is not None:
-            by_label["step_latency"][row["model"]].append(row["avg_step_latency_ms"] / 1000)
+            value = row.get(field)
+            number = _count_of(value) if field in _COUNT_FIELDS else _measure(value)
+            sums[name][key].append(0.0 if number is None else number / divisor)
+        latency = _measure(row.get("avg_step_latency_ms"))
+        steps = _count_of(row.get("step_count"))
+        if latency is not None and steps is not None:
+            sums["step_latency_seconds"][key].append(latency * steps / 1000)
+            sums["step_latency_steps"][key].append(float(steps))
+        else:  # the key is there all the same, as in every other sum
+            sums["step_latency_seconds"][key].append(0.0)
+            sums["step_latency_steps"][key].append(0.0)
+        for agent, triggers in _dict(row.get("agent_breakdown")).items():
+            count = _count_of(triggers)
+            if count is not None:
+                by_label["agent_triggers_by_agent"][agent].append(float(count))
+        usage, calls = _tool_usage(row)
+        for tool, (count, duration) in usage.items():
+            by_label["tool_calls_by_tool"][tool].append(float(count))
+            by_label["tool_time_by_tool_seconds"][tool].append(duration / 1000)
+        for tool, duration in calls:
+            by_label["tool_call_history"][tool].append(duration / 1000)
+        execution = _measure(row.get("total_execution_ms"))
+        if execution is not None:
+            by_label["stream_duration"][model].append(execution / 1000)
+        if latency is not None:
+            by_label["step_latency"][model].append(latency / 1000)
 
     def summed(values: Mapping[Any, list[float]]) -> dict[Any, float]:
         return {k: math.fsum(v) for k, v in values.items()}
@@ -996,6 +1313,14 @@ class FakeNeo:
     """Neo's usage data and the API's behaviour, without HTTP (see FakeNeoServer for that).
 
     Thread-safe: every method takes one lock. All "now" decisions use `clock`.
+
+    The switches for what the docs leave open (see the module docstring; the defaults are the
+    fake's guesses): `order`, `from_inclusive`, `to_inclusive`, `page_cap` (rows a page holds
+    at most), `tie_seconds` (created_at at whole seconds, tasks in bursts, ties shuffled per
+    request), `odd_fields` (share of streams with odd field forms), `revise` and
+    `revise_after` (share of streams served lower first, and for how many seconds after they
+    become visible), `hide` (share of streams in Neo's books but never listed). Which streams
+    a share picks depends only on the seed and the stream's id.
     """
 
     def __init__(
@@ -1012,15 +1337,39 @@ class FakeNeo:
         issued_credits: float = 25_000.0,
         members: int | None = None,
         billing: bool = True,
+        from_inclusive: bool = True,
+        page_cap: int | None = None,
+        tie_seconds: bool = False,
+        odd_fields: float = 0.0,
+        revise: float = 0.0,
+        revise_after: float = 5.0,
+        hide: float = 0.0,
     ) -> None:
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be asc or desc, not {order!r}")
+        if page_cap is not None and page_cap < 1:
+            raise ValueError(f"page_cap must be >= 1 or None, not {page_cap}")
+        for name, share in (("odd_fields", odd_fields), ("revise", revise), ("hide", hide)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} is a share: 0 <= {name} <= 1, not {share}")
+        if revise_after < 0:
+            raise ValueError(f"revise_after must be >= 0, not {revise_after}")
         self._lock = threading.RLock()
         self._seed = seed
         self._rng = random.Random(seed)
         self._clock = clock
         self._order = order
         self._to_inclusive = to_inclusive
+        self._from_inclusive = from_inclusive
+        self._page_cap = page_cap
+        self._ties = tie_seconds
+        # Tie bursts come from an RNG of their own, so that the rows are otherwise the same.
+        self._ties_rng = random.Random(f"{seed}/ties") if tie_seconds else None
+        self._odd_fields = odd_fields
+        self._revise = revise
+        self._revise_after_us = _to_us(revise_after)
+        self._hide = hide
+        self._list_requests = 0  # seeds each list request's shuffle of ties
         self._admin = frozenset(admin_tokens)
         self._tokens = self._admin | frozenset(member_tokens)
         self._cap = cap
@@ -1032,6 +1381,7 @@ class FakeNeo:
         self.latency = latency
         self._rows: list[_Entry] = []  # sorted by created_at; ties in insertion order
         self._visible: list[int] = []  # every row's visible_us, sorted
+        self._revisions: list[int] = []  # when each revised row gets its final version, sorted
         self._version = 0
         self._cache: _Lru[Any] = _Lru(_CACHE_SIZE)
         self._faults: list[_PendingFault] = []
@@ -1046,6 +1396,12 @@ class FakeNeo:
     def to_inclusive(self) -> bool:
         return self._to_inclusive
 
+    def _at(self, now_us: int) -> _At:
+        return _At(now_us, self._ties)
+
+    def _now_at(self) -> _At:
+        return self._at(_to_us(self._clock()))
+
     # --- data -------------------------------------------------------------------------
 
     def generate(
@@ -1057,14 +1413,16 @@ class FakeNeo:
         late_fraction: float = 0.1,
         max_late: float = 3600.0,
     ) -> list[dict[str, Any]]:
-        """Add `count` realistic streams created in [start, end]; return them as served.
+        """Add `count` realistic streams created in [start, end]; return them as Neo holds
+        them now (hidden ones too; revised ones in their version of the moment).
 
         A stream becomes visible when its execution ends, which is by `end` except for
         `late_fraction` of them, which show up to `max_late` seconds later.
         """
         with self._lock:
+            at = self._now_at()
             return [
-                _stream_row(g)
+                _stream_row(g, at)
                 for g in self._add_generated(count, start, end, late_fraction, max_late)
             ]
 
@@ -1105,7 +1463,11 @@ class FakeNeo:
             self._insert(entries)
 
     def replace_row(self, stream_id: str, **changes: Any) -> dict[str, Any]:
-        """Change a served stream after the fact; returns the new row. KeyError if unknown."""
+        """Change a served stream after the fact; returns the new row. KeyError if unknown.
+
+        The row is frozen as it is served now, with the changes: a revised stream is not
+        revised any more; a hidden one stays hidden.
+        """
         with self._lock:
             index = next(
                 (i for i, e in enumerate(self._rows) if _attr(e, "stream_id") == stream_id), None
@@ -1113,12 +1475,14 @@ class FakeNeo:
             if index is None:
                 raise KeyError(stream_id)
             entry = self._rows[index]
-            old = _row(entry)
+            old = _row(entry, self._now_at())
             row = {**old, **changes}
             in_truth = entry.in_truth if isinstance(entry, _Raw) else True
             created = _parse_iso_us(row.get("created_at"))
-            created_us = entry.created_us if created is None else created
-            self._rows[index] = _Raw(created_us, entry.visible_us, row, in_truth)
+            created_us = entry.created_us if created is None else self._key_us(created)
+            self._rows[index] = _Raw(
+                created_us, entry.visible_us, row, in_truth, hidden=_hidden(entry)
+            )
             if created_us != entry.created_us:
                 self._rows.sort(key=_created)
             self._changed()
@@ -1133,7 +1497,8 @@ class FakeNeo:
             streams = self._insert(
                 _spike_streams(self._rng, count, at_ms, multiplier, self._people)
             )
-            return [_stream_row(g) for g in streams]
+            now = self._now_at()
+            return [_stream_row(g, now) for g in streams]
 
     def start_live(
         self,
@@ -1234,28 +1599,32 @@ class FakeNeo:
     # --- ground truth -------------------------------------------------------------------
 
     def truth(
-        self, start: float | None = None, end: float | None = None, *, now: float | None = None
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        now: float | None = None,
+        listed_only: bool = False,
     ) -> Truth:
-        """Sums over the well-formed streams visible at `now` created in [start, end]."""
+        """Sums over the countable streams visible at `now` created in [start, end], as served
+        at `now`: Neo's books, hidden streams included; with listed_only, only the streams
+        the listings show. (With tie_seconds, created_at is the truncated time.)"""
         with self._lock:
             at = self._clock() if now is None else now
             self._advance_live(at)
-            now_us = _to_us(at)
+            view = self._at(_to_us(at))
             entries = [
                 e
                 for e in self._rows
-                if e.visible_us <= now_us
+                if e.visible_us <= view.now_us
                 and (isinstance(e, _Gen) or e.in_truth)
+                and not (listed_only and _hidden(e))
                 and (start is None or e.created_us / 1_000_000 >= start)
                 and (end is None or e.created_us / 1_000_000 <= end)
             ]
         # Entries never change (replace_row swaps in a new one), so this needs no lock.
-        # Generated rows are well-formed by construction; added ones are checked.
-        return _compute_truth(
-            _stream_row(e) if isinstance(e, _Gen) else e.row
-            for e in entries
-            if isinstance(e, _Gen) or _well_formed(e.row)
-        )
+        rows = (_row(e, view) for e in entries)
+        return _compute_truth(row for row in rows if _countable(row))
 
     # --- requests -----------------------------------------------------------------------
 
@@ -1318,9 +1687,20 @@ class FakeNeo:
         self, now_us: int, query: Mapping[str, str], fault: str | None
     ) -> tuple[int, Any]:
         selection, limit, offset = _parse_list(query, tasks=False)
-        key = ("streams", self._version, self._visible_count(now_us), selection)
-        matched = self._cache.get(key, lambda: self._select_streams(now_us, selection))
-        return 200, self._page(matched, limit, offset, fault, _row)
+        # Revisions change costs, and so the order of sort=cost.
+        revised = bisect.bisect_right(self._revisions, now_us)
+        key = ("streams", self._version, self._visible_count(now_us), revised, selection)
+        shown, hidden = self._cache.get(key, lambda: self._select_streams(now_us, selection))
+        at = self._at(now_us)
+        return 200, self._page(
+            shown,
+            limit,
+            offset,
+            fault,
+            lambda entry: _row(entry, at),
+            hidden=hidden,
+            tie_key=_created if selection.sort == "created_at" else None,
+        )
 
     def _list_tasks(
         self, now_us: int, query: Mapping[str, str], fault: str | None
@@ -1328,41 +1708,64 @@ class FakeNeo:
         selection, limit, offset = _parse_list(query, tasks=True)
         key = ("tasks", self._version, self._visible_count(now_us), selection)
         matched = self._cache.get(key, lambda: self._select_tasks(now_us, selection))
-        return 200, self._page(matched, limit, offset, fault, self._task_of)
+        at = self._at(now_us)
+        return 200, self._page(
+            matched,
+            limit,
+            offset,
+            fault,
+            lambda task: self._task_of(task, at),
+            tie_key=lambda task: task[1][0].created_us,
+        )
 
     def _one_task(self, now_us: int, task_id: str) -> tuple[int, Any]:
         streams = self._task_index(now_us).get(task_id)
         if streams is None:
             return 404, {"error": "task not found"}
-        return 200, self._task_of((task_id, streams))
+        return 200, self._task_of((task_id, streams), self._at(now_us))
 
     @staticmethod
-    def _task_of(task: tuple[str, list[_Entry]]) -> dict[str, Any]:
-        return _task_row(task[0], [_row(e) for e in task[1]])
+    def _task_of(task: tuple[str, list[_Entry]], at: _At) -> dict[str, Any]:
+        return _task_row(task[0], [_row(e, at) for e in task[1]])
 
-    @staticmethod
     def _page(
+        self,
         matched: Sequence[V],
         limit: int,
         offset: int,
         fault: str | None,
         render: Callable[[V], Any],
+        *,
+        hidden: int = 0,
+        tie_key: Callable[[V], int] | None = None,
     ) -> dict[str, Any]:
+        """One page of the shown rows `matched`; `total` counts `hidden` ones too.
+
+        With page_cap, a page holds at most that many rows whatever `limit` asks; with
+        tie_seconds (and a tie_key, the created_at sort), rows of equal key come in an order
+        drawn afresh for this request.
+        """
+        self._list_requests += 1
         total = len(matched)
         if fault == "endless":  # past the end it starts over, and never says it is done
             offset = offset % total if total else 0
-        start = max(0, offset - limit // 2) if fault == "duplicates" else offset
-        data = [render(item) for item in matched[start : offset + limit]]
-        shown = total
+        size = limit if self._page_cap is None else min(limit, self._page_cap)
+        start = max(0, offset - size // 2) if fault == "duplicates" else offset
+        stop = offset + size
+        items: Sequence[V]
+        if self._ties and tie_key is not None:
+            rng = random.Random(f"{self._seed}/order/{self._list_requests}")
+            items = _shuffled_ties(matched, start, stop, tie_key, rng)
+        else:
+            items = matched[start:stop]
+        data = [render(item) for item in items]
+        books = total + hidden
+        shown = books
         if fault == "wrong_total":
-            shown = total * 10 + 1000
+            shown = books * 10 + 1000
         elif fault == "short_total":
-            shown = total // 2
-        return {
-            "data": data,
-            "has_more": fault == "endless" or offset + limit < total,
-            "total": shown,
-        }
+            shown = books // 2
+        return {"data": data, "has_more": fault == "endless" or stop < total, "total": shown}
 
     def _summary(self, now_us: int, query: Mapping[str, str], fault: str | None) -> tuple[int, Any]:
         query = {k: v for k, v in query.items() if v != ""}
@@ -1370,7 +1773,10 @@ class FakeNeo:
         if group_by not in (None, "day", "week", "month"):
             raise _BadRequest("group_by must be day, week or month")
         window = self._window(now_us, _time_param(query, "from"), _time_param(query, "to"))
-        rows = [(e.created_us, r) for e in window if isinstance(r := _row(e, detail=False), dict)]
+        at = self._at(now_us)
+        rows = [
+            (e.created_us, r) for e in window if isinstance(r := _row(e, at, detail=False), dict)
+        ]
         reset_us, _ = _credit_period(now_us)
         summary = _summarize(rows, group_by, reset_us)
         credits = self._credit_state(now_us)
@@ -1390,7 +1796,7 @@ class FakeNeo:
 
     def _credit_state(self, now_us: int) -> dict[str, Any]:
         reset_us, expires_us = _credit_period(now_us)
-        used = math.fsum(_costs(e)[0] for e in self._window(now_us, reset_us, None))
+        used = math.fsum(_costs(e, now_us)[0] for e in self._window(now_us, reset_us, None))
         return {
             "available_credits": max(0.0, self._issued - used),
             "issued_credits": self._issued,
@@ -1404,9 +1810,9 @@ class FakeNeo:
         if self._cap is not None:
             reset_us, _ = _credit_period(now_us)
             used = math.fsum(
-                sum(_costs(e)[1:])
+                sum(_costs(e, now_us)[1:])
                 for e in self._window(now_us, reset_us, None)
-                if _attr(e, "is_byok") is True
+                if _flag(_attr(e, "is_byok")) is True
             )
             cap = {"limit": self._cap, "used": used, "remaining": max(0.0, self._cap - used)}
         return {
@@ -1423,8 +1829,14 @@ class FakeNeo:
         return bisect.bisect_right(self._visible, now_us)
 
     def _window(self, now_us: int, from_us: int | None, to_us: int | None) -> list[_Entry]:
-        """Visible rows created in [from, to] (to exclusive if so configured), oldest first."""
-        low = 0 if from_us is None else bisect.bisect_left(self._rows, from_us, key=_created)
+        """Visible rows created in [from, to] (either exclusive if so configured), oldest
+        first; hidden rows too."""
+        if from_us is None:
+            low = 0
+        elif self._from_inclusive:
+            low = bisect.bisect_left(self._rows, from_us, key=_created)
+        else:
+            low = bisect.bisect_right(self._rows, from_us, key=_created)
         if to_us is None:
             high = len(self._rows)
         elif self._to_inclusive:
@@ -1433,26 +1845,29 @@ class FakeNeo:
             high = bisect.bisect_left(self._rows, to_us, key=_created)
         return [e for e in self._rows[low:high] if e.visible_us <= now_us]
 
-    def _select_streams(self, now_us: int, selection: _Selection) -> list[_Entry]:
+    def _select_streams(self, now_us: int, selection: _Selection) -> tuple[list[_Entry], int]:
+        """The shown streams that match, in the listing's order, and how many hidden ones do."""
         window = self._window(now_us, selection.from_us, selection.to_us)
         matched = [e for e in window if _matches(e, selection.filters)]
+        shown = [e for e in matched if not _hidden(e)]
+        hidden = len(matched) - len(shown)
         newest_first = self._order == "desc"
         if selection.sort == "cost":
             if newest_first:  # ties keep the created_at order of the same direction
-                matched.reverse()
-            return sorted(matched, key=_cost, reverse=newest_first)
+                shown.reverse()
+            return sorted(shown, key=lambda e: _cost(e, now_us), reverse=newest_first), hidden
         if newest_first:
-            matched.reverse()
-        return matched
+            shown.reverse()
+        return shown, hidden
 
     def _task_index(self, now_us: int) -> dict[str, list[_Entry]]:
-        """Visible streams by task, tasks ordered by their first stream's created_at."""
+        """Visible shown streams by task, tasks ordered by their first stream's created_at."""
 
         def build() -> dict[str, list[_Entry]]:
             tasks: dict[str, list[_Entry]] = {}
             for entry in self._rows:
                 task_id = _attr(entry, "task_id")
-                if entry.visible_us <= now_us and isinstance(task_id, str):
+                if entry.visible_us <= now_us and isinstance(task_id, str) and not _hidden(entry):
                     tasks.setdefault(task_id, []).append(entry)
             return tasks
 
@@ -1474,6 +1889,7 @@ class FakeNeo:
             created = first.created_us
             if (
                 (low is not None and created < low)
+                or (created == low and not self._from_inclusive)
                 or (high is not None and created > high)
                 or (created == high and not self._to_inclusive)
                 or not _matches(first, on_first)
@@ -1511,12 +1927,13 @@ class FakeNeo:
             max_late=max_late,
             fit=True,
             people=self._people,
+            ties=self._ties_rng,
         )
         return self._insert(streams)
 
     def _insert(self, entries: Iterable[_E]) -> list[_E]:
-        """Store entries; returns them in created_at order."""
-        ordered = sorted(entries, key=_created)
+        """Store entries, as the switches have them; returns them in created_at order."""
+        ordered = sorted(map(self._switched, entries), key=_created)
         if not ordered:
             return ordered
         append_only = not self._rows or ordered[0].created_us >= self._rows[-1].created_us
@@ -1525,8 +1942,45 @@ class FakeNeo:
             self._rows.sort(key=_created)  # stable: equal created_at keeps insertion order
         self._visible.extend(e.visible_us for e in ordered)
         self._visible.sort()
+        revisions = [
+            e.quirks.revised_us
+            for e in ordered
+            if isinstance(e, _Gen) and e.quirks is not None and e.quirks.revised_us
+        ]
+        if revisions:
+            self._revisions.extend(revisions)
+            self._revisions.sort()
         self._changed()
         return ordered
+
+    def _key_us(self, created_us: int) -> int:
+        """The created time rows are filtered and sorted by: whole seconds with tie_seconds."""
+        return created_us - created_us % 1_000_000 if self._ties else created_us
+
+    def _switched(self, entry: _E) -> _E:
+        """An entry as the switches have it: its time truncated with tie_seconds, and a
+        generated stream's quirks (odd fields, revision, hidden) drawn from the seed."""
+        switched: _Entry = entry
+        if self._ties:
+            switched = switched._replace(created_us=self._key_us(entry.created_us))
+        if isinstance(switched, _Gen) and (self._odd_fields or self._revise or self._hide):
+            switched = switched._replace(quirks=self._quirks_of(switched))
+        return cast(_E, switched)
+
+    def _quirks_of(self, gen: _Gen) -> _Quirks | None:
+        """Which of the shares pick this stream: independent draws from the seed and its id."""
+        digest = hashlib.blake2b(f"{self._seed}/{gen.stream_id}".encode(), digest_size=32)
+        raw = digest.digest()
+        draws = [int.from_bytes(raw[i : i + 8], "little") / 2**64 for i in range(0, 32, 8)]
+        hidden = draws[0] < self._hide
+        odd = _odd_bits(random.Random(raw)) if draws[1] < self._odd_fields else 0
+        revised_us = 0
+        if draws[2] < self._revise and _revisable(gen.blob):
+            revised_us = gen.visible_us + self._revise_after_us
+        if not (hidden or odd or revised_us):
+            return None
+        low, high = _REVISED_MONEY
+        return _Quirks(odd, revised_us, low + (high - low) * draws[3], hidden)
 
     def _changed(self) -> None:
         self._version += 1
@@ -1552,6 +2006,7 @@ class FakeNeo:
                 max_late=live.max_late,
                 fit=False,
                 people=self._people,
+                ties=random.Random(f"{self._seed}/live/{bucket}/ties") if self._ties else None,
             )
             every = live.spike_every
             if every and math.floor(start / every) != math.floor((start - _LIVE_BUCKET) / every):
@@ -1563,6 +2018,50 @@ class FakeNeo:
         self._insert(added)
 
 
+def _shuffled_ties(
+    matched: Sequence[V], start: int, stop: int, key: Callable[[V], int], rng: random.Random
+) -> list[V]:
+    """matched[start:stop], with each run of equal keys it touches in a random order.
+
+    A run that crosses the page's edges is shuffled whole before it is cut, so that which of
+    its rows fall in this page changes from request to request. The work is the page and the
+    runs at its edges, never the whole listing.
+    """
+    stop = min(stop, len(matched))
+    if start >= stop:
+        return []
+    low, high = start, stop
+    while low > 0 and key(matched[low - 1]) == key(matched[start]):
+        low -= 1
+    while high < len(matched) and key(matched[high]) == key(matched[stop - 1]):
+        high += 1
+    segment = list(matched[low:high])
+    run = 0
+    for i in range(1, len(segment) + 1):
+        if i == len(segment) or key(segment[i]) != key(segment[run]):
+            if i - run > 1:
+                part = segment[run:i]
+                rng.shuffle(part)
+                segment[run:i] = part
+            run = i
+    return segment[start - low : stop - low]
+
+
+def _odd_bits(rng: random.Random) -> int:
+    """An odd row's ODD_KINDS bits: one picked, and each of the others with _ODD_EXTRA chance."""
+    bits = 1 << rng.randrange(len(ODD_KINDS))
+    for i in range(len(ODD_KINDS)):
+        if rng.random() < _ODD_EXTRA:
+            bits |= 1 << i
+    return bits
+
+
+def _revisable(blob: bytes) -> bool:
+    """Whether a stream can be served with one tool call and some steps less (two or more)."""
+    steps = _SCALARS.unpack_from(blob)[3]
+    return steps >= 2 and len(blob) - _CALLS_AT >= _CALL.size
+
+
 def _summarize(
     rows: Sequence[tuple[int, dict[str, Any]]], group_by: str | None, reset_us: int
 ) -> dict[str, Any]:
@@ -1572,11 +2071,11 @@ def _summarize(
         task_id = row.get("task_id")
         if isinstance(task_id, str):
             tasks.setdefault(task_id, []).append((created_us, row))
-    credits = [(created_us, _num(row.get("neo_credits"))) for created_us, row in rows]
+    credits = [(created_us, _amount_of(row.get("neo_credits"))) for created_us, row in rows]
     by_status: dict[str, int] = defaultdict(int)
     email_tasks: dict[str, int] = defaultdict(int)
     for streams in tasks.values():
-        by_status[str(streams[-1][1].get("status"))] += 1
+        by_status[_label_of(streams[-1][1].get("status"))] += 1
         email = streams[0][1].get("email")
         if isinstance(email, str):
             email_tasks[email] += 1
@@ -1584,13 +2083,13 @@ def _summarize(
     model_tasks: dict[str, set[str]] = defaultdict(set)
     email_credits: dict[str, list[float]] = defaultdict(list)
     for _, row in rows:
-        model = str(row.get("model"))
-        model_credits[model].append(_num(row.get("neo_credits")))
+        model = _label_of(row.get("model"))
+        model_credits[model].append(_amount_of(row.get("neo_credits")))
         if isinstance(row.get("task_id"), str):
             model_tasks[model].add(row["task_id"])
         if isinstance(row.get("email"), str):
-            email_credits[row["email"]].append(_num(row.get("neo_credits")))
-    byok = [row for _, row in rows if row.get("is_byok") is True]
+            email_credits[row["email"]].append(_amount_of(row.get("neo_credits")))
+    byok = [row for _, row in rows if _flag(row.get("is_byok")) is True]
     summary: dict[str, Any] = {
         "total_neo_credits": math.fsum(c for _, c in credits),
         "total_tasks": len(tasks),
@@ -1607,8 +2106,8 @@ def _summarize(
             key=lambda item: -item["neo_credits"],
         ),
         "byok": {
-            "total_llm_cost": math.fsum(_num(r.get("llm_cost")) for r in byok),
-            "total_neo_cost": math.fsum(_num(r.get("neo_cost")) for r in byok),
+            "total_llm_cost": math.fsum(_amount_of(r.get("llm_cost")) for r in byok),
+            "total_neo_cost": math.fsum(_amount_of(r.get("neo_cost")) for r in byok),
             "total_streams": len(byok),
             "total_tasks": len(
                 {r.get("task_id") for r in byok if isinstance(r.get("task_id"), str)}
@@ -1696,7 +2195,9 @@ def _control(
         ("POST", "/_fake/spike"): spike,
         ("POST", "/_fake/rows"): rows,
         ("GET", "/_fake/truth"): lambda: neo.truth(
-            _time_arg(query.get("from")), _time_arg(query.get("to"))
+            _time_arg(query.get("from")),
+            _time_arg(query.get("to")),
+            listed_only=query.get("listed_only", "").lower() in ("1", "true", "yes"),
         ).to_json(),
         ("GET", "/_fake/requests"): lambda: [r.to_json() for r in neo.requests_log],
         ("DELETE", "/_fake/requests"): clear_log,
@@ -1993,6 +2494,22 @@ def _duration(text: str) -> float:
     return float(match[1]) * _DURATION_UNITS[match[2] or "s"]
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"not a share between 0 and 1: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return int(text)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -2019,7 +2536,58 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --live-rate, a burst of expensive streams this often (0 = never)",
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument("--order", choices=("desc", "asc"), default="desc")
+    parser.add_argument(
+        "--order",
+        choices=("desc", "asc"),
+        default="desc",
+        help="direction of sort=created_at and sort=cost (desc: newest/dearest first)",
+    )
+    parser.add_argument(
+        "--from-exclusive", action="store_true", help="`from` leaves out rows created at it"
+    )
+    parser.add_argument(
+        "--to-exclusive", action="store_true", help="`to` leaves out rows created at it"
+    )
+    parser.add_argument(
+        "--page-cap",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="a page holds at most N rows whatever `limit` asks",
+    )
+    parser.add_argument(
+        "--ties",
+        action="store_true",
+        help="created_at at whole seconds, tasks started in bursts, ties shuffled per request",
+    )
+    parser.add_argument(
+        "--odd-fields",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of streams with nulls, strings and -1 where the docs show other forms",
+    )
+    parser.add_argument(
+        "--revise",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of streams first served with lower costs and counts",
+    )
+    parser.add_argument(
+        "--revise-after",
+        type=_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="with --revise, how long after it shows up a stream gets its final figures",
+    )
+    parser.add_argument(
+        "--hide",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of streams counted in totals and the summary but never listed",
+    )
     parser.add_argument("--no-cap", action="store_true", help="the user has no spending cap")
     parser.add_argument("--members", type=int, default=None, help="team members creating tasks")
     parser.add_argument(
@@ -2028,17 +2596,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; print `listening on URL` once ready."""
-    args = _parse_args(argv)
-    neo = FakeNeo(
+def _fake_of(args: argparse.Namespace) -> FakeNeo:
+    """The FakeNeo the command line asks for, before any data is added."""
+    return FakeNeo(
         seed=args.seed,
         order=args.order,
         latency=args.latency_ms / 1000,
         cap=None if args.no_cap else 500.0,
         members=args.members,
         billing=not args.no_billing,
+        from_inclusive=not args.from_exclusive,
+        to_inclusive=not args.to_exclusive,
+        page_cap=args.page_cap,
+        tie_seconds=args.ties,
+        odd_fields=args.odd_fields,
+        revise=args.revise,
+        revise_after=args.revise_after,
+        hide=args.hide,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; print `listening on URL` once ready."""
+    args = _parse_args(argv)
+    neo = _fake_of(args)
     if args.live_rate > 0:
         neo.start_live(
             args.live_rate,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.fakeapi import FakeNeo, FakeNeoServer
+from exporter.fakeapi import ODD_KINDS, FakeNeo, FakeNeoServer, _fake_of, _parse_args
 from tests.conftest import ManualClock
+from tests.processes import fake_api
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 HOUR = 3600.0
@@ -570,7 +571,12 @@ def test_truth_equals_a_hand_computed_sum(neo: FakeNeo) -> None:
     )
     neo.add_rows([a, b, c], visible_at=T0 - 10)
     neo.add_rows([row("early", T0 - 500, neo_credits=7.0)], visible_at=T0 - 10)
-    malformed = [row("negative", T0 - 20, neo_credits=-1.0), row("text", T0 - 20, step_count="2")]
+    # Rows an exporter cannot count: money that is negative or not a number, no stream_id.
+    malformed = [
+        row("negative", T0 - 20, neo_credits=-1.0),
+        row("text", T0 - 20, neo_credits="lots"),
+        row("", T0 - 20, neo_credits=1.0),
+    ]
     neo.add_rows([*malformed, "not a row"], visible_at=T0 - 10)
     neo.add_rows([row("excluded", T0 - 20, neo_credits=3.0)], visible_at=T0 - 10, in_truth=False)
     neo.add_rows([row("not-yet", T0 - 20, neo_credits=5.0)], visible_at=T0 + 10)
@@ -796,8 +802,14 @@ def test_many_concurrent_clients_and_hangups_leave_no_tracebacks(
     assert "Traceback" not in captured.err + captured.out
 
 
-def test_paging_20000_streams_costs_the_fake_little(clock: ManualClock) -> None:
-    neo = FakeNeo(seed=1, clock=clock)
+ALL_SHARES = {"tie_seconds": True, "odd_fields": 0.034, "revise": 0.1, "hide": 0.02}
+
+
+@pytest.mark.parametrize("switches", [{}, ALL_SHARES], ids=["default", "switches"])
+def test_paging_20000_streams_costs_the_fake_little(
+    clock: ManualClock, switches: dict[str, Any]
+) -> None:
+    neo = FakeNeo(seed=1, clock=clock, **switches)
     assert neo.populate(20_000, T0 - 7 * DAY, T0, late_fraction=0.0) == 20_000
     started = time.perf_counter()
     seen = 0
@@ -808,7 +820,7 @@ def test_paging_20000_streams_costs_the_fake_little(clock: ManualClock) -> None:
         assert status == 200
         seen += len(page["data"])
     elapsed = time.perf_counter() - started
-    assert seen == 20_000
+    assert seen == sum(neo.truth(listed_only=True).streams.values()) > 19_000
     assert elapsed < 5.0  # about 1.5 s on a slow CI machine; quadratic paging would take minutes
 
 
@@ -848,3 +860,569 @@ def test_python_m_exporter_fakeapi_prints_its_url_and_serves_until_sigterm() -> 
     _, err = proc.communicate(timeout=5)
     assert code == 0
     assert "Traceback" not in err
+
+
+# --- switches for what the docs leave open ----------------------------------------------------
+
+WHOLE_SECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def walk(
+    api: Api, path: str, /, step: int | None = None, **params: Any
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """Every page until has_more is false, and the totals they gave. The next offset adds
+    `step` (naive paging by limit) or, by default, the rows the page held."""
+    params.setdefault("limit", 200)
+    rows: list[dict[str, Any]] = []
+    totals: set[int] = set()
+    offset = 0
+    while True:
+        page = api.ok(path, offset=offset, **params)
+        rows.extend(page["data"])
+        totals.add(page["total"])
+        if not page["has_more"]:
+            return rows, totals
+        offset += len(page["data"]) if step is None else step
+        assert offset < 100_000, "paging never ends"
+
+
+def measured(value: Any) -> float:
+    """A served count, timing or amount as the repair rules read it (0 when not measured)."""
+    if value is None or isinstance(value, bool):
+        return 0.0
+    number = float(value)
+    return number if number >= 0 else 0.0
+
+
+@pytest.mark.parametrize("path", [STREAMS, TASKS])
+def test_a_page_cap_serves_at_most_n_rows_whatever_limit_asks(
+    clock: ManualClock, path: str
+) -> None:
+    neo = FakeNeo(seed=5, clock=clock, page_cap=7)
+    neo.generate(100, T0 - DAY, T0, late_fraction=0.0)
+    key = "stream_id" if path == STREAMS else "task_id"
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        first = api.ok(path, limit=200)
+        total = first["total"]
+        assert (len(first["data"]), first["has_more"]) == (7, True)
+        assert len(api.ok(path, limit=3)["data"]) == 3  # a smaller limit is still obeyed
+        # has_more is true while rows remain past offset + the rows served.
+        assert api.ok(path, limit=200, offset=total - 8)["has_more"] is True
+        last = api.ok(path, limit=200, offset=total - 7)
+        assert (len(last["data"]), last["has_more"], last["total"]) == (7, False, total)
+        rows, totals = walk(api, path)  # the next offset adds the rows that came back
+        assert totals == {total}
+        assert len(rows) == len({r[key] for r in rows}) == total
+        naive, _ = walk(api, path, step=20, limit=20)  # the next offset adds limit
+        assert len({r[key] for r in naive}) == len(naive) < total
+    assert sum(neo.truth().streams.values()) == 100
+
+
+def test_odd_fields_come_in_every_odd_form_and_keep_the_money(clock: ManualClock) -> None:
+    odd = FakeNeo(seed=5, clock=clock, odd_fields=0.25)
+    plain = FakeNeo(seed=5, clock=clock)
+    odd.generate(400, T0 - DAY, T0, late_fraction=0.0)
+    expected = {r["stream_id"]: r for r in plain.generate(400, T0 - DAY, T0, late_fraction=0.0)}
+    with FakeNeoServer(odd) as server:
+        api = Api(server.url)
+        served = api.all_pages(STREAMS)
+        tasks = api.all_pages(TASKS)
+    kinds: Counter[str] = Counter()
+    odd_rows = 0
+    for r in served:
+        want = expected[r["stream_id"]]
+        for name in ("neo_credits", "llm_cost", "neo_cost"):  # money keeps its value
+            assert float(r[name]) == want[name]
+            assert isinstance(r[name], float) or r[name] == repr(want[name])
+        if r == want:
+            continue
+        odd_rows += 1
+        for name in ("model", "status", "step_count", "tool_calls", "agent_triggers", "is_byok"):
+            if r[name] is None:
+                kinds[f"{name}_null"] += 1
+        if isinstance(r["is_byok"], str):
+            kinds["is_byok_string"] += 1
+            assert r["is_byok"] == str(want["is_byok"]).lower()
+        if isinstance(r["neo_credits"], str):
+            kinds["numeric_strings"] += 1
+            assert r["llm_time_ms"] in (str(want["llm_time_ms"]), -1)
+        for name, kind in (
+            ("avg_step_latency_ms", "avg_step_latency_unmeasured"),
+            ("total_execution_ms", "total_execution_unmeasured"),
+            ("llm_time_ms", "llm_time_unmeasured"),
+            ("tool_time_ms", "tool_time_unmeasured"),
+        ):
+            if r[name] == -1:
+                kinds[kind] += 1
+        if any(set(usage) == {"count", "time_ms"} for usage in r["tool_breakdown"].values()):
+            kinds["tool_breakdown_keys"] += 1
+        if "tool_call_history" not in r:
+            kinds["no_tool_call_history"] += 1
+        assert (r["stream_id"], r["created_at"], r["task_id"]) == (
+            want["stream_id"],
+            want["created_at"],
+            want["task_id"],
+        )
+    assert set(kinds) == set(ODD_KINDS), kinds
+    assert 0.15 < odd_rows / 400 < 0.35
+
+    # The truth counts every row, with the money of the same seed without the switch...
+    truth, plain_truth = odd.truth(), plain.truth()
+    assert sum(truth.streams.values()) == 400
+    for name in ("credits", "llm_cost", "neo_cost"):
+        assert math.fsum(getattr(truth, name).values()) == pytest.approx(
+            math.fsum(getattr(plain_truth, name).values()), rel=1e-12
+        )
+    assert {"unknown"} <= {k[0] for k in truth.streams} & {k[1] for k in truth.streams}
+    assert {"true", "false", "unknown"} == {k[2] for k in truth.streams}
+    # ... and each count or timing as the repair rules read what was served.
+    for name, field, divisor in (
+        ("steps", "step_count", 1),
+        ("tool_calls", "tool_calls", 1),
+        ("agent_triggers", "agent_triggers", 1),
+        ("llm_time_seconds", "llm_time_ms", 1000),
+        ("tool_time_seconds", "tool_time_ms", 1000),
+        ("execution_time_seconds", "total_execution_ms", 1000),
+    ):
+        got = math.fsum(getattr(truth, name).values())
+        assert got == pytest.approx(math.fsum(measured(r[field]) for r in served) / divisor)
+        assert got < math.fsum(getattr(plain_truth, name).values()), name
+    latency = [
+        (float(r["avg_step_latency_ms"]), float(r["step_count"]))
+        for r in served
+        if measured(r["avg_step_latency_ms"]) or r["avg_step_latency_ms"] in (0, "0")
+        if r["step_count"] is not None
+    ]
+    assert math.fsum(truth.step_latency_steps.values()) == math.fsum(s for _, s in latency)
+    assert math.fsum(truth.step_latency_seconds.values()) == pytest.approx(
+        math.fsum(a * s / 1000 for a, s in latency)
+    )
+    per_tool = 0
+    for r in served:
+        if r.get("tool_call_history"):
+            per_tool += len(r["tool_call_history"])
+        else:
+            per_tool += sum(u.get("calls", 0) for u in r["tool_breakdown"].values())
+    assert sum(truth.tool_calls_by_tool.values()) == per_tool
+
+    # Task rows carry the oddities of their streams; their sums read strings as numbers.
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in sorted(served, key=lambda s: s["created_at"]):
+        by_task[s["task_id"]].append(s)
+    for task in tasks:
+        parts = by_task[task["task_id"]]
+        assert (task["model"], task["is_byok"]) == (parts[0]["model"], parts[0]["is_byok"])
+        assert task["status"] == parts[-1]["status"]
+        for name in ("neo_credits", "step_count", "total_execution_ms"):
+            assert float(task[name]) == pytest.approx(math.fsum(measured(p[name]) for p in parts))
+            assert isinstance(task[name], str) == any(isinstance(p[name], str) for p in parts)
+
+
+def test_the_truth_follows_the_repair_rules(neo: FakeNeo) -> None:
+    a = row(
+        "a",
+        T0 - 50,
+        model=None,
+        status="COMPLETED",
+        is_byok="true",
+        neo_credits="0.5",
+        step_count="3",
+        tool_calls=None,
+        agent_triggers=1,
+        llm_time_ms=-1,
+        tool_time_ms="700",
+        total_execution_ms=2500,
+        avg_step_latency_ms="100",
+        agent_breakdown={"planner": 1, "recon": -1},
+        # History wins over a breakdown whose inner keys are not the guessed ones.
+        tool_breakdown={"httpx": {"count": 2, "time_ms": 700}},
+        tool_call_history=[call("httpx", 300, 0), call("httpx", 400, 1)],
+    )
+    b = row(
+        "b",
+        T0 - 40,
+        status=None,
+        is_byok=None,
+        llm_cost=0.25,
+        neo_cost="0.05",
+        step_count=None,
+        tool_calls=1,
+        agent_triggers="2",
+        avg_step_latency_ms=200,
+        total_execution_ms=-1,
+        agent_breakdown={"planner": "2"},
+        # No history: the breakdown entries with calls and duration_ms count, the other not.
+        tool_breakdown={
+            "nuclei": {"calls": 1, "duration_ms": 250},
+            "dnsx": {"count": 1, "time_ms": 9},
+        },
+        tool_call_history=[],
+    )
+    c = {"stream_id": "c", "created_at": iso(T0 - 30), "neo_credits": 1.0}  # only what counts
+    uncountable = [
+        {"stream_id": "d", "created_at": "yesterday", "neo_credits": 5.0},
+        {"created_at": iso(T0 - 30), "neo_credits": 5.0},
+        row("e", T0 - 30, neo_credits="lots"),
+        row("f", T0 - 30, llm_cost=-0.5),
+    ]
+    neo.add_rows([a, b, c, *uncountable], visible_at=T0 - 10)
+    truth = neo.truth(T0 - 100, T0)
+    ka, kb, kc = (
+        ("unknown", "completed", "true"),
+        ("m1", "unknown", "unknown"),
+        ("unknown", "unknown", "unknown"),
+    )
+    assert truth.streams == {ka: 1, kb: 1, kc: 1}
+    assert truth.credits == {ka: 0.5, kb: 0.0, kc: 1.0}
+    assert truth.llm_cost == {ka: 0.0, kb: 0.25, kc: 0.0}
+    assert truth.neo_cost == {ka: 0.0, kb: 0.05, kc: 0.0}
+    assert truth.steps == {ka: 3, kb: 0, kc: 0}
+    assert truth.tool_calls == {ka: 0, kb: 1, kc: 0}
+    assert truth.agent_triggers == {ka: 1, kb: 2, kc: 0}
+    assert truth.llm_time_seconds == {ka: 0.0, kb: 0.0, kc: 0.0}
+    assert truth.tool_time_seconds == {ka: 0.7, kb: 0.0, kc: 0.0}
+    assert truth.execution_time_seconds == {ka: 2.5, kb: 0.0, kc: 0.0}
+    assert truth.step_latency_seconds == {ka: pytest.approx(0.3), kb: 0.0, kc: 0.0}
+    assert truth.step_latency_steps == {ka: 3, kb: 0, kc: 0}
+    assert truth.agent_triggers_by_agent == {"planner": 3}
+    assert truth.tool_calls_by_tool == {"httpx": 2, "nuclei": 1}
+    assert truth.tool_time_by_tool_seconds == {"httpx": 0.7, "nuclei": 0.25}
+    assert truth.tool_call_history == {"httpx": (2, pytest.approx(0.7))}
+    assert truth.stream_duration == {"unknown": (1, 2.5)}
+    assert truth.step_latency == {"unknown": (1, 0.1), "m1": (1, 0.2)}
+    as_json = truth.to_json()
+    assert ["unknown", "completed", "true", pytest.approx(0.3)] in as_json["step_latency_seconds"]
+    assert ["unknown", "completed", "true", 3] in as_json["step_latency_steps"]
+    assert neo.truth(T0 - 100, T0 - 60).to_json()["step_latency_steps"] == []
+
+
+def test_a_revised_stream_is_served_lower_first_then_final_after_revise_after(
+    clock: ManualClock,
+) -> None:
+    after = 2 * HOUR
+    neo = FakeNeo(seed=5, clock=clock, revise=0.4, revise_after=after)
+    plain = FakeNeo(seed=5, clock=clock)
+    neo.generate(150, T0 - HOUR, T0, late_fraction=0.0)
+    plain.generate(150, T0 - HOUR, T0, late_fraction=0.0)
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        first = {r["stream_id"]: r for r in api.all_pages(STREAMS)}
+        first_tasks = api.all_pages(TASKS)
+        first_summary = api.ok(SUMMARY)
+        truth_first = neo.truth()
+        clock.advance(after)
+        final = {r["stream_id"]: r for r in api.all_pages(STREAMS)}
+        final_tasks = api.all_pages(TASKS)
+        final_summary = api.ok(SUMMARY)
+    revised = [i for i in first if first[i] != final[i]]
+    assert 0.3 < len(revised) / 150 < 0.5
+    for stream_id in revised:
+        before, now = first[stream_id], final[stream_id]
+        for name in ("stream_id", "task_id", "created_at", "model", "status", "is_byok"):
+            assert before[name] == now[name], name
+        assert now["neo_credits"] + now["llm_cost"] > before["neo_credits"] + before["llm_cost"]
+        assert now["neo_cost"] >= before["neo_cost"]
+        assert now["step_count"] > before["step_count"]
+        assert now["tool_calls"] == before["tool_calls"] + 1
+        assert now["tool_call_history"][:-1] == before["tool_call_history"]
+        assert now["tool_time_ms"] == (
+            before["tool_time_ms"] + now["tool_call_history"][-1]["duration_ms"]
+        )
+        for name in ("llm_time_ms", "total_execution_ms", "avg_step_latency_ms"):
+            assert before[name] == now[name], name
+    # The truth follows the version served: first the lower one, then the final one, which is
+    # what the same seed has without the switch.
+    assert math.fsum(truth_first.credits.values()) == pytest.approx(
+        math.fsum(r["neo_credits"] for r in first.values())
+    )
+    assert truth_first == neo.truth(now=T0)
+    assert neo.truth() == plain.truth()
+    assert math.fsum(neo.truth().credits.values()) > math.fsum(truth_first.credits.values())
+    assert sum(neo.truth().tool_calls.values()) == sum(truth_first.tool_calls.values()) + len(
+        revised
+    )
+    # Tasks and the summary serve the version of the moment too.
+    for tasks, streams in ((first_tasks, first), (final_tasks, final)):
+        for task in tasks:
+            parts = [s for s in streams.values() if s["task_id"] == task["task_id"]]
+            assert task["neo_credits"] == pytest.approx(math.fsum(p["neo_credits"] for p in parts))
+            assert task["tool_calls"] == sum(p["tool_calls"] for p in parts)
+    for summary, streams in ((first_summary, first), (final_summary, final)):
+        assert summary["total_neo_credits"] == pytest.approx(
+            math.fsum(s["neo_credits"] for s in streams.values())
+        )
+    # The switch is revise_after after the stream became visible (when its execution ended).
+    one = final[revised[0]]
+    visible = (
+        datetime.fromisoformat(one["created_at"]).timestamp() + one["total_execution_ms"] / 1000
+    )
+    steps_at = {t: neo.truth(now=t).steps for t in (visible + after - 0.001, visible + after)}
+    lower, higher = steps_at.values()
+    assert sum(higher.values()) - sum(lower.values()) == (
+        one["step_count"] - first[revised[0]]["step_count"]
+    )
+
+
+def test_tied_times_come_at_whole_seconds_in_bursts_and_in_a_fresh_order_each_request(
+    clock: ManualClock,
+) -> None:
+    neo = FakeNeo(seed=5, clock=clock, tie_seconds=True)
+    held = neo.generate(1000, T0 - DAY, T0, late_fraction=0.0)
+    plain = FakeNeo(seed=5, clock=clock).generate(1000, T0 - DAY, T0, late_fraction=0.0)
+    # Only the times differ from the same seed without the switch.
+    assert sorted((r["stream_id"], r["neo_credits"], r["llm_cost"]) for r in held) == sorted(
+        (r["stream_id"], r["neo_credits"], r["llm_cost"]) for r in plain
+    )
+    per_second = Counter(r["created_at"] for r in held)
+    assert all(WHOLE_SECOND.match(at) for at in per_second)
+    assert sum(n for n in per_second.values() if n >= 2) >= len(held) / 3
+    assert max(per_second.values()) >= 5
+    busiest, size = per_second.most_common(1)[0]
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        # The same page twice: the same rows, in another order.
+        orders = [
+            tuple(
+                r["stream_id"] for r in api.ok(STREAMS, **{"from": busiest, "to": busiest})["data"]
+            )
+            for _ in range(4)
+        ]
+        assert all(len(o) == size and set(o) == set(orders[0]) for o in orders)
+        assert len(set(orders)) > 1
+        # Filters and sorting use the truncated time.
+        second = datetime.fromisoformat(busiest).timestamp()
+        assert api.ok(STREAMS, **{"from": iso(second + 0.5), "to": iso(second + 0.9)})["total"] == 0
+        assert api.ok(STREAMS, **{"from": iso(second), "to": iso(second + 0.9)})["total"] == size
+        assert sum(neo.truth(second, second).streams.values()) == size
+        assert neo.truth(second + 0.5, second + 0.9).streams == {}
+        page = api.ok(STREAMS, limit=200)["data"]
+        assert [r["created_at"] for r in page] == sorted(
+            (r["created_at"] for r in page), reverse=True
+        )
+        # Naive offset paging misses some streams (and repeats others) across page edges.
+        naive, totals = walk(api, STREAMS, step=5, limit=5)
+        assert totals == {1000} == {sum(neo.truth().streams.values())}
+        assert len(naive) == 1000
+        assert len({r["stream_id"] for r in naive}) < 1000
+        # Tasks: their first stream's truncated time, ties shuffled as well.
+        tasks = api.all_pages(TASKS)
+        task_seconds = Counter(t["created_at"] for t in tasks)
+        assert all(WHOLE_SECOND.match(at) for at in task_seconds)
+        tied, count = task_seconds.most_common(1)[0]
+        assert count >= 5
+        task_orders = {
+            tuple(t["task_id"] for t in api.ok(TASKS, **{"from": tied, "to": tied})["data"])
+            for _ in range(4)
+        }
+        assert len(task_orders) > 1
+        naive_tasks, _ = walk(api, TASKS, step=5, limit=5)
+        assert len({t["task_id"] for t in naive_tasks}) < len(tasks)
+
+
+def test_tie_orders_are_reproducible_from_the_seed(clock: ManualClock) -> None:
+    def pages() -> list[tuple[str, ...]]:
+        neo = FakeNeo(seed=8, clock=clock, tie_seconds=True)
+        neo.generate(300, T0 - HOUR, T0, late_fraction=0.0)
+        return [
+            tuple(
+                r.get("stream_id", r["task_id"])
+                for r in neo.handle("GET", path, {"limit": "7", "offset": str(o)}, ADMIN)[1]["data"]
+            )
+            for path in (STREAMS, TASKS)
+            for o in range(0, 300, 7)
+        ]
+
+    first = pages()
+    assert first == pages()
+    assert len({i for page in first[:43] for i in page}) < 300  # ties were shuffled
+
+
+def test_oldest_first_applies_to_streams_and_tasks(clock: ManualClock) -> None:
+    neo = FakeNeo(seed=5, clock=clock, order="asc")
+    neo.generate(200, T0 - DAY, T0, late_fraction=0.0)
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        for path in (STREAMS, TASKS):
+            created = [r["created_at"] for r in api.all_pages(path)]
+            assert created == sorted(created) and created[0] < created[-1], path
+        costs = [r["neo_credits"] + r["llm_cost"] for r in api.all_pages(STREAMS, sort="cost")]
+        assert costs == sorted(costs)
+
+
+def test_from_and_to_can_each_be_exclusive(clock: ManualClock) -> None:
+    hand_made = [row(f"s{i}", T0 - 10 + i) for i in range(5)]  # created T0-10 .. T0-6
+    for from_inclusive, to_inclusive, expected in (
+        (False, True, {"s2", "s3"}),
+        (False, False, {"s2"}),
+    ):
+        neo = FakeNeo(clock=clock, from_inclusive=from_inclusive, to_inclusive=to_inclusive)
+        neo.add_rows(hand_made, visible_at=T0 - 1)
+        with FakeNeoServer(neo) as server:
+            api = Api(server.url)
+            span = {"from": iso(T0 - 9), "to": iso(T0 - 7)}
+            assert {r["stream_id"] for r in api.all_pages(STREAMS, **span)} == expected
+            assert {r["task_id"] for r in api.all_pages(TASKS, **span)} == {
+                f"task-{s}" for s in expected
+            }
+
+
+def test_hidden_streams_count_in_totals_and_the_summary_but_are_never_listed(
+    clock: ManualClock,
+) -> None:
+    neo = FakeNeo(seed=5, clock=clock, hide=0.1)
+    held = neo.generate(400, T0 - 2 * DAY, T0, late_fraction=0.0)
+    span = {"from": iso(T0 - DAY), "to": iso(T0)}
+    in_span = [r for r in held if r["created_at"] >= span["from"]]
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        listed, totals = walk(api, STREAMS, limit=50, **span)
+        summary = api.ok(SUMMARY, **span)
+        one = api.ok(STREAMS, limit=1, **span)
+        tasks = api.all_pages(TASKS)
+        all_listed, _ = walk(api, STREAMS)
+        control = requests.Session()
+        books_json = control.get(f"{server.url}/_fake/truth", params=span).json()
+        listed_json = control.get(
+            f"{server.url}/_fake/truth", params={**span, "listed_only": "1"}
+        ).json()
+    hidden = len(in_span) - len(listed)
+    assert 0 < hidden < 0.2 * len(in_span)
+    assert totals == {one["total"]} == {len(in_span)}  # total counts the hidden ones
+    assert len({r["stream_id"] for r in listed}) == len(listed)
+    books = neo.truth(T0 - DAY, T0)
+    only_listed = neo.truth(T0 - DAY, T0, listed_only=True)
+    assert sum(books.streams.values()) == len(in_span)
+    assert sum(only_listed.streams.values()) == len(listed)
+    listed_credits = math.fsum(r["neo_credits"] for r in listed)
+    assert summary["total_neo_credits"] == pytest.approx(math.fsum(books.credits.values()))
+    assert summary["total_neo_credits"] > listed_credits
+    assert math.fsum(only_listed.credits.values()) == pytest.approx(listed_credits)
+    # The listed-only truth is the truth of exactly the rows paging got.
+    copy = FakeNeo(clock=clock)
+    copy.add_rows(listed, visible_at=T0)
+    assert copy.truth() == only_listed
+    assert books_json == books.to_json() and listed_json == only_listed.to_json()
+    # A task's sums leave its hidden streams out; a task with none listed is not listed.
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in all_listed:
+        by_task[s["task_id"]].append(s)
+    assert {t["task_id"] for t in tasks} == set(by_task) < {r["task_id"] for r in held}
+    for task in tasks:
+        parts = by_task[task["task_id"]]
+        assert task["stream_count"] == len(parts)
+        assert task["neo_credits"] == pytest.approx(math.fsum(p["neo_credits"] for p in parts))
+
+
+def test_all_switches_together_are_deterministic_from_the_seed(clock: ManualClock) -> None:
+    switches: dict[str, Any] = {
+        "page_cap": 9,
+        "tie_seconds": True,
+        "odd_fields": 0.1,
+        "revise": 0.2,
+        "revise_after": 60.0,
+        "hide": 0.05,
+        "order": "asc",
+    }
+
+    def run() -> tuple[list[Any], Any, Any]:
+        neo = FakeNeo(seed=3, clock=clock, **switches)
+        neo.generate(500, T0 - DAY, T0, late_fraction=0.1)
+        answers = [
+            neo.handle("GET", path, {"limit": "50", "offset": str(offset)}, ADMIN)
+            for path in (STREAMS, TASKS, SUMMARY)
+            for offset in (0, 9, 18)
+        ]
+        return answers, neo.truth(), neo.truth(listed_only=True)
+
+    first = run()
+    assert first == run()
+    answers, books, listed = first
+    page = answers[0][1]
+    assert len(page["data"]) == 9 and page["has_more"] and page["total"] == 500
+    assert sum(books.streams.values()) > sum(listed.streams.values())
+
+
+def test_the_command_line_reaches_every_switch() -> None:
+    args = _parse_args(
+        [
+            "--page-cap",
+            "25",
+            "--odd-fields",
+            "0.034",
+            "--revise",
+            "0.1",
+            "--revise-after",
+            "5s",
+            "--ties",
+            "--hide",
+            "0.02",
+            "--order",
+            "asc",
+            "--from-exclusive",
+            "--to-exclusive",
+        ]
+    )
+    neo = _fake_of(args)
+    assert (args.page_cap, args.odd_fields, args.revise, args.revise_after, args.hide) == (
+        25,
+        0.034,
+        0.1,
+        5.0,
+        0.02,
+    )
+    assert args.ties and neo.order == "asc" and not neo.to_inclusive
+    assert (neo._page_cap, neo._ties, neo._odd_fields, neo._revise, neo._hide) == (
+        25,
+        True,
+        0.034,
+        0.1,
+        0.02,
+    )
+    assert (neo._revise_after_us, neo._from_inclusive) == (5_000_000, False)
+    defaults = _fake_of(_parse_args([]))
+    assert (defaults._page_cap, defaults._ties, defaults._odd_fields) == (None, False, 0.0)
+    assert (defaults._revise, defaults._hide, defaults.order) == (0.0, 0.0, "desc")
+    assert defaults.to_inclusive and defaults._from_inclusive
+    for bad in (["--page-cap", "0"], ["--odd-fields", "1.5"], ["--hide", "x"]):
+        with pytest.raises(SystemExit):
+            _parse_args(bad)
+    helped = subprocess.run(
+        [sys.executable, "-m", "exporter.fakeapi", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    for flag in (
+        "--page-cap",
+        "--odd-fields",
+        "--revise",
+        "--revise-after",
+        "--ties",
+        "--hide",
+        "--order",
+        "--from-exclusive",
+        "--to-exclusive",
+    ):
+        assert flag in helped.stdout, flag
+
+
+def test_the_process_serves_the_switches_and_the_truth_of_a_period() -> None:
+    switches = ("--page-cap", "7", "--ties", "--hide", "0.3", "--odd-fields", "0.2")
+    with fake_api(*FAKE_ARGS, *switches) as (_, url):
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        page = requests.get(url + STREAMS, params={"limit": 200}, headers=headers, timeout=5)
+        body = page.json()
+        assert (len(body["data"]), body["has_more"], body["total"]) == (7, True, 60)
+        assert all(WHOLE_SECOND.match(r["created_at"]) for r in body["data"])
+        books = requests.get(url + "/_fake/truth", timeout=5).json()
+        listed = requests.get(url + "/_fake/truth", params={"listed_only": "1"}, timeout=5).json()
+        assert sum(n for *_, n in books["streams"]) == 60
+        assert 0 < sum(n for *_, n in listed["streams"]) < 60
+        assert "step_latency_seconds" in books and "step_latency_steps" in books
+        now = time.time()
+        period = {"from": iso(now - 3 * HOUR), "to": iso(now - HOUR)}
+        older = requests.get(url + "/_fake/truth", params=period, timeout=5).json()
+        assert 0 < sum(n for *_, n in older["streams"]) < 60
