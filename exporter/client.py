@@ -418,9 +418,11 @@ class Listing:
             reported,
         )
         budget = max(MIN_REPAIR_REQUESTS, REPAIR_FACTOR * self._pages_done)
-        spent, complete = yield from self._repair(found, budget)
+        spent, _ = yield from self._repair(found, budget)
+        # Complete only if nothing is missing now: a span read whole whose `total` still
+        # counts rows it never lists (or rows without an id or a time) stays short.
         held = found(self.start, self.end)
-        self.outcome = ReadOutcome(complete, reported, held, spent)
+        self.outcome = ReadOutcome(held >= reported, reported, held, spent)
 
     # --- the first pass: every offset ----------------------------------------------------
 
@@ -519,7 +521,7 @@ class Listing:
             open_spans = []
             for span, page in sorted(heads):
                 if not page.has_more:
-                    continue  # read whole in one page
+                    continue  # read whole in one page: nothing more to be had from it
                 if page.total is not None and found(*span) >= page.total:
                     continue
                 if span[1] - span[0] <= MIN_SLICE:

@@ -783,8 +783,9 @@ def _generate(
     """Streams grouped in tasks of 1-4, created in [start, end].
 
     With fit, a task's streams all finish by end (durations shrink if the span is too short), so
-    that every row not picked as late is visible at end; without it (live traffic), tasks start
-    anywhere in the span and finish when they finish. With `ties` (an RNG of its own, so that
+    that every row not picked as late is visible at end, and the late ones up to max_late after
+    end; without it (live traffic), tasks start anywhere in the span and finish when they
+    finish, the late ones up to max_late after that. With `ties` (an RNG of its own, so that
     the rows are otherwise the same), tasks start in bursts of 1 to 30 that share a second.
     """
     start_ms = math.ceil(start * 1000)
@@ -822,7 +823,10 @@ def _generate(
             ended_us = (cursor + shape.total_ms) * 1000
             late = rng.random() < late_fraction
             if late:
-                ended_us += round(rng.uniform(0.1, 1.0) * max_late * 1_000_000)
+                # History's late rows show up after the span's end, whenever they were
+                # created: as rows still arriving when an exporter starts on it.
+                after_us = max(ended_us, end_ms * 1000) if fit else ended_us
+                ended_us = after_us + round(rng.uniform(0.1, 1.0) * max_late * 1_000_000)
             out.append(_make_stream(rng, task, shape, created_ms=cursor, visible_us=ended_us))
             cursor += shape.total_ms + gap
     return out
@@ -1127,8 +1131,8 @@ UNKNOWN = "unknown"  # the label value of a model, status or is_byok that is not
 
 def _countable(row: object) -> bool:
     """Whether a row is one an exporter must count (the truth skips the others): an object
-    with a `stream_id`, a parsable `created_at`, and money that is absent, null or a number
-    >= 0 (or a string of one). Everything else in it is repaired field by field."""
+    with a `stream_id` and a parsable `created_at`. Everything else in it is repaired field
+    by field; money that is negative or not a number is absent (0) for that field only."""
     if not isinstance(row, dict):
         return False
     stream_id = row.get("stream_id")
@@ -1136,7 +1140,6 @@ def _countable(row: object) -> bool:
         isinstance(stream_id, str)
         and bool(stream_id)
         and _parse_iso_us(row.get("created_at")) is not None
-        and all(row.get(f) is None or _measure(row[f]) is not None for f in _MONEY_FIELDS)
     )
 
 
@@ -1417,7 +1420,7 @@ class FakeNeo:
         them now (hidden ones too; revised ones in their version of the moment).
 
         A stream becomes visible when its execution ends, which is by `end` except for
-        `late_fraction` of them, which show up to `max_late` seconds later.
+        `late_fraction` of them, which show up to `max_late` seconds after `end`.
         """
         with self._lock:
             at = self._now_at()

@@ -305,11 +305,14 @@ class AccountPoller:
             self._sweep_needed = False
         self._set_catching_up()
         slice_length: float | None = None
+        first = True
         while cursor < sweep_to:
             if self._stop.is_set():
                 return False
-            if until is not None and self._clock() >= until:
+            # A slice per poll at least, however long the other reads took: never starved.
+            if not first and until is not None and self._clock() >= until:
                 return True  # the incremental read is due: the sweep resumes after it
+            first = False
             # Rows older than the window have left it while the sweep was paused.
             cursor = max(cursor, self._clock() - self._polling.window)
             end = sweep_to

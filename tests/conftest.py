@@ -29,6 +29,8 @@ STREAM_TRUTH = {
     "llm_time_seconds": "neo_llm_time_seconds_total",
     "tool_time_seconds": "neo_tool_time_seconds_total",
     "execution_time_seconds": "neo_execution_time_seconds_total",
+    "step_latency_seconds": "neo_step_latency_seconds_total",
+    "step_latency_steps": "neo_step_latency_steps_total",
 }
 BY_LABEL_TRUTH = {
     "agent_triggers_by_agent": ("neo_agent_triggers_by_agent_total", "agent"),

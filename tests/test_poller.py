@@ -396,16 +396,24 @@ def test_a_long_read_logs_progress_with_an_estimate_of_the_time_left(
 
 
 def test_counters_are_published_only_once_the_first_window_read_is_complete(
-    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+    neo: FakeNeo,
+    fake: FakeNeoServer,
+    make_exporter: Any,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     neo.generate(300, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
     exporter = make_exporter(make_config(fake.url))
     poller = exporter.pollers[0]
-    # The incremental read runs; the sweep is already out of time and waits for the next poll.
+    # Slices of 100 rows: one slice per poll when the next poll is already due.
+    monkeypatch.setattr(poller_module, "SLICE_ROWS", 100)
     assert poller.poll_streams(until=clock())
     samples = scrape(exporter.registry)
     assert select(samples, "neo_streams_total") == {}
     assert sample(samples, "neo_exporter_catching_up", account="acme") == 1
+    for _ in range(2):  # three slices read, none published yet
+        assert poller.poll_streams(until=clock())
+    assert select(scrape(exporter.registry), "neo_streams_total") == {}
     assert poller.poll_streams()
     samples = scrape(exporter.registry)
     assert truth_mismatches(samples, neo.truth(), "acme") == []
