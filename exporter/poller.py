@@ -32,7 +32,7 @@ from exporter.models import (
     parse_task,
 )
 from exporter.snapshot import EndpointHealth, ReadProgress, SnapshotStore
-from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS, State
+from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS, State, StateError
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,12 @@ class AccountPoller:
         clock: Callable[[], float] = time.time,
         top_tasks: int = 0,
         task_emails: bool = False,
+        task_titles: bool = True,
     ) -> None:
         self.name = account.name
         self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
         self._task_emails = task_emails
+        self._task_titles = task_titles
         self._polling = polling
         self._state = state
         self._client = client
@@ -202,6 +204,9 @@ class AccountPoller:
             return False
         except ApiError as exc:
             self._failed("streams", plan.kind, exc)
+            return False
+        except StateError as exc:  # the state cannot be written: reported, not a traceback
+            self._failed("streams", plan.kind, ApiError(str(exc)))
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s streams read failed unexpectedly", self.name)
@@ -289,7 +294,7 @@ class AccountPoller:
             "to": format_timestamp(now),
         }
         skips = _SkipLog(self.name, "tasks", self._metrics)
-        top = TopTasks(self._top_tasks, emails=self._task_emails)
+        top = TopTasks(self._top_tasks, emails=self._task_emails, titles=self._task_titles)
         try:
             for page in self._client.pages(TASKS_PATH, params, "tasks"):
                 tasks: list[TaskRecord] = []
@@ -308,6 +313,9 @@ class AccountPoller:
             return False
         except ApiError as exc:
             self._failed("tasks", "tasks", exc)
+            return False
+        except StateError as exc:
+            self._failed("tasks", "tasks", ApiError(str(exc)))
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s tasks read failed unexpectedly", self.name)
