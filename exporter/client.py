@@ -137,6 +137,8 @@ class NeoClient:
         self._on_retry = on_retry or (lambda endpoint, reason: None)
         self._pause_until = 0.0
         self._pause_lock = threading.Lock()
+        # What the last failed attempt ran into, while retrying (for --once's progress).
+        self.last_failure: str | None = None
         self._session = requests.Session()
         # Every request holds a slot while on the wire, so `concurrency` connections are all
         # the pool ever needs at once (a smaller pool would drop kept-alive connections).
@@ -211,6 +213,7 @@ class NeoClient:
                         f"{endpoint}: HTTP {status} from {self._host}{path} (not retried)",
                         status=status,
                     )
+            self.last_failure = cause
             if attempt >= self._http.max_retries or not budget.take():
                 attempts = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
                 raise ApiError(f"{endpoint}: gave up after {attempts} (last: {cause})")
