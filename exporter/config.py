@@ -189,6 +189,8 @@ class WebConfig:
     # Connections served at once, each by its own thread; beyond it, new connections wait
     # in the listen queue, and one still waiting for its request head is closed first.
     max_connections: int = 64
+    # Where this repository's docs/ folder is published: the landing page links there.
+    docs_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,16 @@ def _to_base_url(value: object) -> str:
     return text.rstrip("/")
 
 
+def _to_docs_url(value: object) -> str:
+    text = _to_str(value)
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        raise ValueError(f"expected an http(s) URL, got {_describe(text)}")
+    return text.rstrip("/")
+
+
 def _to_auth_header(value: object) -> str:
     text = _to_str(value).lower()
     if text not in AUTH_HEADERS:
@@ -741,6 +753,7 @@ def _web(reader: _Reader, value: object) -> WebConfig:
         max_connections=reader.integer(
             section, "web", "max_connections", default.max_connections, low=1, high=MAX_CONNECTIONS
         ),
+        docs_url=reader.get(section, "web", "docs_url", _to_docs_url, default.docs_url),
     )
 
 

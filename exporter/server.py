@@ -672,7 +672,7 @@ def _spend_cells(account: AccountSnapshot, config: Config | None) -> list[Cell]:
     for task in account.top_tasks[:TOP_TASKS_SHOWN]:
         title = f" {task.title}" if task.title else ""
         tops.append(f"#{task.rank} {task.credits:,.1f}:{title} (task {task.task_id})")
-    top_cell = Cell("; ".join(tops) if tops else "none yet")
+    top_cell = Cell("\n".join(tops) if tops else "none yet")
     return [window, cap_cell, left_cell, top_cell]
 
 
@@ -684,7 +684,8 @@ def _thresholds_of(name: str, config: Config | None) -> AlertThresholds | None:
 
 def _td(cell: Cell) -> str:
     level = f' class="{cell.level}"' if cell.level else ""
-    return f"<td{level}>{html.escape(cell.text)}</td>"
+    text = "<br>".join(html.escape(line) for line in cell.text.split("\n"))
+    return f"<td{level}>{text}</td>"
 
 
 def _config_rows(config: Config, state_path: str) -> list[tuple[str, str]]:
@@ -780,9 +781,10 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
     if state is None:
         state_cell = Cell("")
     elif state.writable:
-        state_cell = Cell(f"{state.path}: writable, {snapshot.state_bytes:,} bytes", "up")
+        state_cell = Cell(f"{state.path} (writable, {snapshot.state_bytes:,} bytes)", "up")
     else:
-        state_cell = Cell(f"{state.path}: CANNOT BE WRITTEN: {state.error}", "down")
+        since = "" if state.since is None else f" since {_utc(state.since)}"
+        state_cell = Cell(f"{state.path} CANNOT BE WRITTEN{since}: {state.error}", "down")
     config_html = ""
     if config is not None:
         rows = _config_rows(config, state.path if state is not None else config.state.path)
@@ -800,7 +802,18 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
             + "</table><table><tr><th>account</th><th>API</th><th>auth header</th>"
             + f"<th>alert thresholds</th></tr>{accounts}</table>"
         )
-    docs = "".join(f"<li><code>docs/{name}</code>: {html.escape(what)}</li>" for name, what in DOCS)
+    base = config.web.docs_url if config is not None else ""
+    docs = "".join(
+        f'<li><a href="{html.escape(base)}/{name}">docs/{name}</a>: {html.escape(what)}</li>'
+        if base
+        else f"<li><code>docs/{name}</code>: {html.escape(what)}</li>"
+        for name, what in DOCS
+    )
+    where = (
+        f"Published at {html.escape(base)}:"
+        if base
+        else "In the neo-exporter repository (set <code>web.docs_url</code> to link them here):"
+    )
     started = "" if page.started is None else f", started {_utc(page.started)}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -832,6 +845,6 @@ refreshes every {REFRESH_SECONDS}s.</p>
 <table><tr><th>state file</th>{_td(state_cell)}</tr></table>
 {config_html}
 <h2>Documentation</h2>
-<p>In the neo-exporter repository:</p><ul>{docs}</ul>
+<p>{where}</p><ul>{docs}</ul>
 </body></html>
 """
