@@ -785,3 +785,27 @@ def test_service_monitor_scrapes_the_service_as_the_job_the_alerts_expect(
         text = "".join(path.read_text() for path in RULES_DIR.glob("*.rules.yml"))
         wanted = set(re.findall(r'job="([^"]+)"', text))
         assert wanted <= {job}, f"the rules select job {wanted}, the ServiceMonitor gives {job}"
+
+
+def test_prometheus_rule_runbook_links_take_the_base_url_set_once_in_the_values(
+    helm: ModuleType,
+) -> None:
+    base = "https://wiki.example.com/neo-exporter/docs"
+    values = {**VALUE_SETS["prometheus-operator"], "prometheusRule": {"enabled": True}}
+    needs_rules(values)
+    values["prometheusRule"]["runbookBaseUrl"] = base + "/"
+    rule = one(render(helm, values), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        expected = f"{base}/dashboards.md#{alert['alert'].lower()}"
+        assert alert["annotations"]["runbook_url"] == expected
+    # Everything else is as shipped.
+    shipped = shipped_rule_groups()
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            item.get("annotations", {}).pop("runbook_url", None)
+    for group in shipped:
+        for item in group["rules"]:
+            item.get("annotations", {}).pop("runbook_url", None)
+    assert rule["spec"]["groups"] == shipped
