@@ -69,6 +69,7 @@ STOP_TIMEOUT = 3.0
 # it is waiting for.
 ONCE_TIMEOUT = 600.0
 ONCE_PROGRESS_EVERY = 5.0
+ONCE_STOP_GRACE = 1.0  # seconds before --once.timeout at which the reads are stopped
 ONCE_STATES = ("temp", "live")
 
 
@@ -234,15 +235,21 @@ def run_once(
     stop: threading.Event,
     *,
     timeout: float = ONCE_TIMEOUT,
+    started: float | None = None,
     progress_every: float = ONCE_PROGRESS_EVERY,
 ) -> OnceResult:
     """Read the whole window of every account once, the accounts side by side.
 
     Each account's streams and tasks (one thread) and its account-level endpoints (another)
     are read at the same time as every other account's. Every `progress_every` seconds a log
-    line says what is still being waited for; past `timeout` the reads are stopped and what
-    was read is returned, not ok.
+    line says what is still being waited for. The whole run, from `started` (monotonic; now
+    if not given), ends within `timeout`: the reads are stopped a little before it, so that
+    what was read can still be returned (not ok).
     """
+    started = time.monotonic() if started is None else started
+    deadline = started + timeout
+    # Time kept at the end to stop the reads and render what they read.
+    stop_at = deadline - min(ONCE_STOP_GRACE, timeout / 5)
     exporter = build(config, stop, time.time)
     jobs: list[tuple[str, threading.Thread, list[bool]]] = []
     for poller, info in zip(exporter.pollers, exporter.info_pollers, strict=True):
@@ -254,14 +261,12 @@ def run_once(
                 daemon=True,
             )
             jobs.append((poller.name, thread, result))
-    started = time.monotonic()
-    deadline = started + timeout
     for _, thread, _ in jobs:
         thread.start()
     next_report = started + progress_every
     while any(thread.is_alive() for _, thread, _ in jobs):
         now = time.monotonic()
-        if now >= deadline:
+        if now >= stop_at:
             break
         if now >= next_report:
             next_report += progress_every
@@ -272,19 +277,22 @@ def run_once(
                 _once_waiting(exporter, jobs),
             )
         for _, thread, _ in jobs:
-            thread.join(max(0.0, min(next_report, deadline) - time.monotonic()))
-            if time.monotonic() >= min(next_report, deadline):
+            thread.join(max(0.0, min(next_report, stop_at) - time.monotonic()))
+            if time.monotonic() >= min(next_report, stop_at):
                 break
     timed_out = any(thread.is_alive() for _, thread, _ in jobs)
     if timed_out:
         log.error(
-            "--once: time limit %s (--once.timeout) reached; stopping the reads of %s: "
-            "their metrics are incomplete",
+            "--once: stopping at the time limit of %s (--once.timeout); the reads of %s did "
+            "not finish: their metrics are incomplete",
             format_duration(timeout),
             _once_waiting(exporter, jobs),
         )
         stop.set()
-        stop_deadline = time.monotonic() + STOP_TIMEOUT
+        # Half the time kept: a read waiting on a retry stops at once; one waiting on the
+        # network is not waited for (the process exits without it; nothing is lost, as
+        # after a crash).
+        stop_deadline = stop_at + (deadline - stop_at) / 2
         for _, thread, _ in jobs:
             thread.join(max(0.0, stop_deadline - time.monotonic()))
     ok = not timed_out and all(result == [True] for _, _, result in jobs)
@@ -486,6 +494,7 @@ def _leave_requests_in_flight() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()  # --once.timeout counts from here
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     stop = threading.Event()
@@ -514,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.once:
             with once_state(config, args.once_state) as once_config:
-                result = run_once(once_config, stop, timeout=args.once_timeout)
+                result = run_once(once_config, stop, timeout=args.once_timeout, started=started)
             sys.stdout.buffer.write(result.exposition)
             sys.stdout.flush()
             code = EXIT_OK if result.ok else EXIT_FAILURE

@@ -144,12 +144,15 @@ class ConnectionLimiter:
                 now = self._monotonic()
                 conn.waiting_since, conn.deadline = now, now + self.header_timeout
 
-    def answering(self, address: object) -> None:
-        """A whole request head arrived: no deadline while it is answered."""
+    def answering(self, address: object) -> bool:
+        """A request head was read: no deadline while it is answered. False if the connection
+        was shut down meanwhile (the head may be cut short): it must not be answered."""
         with self._cond:
             conn = self._open.get(address)
-            if conn is not None:
-                conn.deadline = None
+            if conn is None or conn.evicted:
+                return False
+            conn.deadline = None
+            return True
 
     def rebind(self, address: object, sock: socket.socket) -> None:
         """The socket to shut down from now on (TLS wraps the accepted one)."""
@@ -420,8 +423,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers
-        self.server.connections.answering(self.client_address)
+        ok = super().parse_request()  # reads the headers; the end of the stream ends them too
+        if not self.server.connections.answering(self.client_address):
+            self.close_connection = True
+            return False
         return ok
 
     def do_GET(self) -> None:
