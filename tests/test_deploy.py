@@ -192,7 +192,7 @@ def test_image_carries_oci_labels_matching_the_project() -> None:
     labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', text))
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}" in labels, key
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
     version = re.search(r"^ARG VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     assert version is not None
     assert version.group(1) == PYPROJECT["project"]["version"]
@@ -818,3 +818,14 @@ def test_the_license_is_an_spdx_expression_with_a_setuptools_that_reads_it() -> 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_extra_environment_variables_reach_the_exporter_for_a_proxy_or_a_ca_bundle(
+    helm: ModuleType,
+) -> None:
+    proxy = {"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}
+    values = {**VALUE_SETS["defaults"], "extraEnv": [proxy]}
+    deployment = one(render(helm, values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert proxy in container["env"]
+    assert container["env"][0]["name"] != "HTTPS_PROXY"  # after the tokens, not instead
