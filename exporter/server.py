@@ -521,6 +521,10 @@ class Problem:
     error: str
 
 
+def _with_endpoint(endpoint: str, error: str) -> str:
+    return error if error.startswith(f"{endpoint}: ") else f"{endpoint}: {error}"
+
+
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
@@ -559,10 +563,17 @@ def headline(
         return "since the start" if ts is None else f"since {_utc(ts)}"
 
     def listing(items: list[Problem]) -> str:
-        by_account: dict[str, list[str]] = {}
+        """`a: streams, tasks (since T1); b: credits (since T2)`: endpoints grouped by since."""
+        by_account: dict[str, dict[str, list[str]]] = {}
         for item in items:
-            by_account.setdefault(item.account, []).append(f"{item.endpoint} ({since(item)})")
-        return "; ".join(f"{name}: {', '.join(parts)}" for name, parts in by_account.items())
+            by_account.setdefault(item.account, {}).setdefault(since(item), []).append(
+                item.endpoint
+            )
+        return "; ".join(
+            f"{name}: "
+            + ", ".join(f"{', '.join(names)} ({when})" for when, names in groups.items())
+            for name, groups in by_account.items()
+        )
 
     if state is not None and not state.writable:
         when = f" since {_utc(state.since)}" if state.since is not None else ""
@@ -606,7 +617,9 @@ def _endpoint_cell(
         return Cell(f"up{when}", "up")
     ts = health.last_success if health.last_success is not None else started
     when = "" if ts is None else f" since {_utc(ts)} ({_ago(now, ts)})"
-    return Cell(f"DOWN{when}: {health.last_error}", "down")
+    # The column names the endpoint already; most errors start with it.
+    error = (health.last_error or "").removeprefix(f"{endpoint}: ")
+    return Cell(f"DOWN{when}: {error}", "down")
 
 
 def status_rows(account: AccountSnapshot, now: float) -> list[tuple[str, Cell]]:
@@ -749,8 +762,8 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
     level, sentence = headline(snapshot, state, now, page.started)
     failing = problems(snapshot)
     problem_items = "".join(
-        f"<li><b>{html.escape(p.account)}</b> {html.escape(p.endpoint)}: "
-        f"{html.escape(p.error)}</li>"
+        f"<li><b>{html.escape(p.account)}</b>: {html.escape(_with_endpoint(p.endpoint, p.error))}"
+        "</li>"
         for p in failing
     )
     problem_list = f'<ul class="problems">{problem_items}</ul>' if problem_items else ""
