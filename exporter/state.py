@@ -95,7 +95,7 @@ def check_state_path(path: str) -> None:
     """
     if path == MEMORY:
         return
-    full = os.path.abspath(os.path.expanduser(path))
+    full = os.path.abspath(path)  # as SQLite will open it: no ~ expansion
     directory = os.path.dirname(full)
     if not os.path.isdir(directory):
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
