@@ -583,6 +583,6 @@ def test_a_thousand_slow_clients_neither_stop_a_scrape_nor_hold_a_thread_past_th
     figures(
         f"slow clients: {SLOW_CLIENTS} partial request heads in {flooded - flood_started:.1f}s; "
         f"{len(scrapes)} scrapes meanwhile, slowest {max(scrapes) * 1000:.0f} ms; threads "
-        f"{baseline} before, {peak} at most, {after} once all were closed ({ended:.2f}s after the "
-        f"last, {HEADER_TIMEOUT:g}s after the flood)"
+        f"{baseline} before, {peak} at most, {after} {ended:.2f}s after the last was closed; "
+        f"all closed {closed - flooded:.1f}s after the flood (header timeout {HEADER_TIMEOUT:g}s)"
     )
