@@ -227,9 +227,10 @@ class _Candidate:
 class TopTasks:
     """The `count` tasks with the most credits in one tasks read; memory stays `count` rows."""
 
-    def __init__(self, count: int, *, emails: bool) -> None:
+    def __init__(self, count: int, *, emails: bool, titles: bool = True) -> None:
         self._count = count
         self._emails = emails
+        self._titles = titles  # metrics.task_titles: off, no title is kept at all
         self._heap: list[_Candidate] = []
         self._ids: set[str] = set()  # of the heap's tasks: a task repeated by paging once
 
@@ -246,7 +247,7 @@ class TopTasks:
         candidate = _Candidate(
             task.credits,
             task.task_id,
-            fields.get("task_title"),
+            fields.get("task_title") if self._titles else None,
             clean_label(email) if isinstance(email, str) else "",
         )
         if len(self._heap) < self._count:

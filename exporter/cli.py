@@ -1,7 +1,9 @@
 """Command line: flags, logging, and `run(config, stop_event)` which wires the parts.
 
-Exit codes: 0 on a clean stop, 1 when the exporter cannot run (state file, port, a failed
-`--once`), 2 for a configuration or usage error. Only `main()` exits.
+Exit codes (docs/configuration.md lists them): 0 on a clean stop, 1 for a failed or timed
+out `--once` or a damaged state file, 2 for a configuration or usage error, 3 when the
+state's directory is missing, 4 when the state cannot be written, 5 when another process
+holds the state's lock, 6 when the listen address cannot be bound. Only `main()` exits.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,29 +29,48 @@ from exporter import __version__
 from exporter.account_info import AccountInfoPoller
 from exporter.client import NeoClient
 from exporter.collector import NeoCollector
-from exporter.config import Config, ConfigError, config_from_mapping, load_config
+from exporter.config import (
+    Config,
+    ConfigError,
+    config_from_mapping,
+    format_duration,
+    load_config,
+    parse_duration,
+)
 from exporter.config import parse_listen_address as parse_listen
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import AccountPoller
-from exporter.server import ExporterServer, Include
-from exporter.snapshot import SnapshotStore
+from exporter.server import ExporterServer, Include, ListenError, PageContext, listen_socket
+from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
 from exporter.state import (
+    MEMORY,
     STEP_LATENCY,
     STREAM_DURATION,
     TOOL_CALL_DURATION,
     LabelLimitsView,
     State,
     StateError,
+    StateLockedError,
+    StatePathError,
+    check_state_path,
 )
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_STATE_DIRECTORY, EXIT_STATE_NOT_WRITABLE, EXIT_STATE_IN_USE, EXIT_LISTEN = 3, 4, 5, 6
 # Seconds to wait for pollers to finish their current step. A commit in progress is always
 # waited for (closing the state takes its lock); a request still waiting on the API is not.
 STOP_TIMEOUT = 3.0
+# --once: the default limit on the whole run (a 7-day window of a big account takes a few
+# minutes; an unreachable API gives up by itself well before), and how often it says what
+# it is waiting for.
+ONCE_TIMEOUT = 600.0
+ONCE_PROGRESS_EVERY = 5.0
+ONCE_STOP_GRACE = 1.0  # seconds before --once.timeout at which the reads are stopped
+ONCE_STATES = ("temp", "live")
 
 
 @dataclass
@@ -85,7 +108,10 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     names = tuple(account.name for account in config.accounts)
     store = SnapshotStore(names, config.polling.window)
     live, per_snapshot, registry = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
-    metrics = ExporterMetrics(live, names)
+    metrics = ExporterMetrics(
+        live, names, {account.name: account.alert_thresholds for account in config.accounts}
+    )
+    metrics.state_writable.set_function(lambda: 1.0 if state.health().writable else 0.0)
     neo = NeoCollector(store)
     per_snapshot.register(neo)
     registry.register(Include(live))
@@ -113,6 +139,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 top_tasks=config.metrics.top_tasks,
                 task_emails=config.metrics.members.enabled,
                 audit_interval=config.audit.interval,
+                task_titles=config.metrics.task_titles,
             )
         )
         info_pollers.append(
@@ -140,8 +167,18 @@ def run(
     on_listening: Callable[[str], None] | None = None,
     web: WebConfig | None = None,
 ) -> None:
-    """Serve /metrics and poll every account until `stop` is set."""
-    exporter = build(config, stop, clock)
+    """Serve /metrics and poll every account until `stop` is set.
+
+    The state path is checked, then the socket bound, and only then is anything created
+    (the state file, its lock), so a start that cannot listen leaves nothing behind.
+    """
+    check_state_path(config.state.path)
+    listener = listen_socket(parse_listen(config.web.listen_address))
+    try:
+        exporter = build(config, stop, clock)
+    except BaseException:
+        listener.close()
+        raise
     try:
         server = ExporterServer(
             parse_listen(config.web.listen_address),
@@ -150,12 +187,19 @@ def run(
             per_snapshot=exporter.per_snapshot,
             clock=clock,
             web=web,
+            listener=listener,
+            max_connections=config.web.max_connections,
+            read_header_timeout=config.web.read_header_timeout,
+            page=PageContext(config, exporter.state.health, clock()),
         )
     except BaseException:
+        listener.close()
         exporter.close()
         raise
     server.serve_in_thread()
-    log.info("neo-exporter %s listening on %s", __version__, server.url)
+    log.info("neo-exporter %s listening on %s", __version__, server.describe())
+    if config.state.path != MEMORY:
+        log.info("state: %s (locked for this process)", os.path.abspath(config.state.path))
     if on_listening is not None:
         on_listening(server.url)
     threads = [
@@ -177,15 +221,130 @@ def run(
     exporter.close()
 
 
-def run_once(config: Config, stop: threading.Event) -> tuple[bytes, bool]:
-    """Read the whole window of every account once; return the exposition and success."""
+@dataclass(frozen=True)
+class OnceResult:
+    exposition: bytes
+    ok: bool  # every read of every account succeeded, within the time limit
+    stuck: int  # threads still in a request when it returned: exit without waiting for them
+
+
+def run_once(
+    config: Config,
+    stop: threading.Event,
+    *,
+    timeout: float = ONCE_TIMEOUT,
+    started: float | None = None,
+    progress_every: float = ONCE_PROGRESS_EVERY,
+) -> OnceResult:
+    """Read the whole window of every account once, the accounts side by side.
+
+    Each account's streams and tasks (one thread) and its account-level endpoints (another)
+    are read at the same time as every other account's. Every `progress_every` seconds a log
+    line says what is still being waited for. The whole run, from `started` (monotonic; now
+    if not given), ends within `timeout`: the reads are stopped a little before it, so that
+    what was read can still be returned (not ok).
+    """
+    started = time.monotonic() if started is None else started
+    deadline = started + timeout
+    # Time kept at the end to stop the reads and render what they read.
+    stop_at = deadline - min(ONCE_STOP_GRACE, timeout / 5)
     exporter = build(config, stop, time.time)
-    try:
-        ok = all([poller.poll_once() for poller in exporter.pollers])
-        ok = all([poller.poll_once() for poller in exporter.info_pollers]) and ok
-        return generate_latest(exporter.registry), ok
-    finally:
+    jobs: list[tuple[str, threading.Thread, list[bool]]] = []
+    for poller, info in zip(exporter.pollers, exporter.info_pollers, strict=True):
+        for reader in (poller.poll_once, info.poll_once):
+            result: list[bool] = []
+            thread = threading.Thread(
+                target=lambda r=reader, out=result: out.append(r()),
+                name=f"once-{poller.name}",
+                daemon=True,
+            )
+            jobs.append((poller.name, thread, result))
+    for _, thread, _ in jobs:
+        thread.start()
+    next_report = started + progress_every
+    while any(thread.is_alive() for _, thread, _ in jobs):
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        if now >= next_report:
+            next_report += progress_every
+            log.info(
+                "--once: %s of %s; waiting for %s",
+                format_duration(round(now - started)),
+                format_duration(timeout),
+                _once_waiting(exporter, jobs),
+            )
+        for _, thread, _ in jobs:
+            thread.join(max(0.0, min(next_report, stop_at) - time.monotonic()))
+            if time.monotonic() >= min(next_report, stop_at):
+                break
+    timed_out = any(thread.is_alive() for _, thread, _ in jobs)
+    if timed_out:
+        log.error(
+            "--once: stopping at the time limit of %s (--once.timeout); the reads of %s did "
+            "not finish: their metrics are incomplete",
+            format_duration(timeout),
+            _once_waiting(exporter, jobs),
+        )
+        stop.set()
+        # Half the time kept: a read waiting on a retry stops at once; one waiting on the
+        # network is not waited for (the process exits without it; nothing is lost, as
+        # after a crash).
+        stop_deadline = stop_at + (deadline - stop_at) / 2
+        for _, thread, _ in jobs:
+            thread.join(max(0.0, stop_deadline - time.monotonic()))
+    ok = not timed_out and all(result == [True] for _, _, result in jobs)
+    exposition = generate_latest(exporter.registry)
+    stuck = sum(thread.is_alive() for _, thread, _ in jobs)
+    if not stuck:
         exporter.close()
+    # else the state is left open: a thread may still commit; the process exits at once.
+    return OnceResult(exposition, ok, stuck)
+
+
+def _once_waiting(exporter: Exporter, jobs: list[tuple[str, threading.Thread, list[bool]]]) -> str:
+    """`team-a (streams, tasks; last failure: ...)` for every account still being read."""
+    busy = {name for name, thread, _ in jobs if thread.is_alive()}
+    parts = []
+    for account, client in zip(exporter.store.get().accounts, exporter.clients, strict=True):
+        if account.name not in busy:
+            continue
+        health = {**account.endpoints, **account.info.endpoints}
+        pending = [
+            e
+            for e in ("streams", "tasks", *ACCOUNT_ENDPOINTS)
+            if health.get(e) is None or health[e].up is None
+        ]
+        text = ", ".join(pending) or "finishing"
+        if account.progress is not None:
+            p = account.progress
+            text += f"; {p.kind} read: pages {p.pages_done}/{p.pages_total or '?'}"
+        if client.last_failure:
+            text += f"; last failure: {client.last_failure}"
+        parts.append(f"{account.name} ({text})")
+    return "; ".join(parts) or "nothing"
+
+
+@contextmanager
+def once_state(config: Config, mode: str) -> Iterator[Config]:
+    """The config `--once` reads with: its own temporary state unless `live` is asked for."""
+    if mode == "live":
+        check_state_path(config.state.path)
+        log.info("--once: reading into the live state %s (--once.state live)", config.state.path)
+        yield config
+        return
+    directory = tempfile.mkdtemp(prefix="neo-exporter-once-")
+    path = os.path.join(directory, "state.db")
+    log.info(
+        "--once: reading into a temporary state (%s, deleted at exit); the state file %s is "
+        "not touched (--once.state live reads into it, when no exporter runs on it)",
+        path,
+        config.state.path,
+    )
+    try:
+        yield replace(config, state=replace(config.state, path=path))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- command line ----------------------------------------------------------------------
@@ -223,10 +382,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="read the whole window once, print the metrics to stdout, and exit",
     )
     parser.add_argument(
+        "--once.state",
+        dest="once_state",
+        choices=ONCE_STATES,
+        default="temp",
+        help="with --once: read into a temporary state (temp, the default) or into "
+        "state.path (live; refused while an exporter runs on it)",
+    )
+    parser.add_argument(
+        "--once.timeout",
+        dest="once_timeout",
+        metavar="DURATION",
+        type=_positive_duration,
+        default=ONCE_TIMEOUT,
+        help="with --once: the most the whole run may take (default 10m)",
+    )
+    parser.add_argument(
         "--demo", action="store_true", help="run against a built-in fake Neo API (no token needed)"
     )
     parser.add_argument("--version", action="version", version=f"neo-exporter {__version__}")
     return parser.parse_args(argv)
+
+
+def _positive_duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return seconds
 
 
 class JsonFormatter(logging.Formatter):
@@ -307,6 +492,7 @@ def _leave_requests_in_flight() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()  # --once.timeout counts from here
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     stop = threading.Event()
@@ -330,22 +516,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in config.warnings:
             log.warning("%s", warning)
         if args.check_config:
-            print(f"config OK: {len(config.accounts)} account(s)")
+            check_state_path(config.state.path)
+            print(f"config OK: {len(config.accounts)} account(s), state {config.state.path}")
             return EXIT_OK
         if args.once:
-            exposition, ok = run_once(config, stop)
-            sys.stdout.buffer.write(exposition)
+            with once_state(config, args.once_state) as once_config:
+                result = run_once(once_config, stop, timeout=args.once_timeout, started=started)
+            sys.stdout.buffer.write(result.exposition)
             sys.stdout.flush()
-            return EXIT_OK if ok else EXIT_FAILURE
+            code = EXIT_OK if result.ok else EXIT_FAILURE
+            if result.stuck:
+                log.info("not waiting for %d read(s) still in a request", result.stuck)
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(code)
+            return code
         run(config, stop, web=web)
         _leave_requests_in_flight()
         return EXIT_OK
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StatePathError as exc:
+        log.error("%s", exc)
+        return EXIT_STATE_DIRECTORY if exc.missing_directory else EXIT_STATE_NOT_WRITABLE
+    except StateLockedError as exc:
+        log.error("%s", exc)
+        return EXIT_STATE_IN_USE
     except StateError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    except ListenError as exc:
+        log.error("%s", exc)
+        return EXIT_LISTEN
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE

@@ -29,6 +29,8 @@ import json
 import logging
 import math
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -36,12 +38,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import NameResolutionError, ReadTimeoutError
 
 from exporter import __version__
-from exporter.config import AccountConfig, HttpConfig
+from exporter.config import AccountConfig, HttpConfig, format_duration
 from exporter.models import Page, PageError, format_timestamp, parse_page
 
 
@@ -63,9 +66,13 @@ MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as aski
 # Bodies are read in chunks, so that a stop need not wait for the end of a slow one.
 BODY_CHUNK = 8 * 1024
 
-# `code` label values for requests that got no HTTP status.
+# `code` label values for requests that got no HTTP status (also their retry reasons).
 CODE_TIMEOUT = "timeout"
-CODE_CONNECTION = "connection_error"
+CODE_DNS = "dns_error"
+CODE_REFUSED = "connection_refused"
+CODE_TLS = "tls_error"
+CODE_CONNECTION = "connection_error"  # anything else: reset, truncated body, proxy, ...
+NO_STATUS_CODES = (CODE_TIMEOUT, CODE_DNS, CODE_REFUSED, CODE_TLS, CODE_CONNECTION)
 
 
 class ApiError(RuntimeError):
@@ -94,7 +101,7 @@ class PageProgress:
 
 RequestHook = Callable[[str, str], None]  # (endpoint, code)
 RetryHook = Callable[[str, str], None]  # (endpoint, reason)
-RETRY_REASONS = ("429", "5xx", "timeout", "connection_error", "invalid_body")
+RETRY_REASONS = ("429", "5xx", *NO_STATUS_CODES, "invalid_body")
 
 
 class _Budget:
@@ -128,6 +135,7 @@ class NeoClient:
     ) -> None:
         """`wait(seconds)` sleeps and returns True if the exporter is stopping."""
         self._base_url = account.base_url
+        self._host = host_of(account.base_url)
         self._http = http
         self._wait = wait
         self._monotonic = monotonic
@@ -137,6 +145,8 @@ class NeoClient:
         self._pause_until = 0.0
         self._pause_lock = threading.Lock()
         self._page_caps: dict[str, int] = {}  # endpoint -> the server's own page size
+        # What the last failed attempt ran into, while retrying (for --once's progress).
+        self.last_failure: str | None = None
         self._session = requests.Session()
         # Every request holds a slot while on the wire, so `concurrency` connections are all
         # the pool ever needs at once (a smaller pool would drop kept-alive connections).
@@ -182,18 +192,10 @@ class NeoClient:
             retry_after: float | None = None
             try:
                 response, content = self._get(url, params, timeout)
-            except requests.Timeout:
-                self._on_request(endpoint, CODE_TIMEOUT)
-                reason = "timeout"
             except requests.RequestException as exc:
-                if exc.args and isinstance(exc.args[0], ReadTimeoutError):
-                    # A timeout in the middle of a body: requests calls it a connection error.
-                    self._on_request(endpoint, CODE_TIMEOUT)
-                    reason = "timeout"
-                else:
-                    self._on_request(endpoint, CODE_CONNECTION)
-                    reason = "connection_error"
-                log.debug("%s: %s", endpoint, type(exc).__name__)
+                reason, cause = describe_failure(exc, self._host, self._http)
+                self._on_request(endpoint, reason)
+                log.debug("%s: %s (%s); retrying if allowed", endpoint, cause, reason)
             else:
                 status = response.status_code
                 self._on_request(endpoint, str(status))
@@ -203,20 +205,26 @@ class NeoClient:
                         return parse_page(body) if as_page else body
                     except (ValueError, PageError) as exc:
                         reason = "invalid_body"
+                        cause = f"invalid response body from {self._host} ({exc})"
                         log.warning("%s: invalid response body (%s); retrying", endpoint, exc)
                 elif status in (401, 403):
-                    raise AuthError(_auth_message(status, endpoint), status=status)
+                    raise AuthError(_auth_message(status, endpoint, self._host), status=status)
                 elif status == 429:
                     reason = "429"
+                    cause = f"HTTP 429 (rate limited) from {self._host}"
                     retry_after = _retry_after(response.headers.get("Retry-After"), time.time())
                 elif status >= 500:
                     reason = "5xx"
+                    cause = f"HTTP {status} from {self._host}"
                 else:
                     raise ApiError(
-                        f"{endpoint}: HTTP {status} from {path} (not retried)", status=status
+                        f"{endpoint}: HTTP {status} from {self._host}{path} (not retried)",
+                        status=status,
                     )
+            self.last_failure = cause
             if attempt >= self._http.max_retries or not budget.take():
-                raise ApiError(f"{endpoint}: gave up after {attempt + 1} attempts (last: {reason})")
+                attempts = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
+                raise ApiError(f"{endpoint}: gave up after {attempts} (last: {cause})")
             self._on_retry(endpoint, reason)
             delay = self._backoff(attempt)
             if retry_after is not None:
@@ -581,15 +589,91 @@ def decode_json(body: bytes, fast: Callable[[bytes], object] | None = _FAST_LOAD
     return json.loads(body)
 
 
-def _auth_message(status: int, endpoint: str) -> str:
+def host_of(base_url: str) -> str:
+    """`host:port` of a base URL, as errors show it (the config allows no credentials in it)."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps: urllib3 keeps the cause in `reason` or `args[0]`."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 20:
+        item = todo.pop(0)
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        reason = getattr(item, "reason", None)
+        first = item.args[0] if item.args else None
+        todo += [
+            reason if isinstance(reason, BaseException) else None,
+            first if isinstance(first, BaseException) else None,
+            item.__cause__,
+            item.__context__,
+        ]
+    return seen
+
+
+def describe_failure(
+    exc: requests.RequestException, host: str, http: HttpConfig
+) -> tuple[str, str]:
+    """(`code` label, what happened) of a request that got no HTTP status.
+
+    The text names the host and the cause, never the URL's path or query, nor a proxy's
+    address (it may hold credentials).
+    """
+    causes = _causes(exc)
+    name = host.rpartition(":")[0].strip("[]")
+    for cause in causes:
+        if isinstance(cause, NameResolutionError | socket.gaierror):
+            detail = next((c.strerror for c in causes if isinstance(c, socket.gaierror)), None)
+            return CODE_DNS, f"DNS lookup of {name} failed ({detail or 'no address'})"
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or "not trusted"
+            return CODE_TLS, f"TLS certificate of {host} could not be verified ({why})"
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError):
+            why = cause.reason or type(cause).__name__
+            return CODE_TLS, f"TLS handshake with {host} failed ({why})"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return CODE_TLS, f"TLS handshake with {host} failed"
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return CODE_REFUSED, f"connection refused by {host}"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return CODE_TIMEOUT, (
+            f"no connection to {host} within http.connect_timeout "
+            f"{format_duration(http.connect_timeout)}"
+        )
+    if isinstance(exc, requests.Timeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
+        # A timeout in the middle of a body: requests calls it a connection error.
+        return CODE_TIMEOUT, (
+            f"no response from {host} within http.read_timeout {format_duration(http.read_timeout)}"
+        )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return CODE_CONNECTION, f"the proxy for {host} failed (see HTTPS_PROXY)"
+    for cause in causes:
+        if isinstance(cause, ConnectionResetError):
+            return CODE_CONNECTION, f"connection to {host} reset"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return CODE_CONNECTION, f"connection to {host} failed ({cause.strerror})"
+    return CODE_CONNECTION, f"connection to {host} failed ({type(exc).__name__})"
+
+
+def _auth_message(status: int, endpoint: str, host: str) -> str:
     if status == 401:
         return (
-            f"{endpoint}: HTTP 401: the API rejected the token; check the account's token and "
-            "auth_header (bearer for a JWT, x-api-key for a neo_sk_ key)"
+            f"{endpoint}: HTTP 401 from {host}: the API rejected the token; check the account's "
+            "token and auth_header (bearer for a JWT, x-api-key for a neo_sk_ key)"
         )
     return (
-        f"{endpoint}: HTTP 403: this token may not read usage; only a team admin's or a solo "
-        "user's token can (team members and viewers get 403)"
+        f"{endpoint}: HTTP 403 from {host}: this token may not read usage; only a team admin's "
+        "or a solo user's token can (team members and viewers get 403)"
     )
 
 

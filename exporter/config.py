@@ -83,11 +83,34 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """What the shipped alerts compare against, per account (exported as neo_alert_threshold).
+
+    The defaults are the numbers the rules had before thresholds moved into the config.
+    """
+
+    spend_spike_factor: float = 5.0
+    spend_spike_floor_credits_per_hour: float = 100.0
+    spend_spike_floor_usd_per_hour: float = 20.0
+    hourly_credits: float = 1000.0
+    hourly_usd: float = 200.0
+    error_ratio: float = 0.25
+    error_ratio_min_streams: float = 10.0
+    data_lag_seconds: float = 1800.0
+    spending_cap_warning_ratio: float = 0.8
+    spending_cap_critical_ratio: float = 0.95
+    credits_runout_horizon_seconds: float = 259200.0
+    credits_expiry_horizon_seconds: float = 259200.0
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     name: str
     base_url: str
     token: Secret
     auth_header: str  # "bearer" | "x-api-key"
+    # alerts.thresholds with this account's own `alert_thresholds` laid over them.
+    alert_thresholds: AlertThresholds = field(default_factory=AlertThresholds)
 
 
 @dataclass(frozen=True)
@@ -153,11 +176,26 @@ class MetricsConfig:
     buckets: Buckets = field(default_factory=Buckets)
     members: MembersConfig = field(default_factory=MembersConfig)
     top_tasks: int = 10
+    # Titles often name a scan target; off keeps them out of neo_top_task_credits.
+    task_titles: bool = True
 
 
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = ":9636"
+    # A connection that has not sent a whole request head this long after it was opened (or
+    # after its last response, when kept alive) is closed, so slow clients cannot pile up.
+    read_header_timeout: float = 10.0
+    # Connections served at once, each by its own thread; beyond it, new connections wait
+    # in the listen queue, and one still waiting for its request head is closed first.
+    max_connections: int = 64
+    # Where this repository's docs/ folder is published: the landing page links there.
+    docs_url: str = ""
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
 
 
 @dataclass(frozen=True)
@@ -181,6 +219,7 @@ class Config:
     metrics: MetricsConfig
     state: StateConfig
     audit: AuditConfig = field(default_factory=AuditConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -193,6 +232,8 @@ def _keys(cls: type, *, add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -
 TOP_KEYS: Final = _keys(Config, drop=("warnings",))
 ACCOUNT_KEYS: Final = _keys(AccountConfig, add=("token_file",))
 WEB_KEYS: Final = _keys(WebConfig)
+ALERTS_KEYS: Final = _keys(AlertsConfig)
+THRESHOLD_KEYS: Final = _keys(AlertThresholds)
 POLLING_KEYS: Final = _keys(PollingConfig)
 HTTP_KEYS: Final = _keys(HttpConfig)
 METRICS_KEYS: Final = _keys(MetricsConfig)
@@ -208,6 +249,15 @@ MAX_CONCURRENCY: Final = 32
 MAX_LABEL_LIMIT: Final = 10000
 MAX_TOP_TASKS: Final = 100  # one series per rank: bounded by design
 MAX_MEMBERS: Final = 1000
+MAX_CONNECTIONS: Final = 10000
+# Thresholds that are shares (0 to 1); the others are any number >= 0.
+RATIO_THRESHOLDS: Final = ("error_ratio",)
+# Thresholds in seconds: a duration (30m, 3d) or a number of seconds.
+SECONDS_THRESHOLDS: Final = (
+    "data_lag_seconds",
+    "credits_runout_horizon_seconds",
+    "credits_expiry_horizon_seconds",
+)
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 INTEGER: Final = re.compile(r"[+-]?[0-9]+")
@@ -222,6 +272,8 @@ DURATION_UNITS: Final = (
     ("ms", 0.001),
 )
 DURATION_HINT: Final = "a duration like 90s, 5m, 1h30m or 250ms, or a number of seconds"
+# One wording for every duration that is zero or negative.
+DURATION_POSITIVE: Final = "must be greater than 0 (expected a duration like 90s, 5m or 250ms)"
 DESCRIBE_MAX: Final = 200  # characters of a bad value shown in a message
 VALUE_KINDS: Final = (
     (bool, "a boolean"),
@@ -320,7 +372,7 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds):
         raise ValueError(f"{_describe(value)} is not finite (expected a finite duration)")
     if seconds < 0:
-        raise ValueError(f"{_describe(value)} is negative (expected a duration >= 0)")
+        raise ValueError(f"{DURATION_POSITIVE}, got {_describe(value)}")
     return seconds + 0.0  # -0.0 -> 0.0
 
 
@@ -365,6 +417,35 @@ def _to_int(value: object) -> int:
     raise ValueError(f"expected an integer, got {_describe(value)}")
 
 
+def _to_number(value: object) -> float:
+    """A finite number: a YAML number, or a string of one (for ${VAR})."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and NUMBER.fullmatch(value.strip().removeprefix("-")):
+        number = float(value.strip())
+    else:
+        raise ValueError(f"expected a number, got {_describe(value)}")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {_describe(value)}")
+    return number
+
+
+def _to_threshold(key: str) -> Callable[[object], float]:
+    """The parser of one alert threshold: seconds accept durations, ratios stay within 0-1."""
+
+    def convert(value: object) -> float:
+        if key in SECONDS_THRESHOLDS:
+            return parse_duration(value)
+        number = _to_number(value)
+        if key in RATIO_THRESHOLDS and not 0 <= number <= 1:
+            raise ValueError(f"{number:g} is out of range (expected a share from 0 to 1)")
+        if number < 0:
+            raise ValueError(f"{number:g} is negative (expected a number >= 0)")
+        return number
+
+    return convert
+
+
 def _to_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -402,6 +483,16 @@ def _to_base_url(value: object) -> str:
         raise ValueError(f"{expected}, got {_describe(text)}")
     if parts.query or parts.fragment:
         raise ValueError(f"must not have a query or fragment ({expected}), got {_describe(text)}")
+    return text.rstrip("/")
+
+
+def _to_docs_url(value: object) -> str:
+    text = _to_str(value)
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        raise ValueError(f"expected an http(s) URL, got {_describe(text)}")
     return text.rstrip("/")
 
 
@@ -576,7 +667,7 @@ class _Reader:
         seconds = self.get(section, path, key, parse_duration, default)
         key_path = _join(path, key)
         if self.ok(key_path) and seconds <= 0:
-            self.problem(key_path, f"must be greater than 0 (expected {DURATION_HINT})")
+            self.problem(key_path, f"{DURATION_POSITIVE}, got {_describe(section[key])}")
             return default
         return seconds
 
@@ -664,6 +755,35 @@ def _web(reader: _Reader, value: object) -> WebConfig:
     return WebConfig(
         listen_address=reader.get(
             section, "web", "listen_address", _to_listen_address, default.listen_address
+        ),
+        read_header_timeout=reader.duration(
+            section, "web", "read_header_timeout", default.read_header_timeout
+        ),
+        max_connections=reader.integer(
+            section, "web", "max_connections", default.max_connections, low=1, high=MAX_CONNECTIONS
+        ),
+        docs_url=reader.get(section, "web", "docs_url", _to_docs_url, default.docs_url),
+    )
+
+
+def _thresholds(
+    reader: _Reader, value: object, path: str, base: AlertThresholds
+) -> AlertThresholds:
+    """`base` with the thresholds given in `value` (a mapping of threshold names) laid over."""
+    section = reader.section(value, path, THRESHOLD_KEYS)
+    return AlertThresholds(
+        **{
+            key: reader.get(section, path, key, _to_threshold(key), getattr(base, key))
+            for key in THRESHOLD_KEYS
+        }
+    )
+
+
+def _alerts(reader: _Reader, value: object) -> AlertsConfig:
+    section = reader.section(value, "alerts", ALERTS_KEYS)
+    return AlertsConfig(
+        thresholds=_thresholds(
+            reader, section.get("thresholds"), "alerts.thresholds", AlertThresholds()
         )
     )
 
@@ -822,6 +942,9 @@ def _metrics(reader: _Reader, value: object) -> MetricsConfig:
         top_tasks=reader.integer(
             section, "metrics", "top_tasks", MetricsConfig().top_tasks, low=0, high=MAX_TOP_TASKS
         ),
+        task_titles=reader.get(
+            section, "metrics", "task_titles", _to_bool, MetricsConfig().task_titles
+        ),
     )
 
 
@@ -892,7 +1015,11 @@ def _check_token(reader: _Reader, raw: str, path: str, empty: str) -> str:
 
 
 def _account(
-    reader: _Reader, value: object, path: str, seen: dict[str, str]
+    reader: _Reader,
+    value: object,
+    path: str,
+    seen: dict[str, str],
+    thresholds: AlertThresholds,
 ) -> AccountConfig | None:
     if not isinstance(value, Mapping):
         reader.problem(path, f"expected a mapping with name and token, got {_describe(value)}")
@@ -916,7 +1043,12 @@ def _account(
     _warn_plain_http(reader, base_url, f"{path}.base_url")
     auth_header = reader.get(section, path, "auth_header", _to_auth_header, "bearer")
     token = _token(reader, section, path)
-    return AccountConfig(name=name, base_url=base_url, token=token, auth_header=auth_header)
+    own = _thresholds(
+        reader, section.get("alert_thresholds"), f"{path}.alert_thresholds", thresholds
+    )
+    return AccountConfig(
+        name=name, base_url=base_url, token=token, auth_header=auth_header, alert_thresholds=own
+    )
 
 
 def _warn_plain_http(reader: _Reader, base_url: str, path: str) -> None:
@@ -929,7 +1061,9 @@ def _warn_plain_http(reader: _Reader, base_url: str, path: str) -> None:
         )
 
 
-def _accounts(reader: _Reader, value: object) -> tuple[AccountConfig, ...]:
+def _accounts(
+    reader: _Reader, value: object, thresholds: AlertThresholds
+) -> tuple[AccountConfig, ...]:
     expected = "expected a list of accounts, each with at least name and token"
     if value is None or (isinstance(value, list | tuple) and not value):
         reader.problem("accounts", f"no account configured ({expected})")
@@ -938,7 +1072,9 @@ def _accounts(reader: _Reader, value: object) -> tuple[AccountConfig, ...]:
         reader.problem("accounts", f"{expected}, got {_describe(value)}")
         return ()
     seen: dict[str, str] = {}
-    accounts = (_account(reader, item, f"accounts[{i}]", seen) for i, item in enumerate(value))
+    accounts = (
+        _account(reader, item, f"accounts[{i}]", seen, thresholds) for i, item in enumerate(value)
+    )
     return tuple(account for account in accounts if account is not None)
 
 
@@ -953,23 +1089,29 @@ def config_from_mapping(data: object, environ: Mapping[str, str], *, base_dir: s
             f"config: expected a mapping of {', '.join(TOP_KEYS)} at the top, got {_describe(data)}"
         )
     top = reader.section(data, "", TOP_KEYS)
+    alerts = _alerts(reader, top.get("alerts"))
     config = Config(
         web=_web(reader, top.get("web")),
-        accounts=_accounts(reader, top.get("accounts")),
+        accounts=_accounts(reader, top.get("accounts"), alerts.thresholds),
         polling=_polling(reader, top.get("polling")),
         http=_http(reader, top.get("http")),
         metrics=_metrics(reader, top.get("metrics")),
         state=_state(reader, top.get("state")),
         audit=_audit(reader, top.get("audit")),
+        alerts=alerts,
     )
     return reader.finish(config)
 
 
 def _config_from_environ(environ: Mapping[str, str]) -> Config:
     """No file: one account, "default", from NEO_API_TOKEN (+ NEO_API_URL, NEO_API_AUTH_HEADER)."""
-    raw_token = environ.get("NEO_API_TOKEN", "")
-    if not raw_token.strip():
+    raw_token = environ.get("NEO_API_TOKEN")
+    if raw_token is None:
         raise ConfigError("config: no --config.file given and NEO_API_TOKEN is not set")
+    if not raw_token.strip():
+        raise ConfigError(
+            "config: no --config.file given and NEO_API_TOKEN is empty (expected the API token)"
+        )
     reader = _Reader(environ, ".")
     token = _check_token(reader, raw_token, "NEO_API_TOKEN", "is empty")
     # Environment values are used as they are: no ${VAR} substitution in them.
@@ -1079,6 +1221,8 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
 __all__ = [
     "DEFAULT_BASE_URL",
     "AccountConfig",
+    "AlertThresholds",
+    "AlertsConfig",
     "Buckets",
     "Config",
     "ConfigError",

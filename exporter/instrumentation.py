@@ -2,15 +2,19 @@
 
 These are plain `prometheus_client` counters on the run's own registry: they describe this
 process, so they start at zero with it. Business metrics come from the snapshot instead.
+Also here, because they come from this process rather than from the API: the alert
+thresholds of the config, and whether the state can be written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exporter.client import RETRY_REASONS
+from exporter.config import AlertThresholds
 from exporter.models import MONEY_FIELDS, REPAIR_FIELDS, ROW_REASONS
 from exporter.snapshot import ACCOUNT_ENDPOINTS
 
@@ -24,21 +28,45 @@ REPAIRABLE = {
 
 
 class ExporterMetrics:
-    def __init__(self, registry: CollectorRegistry, accounts: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        accounts: tuple[str, ...],
+        thresholds: Mapping[str, AlertThresholds] | None = None,
+    ) -> None:
+        """`thresholds` by account name; accounts left out get the defaults."""
         self.api_requests = Counter(
             "neo_exporter_api_requests",
-            "Requests made to the Neo API, by endpoint and HTTP status code "
-            "(timeout and connection_error when no status came back).",
+            "Requests made to the Neo API, by endpoint and HTTP status code; when no status "
+            "came back: dns_error, connection_refused, tls_error, timeout or connection_error.",
             ["account", "endpoint", "code"],
             registry=registry,
         )
         self.api_retries = Counter(
             "neo_exporter_api_retries",
-            "Requests to the Neo API that were retried, by reason "
-            "(429, 5xx, timeout, connection_error, invalid_body).",
+            "Requests to the Neo API that were retried, by reason (429, 5xx, timeout, "
+            "dns_error, connection_refused, tls_error, connection_error, invalid_body).",
             ["account", "endpoint", "reason"],
             registry=registry,
         )
+        self.state_writable = Gauge(
+            "neo_exporter_state_writable",
+            "1 while the state file can be written, 0 after a write to it failed (nothing new "
+            "is counted then; the last committed values are still served) until one succeeds.",
+            registry=registry,
+        )
+        self.state_writable.set(1)
+        self.alert_threshold = Gauge(
+            "neo_alert_threshold",
+            "What the shipped alerts compare each account against (alerts.thresholds and "
+            "accounts[].alert_thresholds of the config); ratios are shares, _seconds in seconds.",
+            ["account", "threshold"],
+            registry=registry,
+        )
+        for account in accounts:
+            values = (thresholds or {}).get(account, AlertThresholds())
+            for item in dataclasses.fields(values):
+                self.alert_threshold.labels(account, item.name).set(getattr(values, item.name))
         self.skipped_records = Counter(
             "neo_exporter_skipped_records",
             "Rows returned by the API that could not be counted, by reason; a row that stays "

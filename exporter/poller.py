@@ -63,6 +63,7 @@ from exporter.state import (
     WATERMARK_SWEEP_CURSOR,
     WATERMARK_SWEEP_TO,
     State,
+    StateError,
 )
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,13 @@ class AccountPoller:
         clock: Callable[[], float] = time.time,
         top_tasks: int = 0,
         task_emails: bool = False,
+        task_titles: bool = True,
         audit_interval: float = 0.0,
     ) -> None:
         self.name = account.name
         self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
         self._task_emails = task_emails
+        self._task_titles = task_titles
         self._polling = polling
         self._audit_interval = audit_interval
         self._state = state
@@ -323,6 +326,9 @@ class AccountPoller:
                 self._read("reconcile", cursor, end)  # an incomplete slice is counted there
             except Stopped:
                 return False
+            except StateError as exc:  # the state cannot be written: reported, not a traceback
+                self._failed("streams", "reconcile", ApiError(str(exc)))
+                return False
             except ApiError as exc:
                 self._slice_failures += 1
                 if self._slice_failures < SLICE_FAILURES:
@@ -371,6 +377,8 @@ class AccountPoller:
             return None
         except ApiError as exc:
             self._failed("streams", kind, exc)
+        except StateError as exc:  # the state cannot be written: reported, not a traceback
+            self._failed("streams", kind, ApiError(str(exc)))
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s streams read failed unexpectedly", self.name)
             self._failed("streams", kind, ApiError(f"internal error: {exc!r:.80}"))
@@ -485,7 +493,7 @@ class AccountPoller:
     def poll_tasks(self) -> bool:
         now = self._clock()
         skips = _SkipLog(self.name, "tasks", self._metrics)
-        top = TopTasks(self._top_tasks, emails=self._task_emails)
+        top = TopTasks(self._top_tasks, emails=self._task_emails, titles=self._task_titles)
         listing = self._client.listing(TASKS_PATH, "tasks", now - self._polling.window, now)
         repairs: dict[str, int] = {}
 
@@ -512,6 +520,9 @@ class AccountPoller:
             return False
         except ApiError as exc:
             self._failed("tasks", "tasks", exc)
+            return False
+        except StateError as exc:
+            self._failed("tasks", "tasks", ApiError(str(exc)))
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s tasks read failed unexpectedly", self.name)

@@ -18,14 +18,19 @@ the seen set can hold millions of rows and lives only in SQLite.
 from __future__ import annotations
 
 import bisect
+import fcntl
+import functools
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 from exporter.models import MONEY_FIELDS, StreamRecord, TaskRecord
 
@@ -89,6 +94,148 @@ Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account
 
 class StateError(RuntimeError):
     """The state file cannot be used; the message says how to recover."""
+
+
+class StatePathError(StateError):
+    """`state.path` cannot be used: its directory is missing, or it cannot be written."""
+
+    def __init__(self, message: str, *, missing_directory: bool) -> None:
+        super().__init__(message)
+        self.missing_directory = missing_directory
+
+
+class StateLockedError(StateError):
+    """Another process holds the state file's lock."""
+
+
+class StateWriteError(StateError):
+    """A write to the state failed while running (full disk, read-only file system)."""
+
+
+MEMORY = ":memory:"
+LOCK_SUFFIX = ".lock"
+
+
+def check_state_path(path: str) -> None:
+    """Raise StatePathError unless the state at `path` can be opened and written.
+
+    Creates nothing: it runs before the listening socket is bound. SQLite writes `-wal` and
+    `-shm` files beside the state, and the lock file lives there too, so the directory must
+    be writable even when the file already exists.
+    """
+    if path == MEMORY:
+        return
+    full = os.path.abspath(path)  # as SQLite will open it: no ~ expansion
+    directory = os.path.dirname(full)
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise StatePathError(
+            f"state.path: directory {directory} {what} (create it, or point state.path at an "
+            "existing directory)",
+            missing_directory=True,
+        )
+    user = f"this user (uid {os.geteuid()})"
+    if os.path.isdir(full):
+        raise StatePathError(
+            f"state.path: {full} is a directory (expected a file path, like "
+            f"{os.path.join(full, 'neo-exporter.db')})",
+            missing_directory=False,
+        )
+    if os.path.exists(full) and not os.access(full, os.R_OK | os.W_OK):
+        raise StatePathError(
+            f"state.path: {full} is not writable by {user} (make it so, with chown or chmod, "
+            "or point state.path at a copy the exporter may write)",
+            missing_directory=False,
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StatePathError(
+            f"state.path: directory {directory} is not writable by {user} (the exporter "
+            f"creates {os.path.basename(full)}{LOCK_SUFFIX} and SQLite its -wal and -shm files "
+            "there; make it writable, or point state.path at another directory)",
+            missing_directory=False,
+        )
+
+
+class StateLock:
+    """An exclusive lock on `PATH.lock`, held until `release()` or the process's end.
+
+    flock, not the file's existence, is the lock: it goes away with the process however it
+    ends, so a crash leaves no stale lock. The file holds the holder's pid, for the message
+    the next process gets.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path + LOCK_SUFFIX
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "a process"
+            raise StateLockedError(
+                f"state file {path!r} is in use by another neo-exporter ({who}; lock "
+                f"{self.path}): run one exporter per state file. For a one-off read while it "
+                "runs, use --once, which reads into a temporary state by default"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateHealth:
+    """Whether the state can be written, for the landing page and neo_exporter_state_writable."""
+
+    path: str
+    writable: bool = True
+    error: str | None = None  # SQLite's reason of the last failed write
+    since: float | None = None  # Unix time of the first failed write in a row
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _writes(
+    *, proves_writable: bool
+) -> Callable[[Callable[Concatenate[State, P], R]], Callable[Concatenate[State, P], R]]:
+    """Turn a failed write into StateWriteError, and note it (and recovery) in the health.
+
+    `proves_writable`: a success writes the state file itself (temporary tables do not, so
+    they cannot tell that it became writable again).
+    """
+
+    def decorate(method: Callable[Concatenate[State, P], R]) -> Callable[Concatenate[State, P], R]:
+        @functools.wraps(method)
+        def wrapper(self: State, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                result = method(self, *args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                root: BaseException = exc
+                # A ROLLBACK that fails after a failed COMMIT hides the reason: find it.
+                while isinstance(root.__context__, sqlite3.Error):
+                    root = root.__context__
+                self._note_write(str(root))
+                raise StateWriteError(
+                    f"state file {self._path!r} cannot be written ({root}): nothing new is "
+                    "counted until it can; the last committed values are still served"
+                ) from exc
+            if proves_writable:
+                self._note_write(None)
+            return result
+
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +322,25 @@ class State:
         self._limits = limits
         self._lock = threading.RLock()
         self._accounts: dict[str, _Account] = {}
+        self._path = path
+        self._health = StateHealth(path)
+        # One writer per file: taken before SQLite opens it, released after it is closed.
+        try:
+            self._file_lock = None if path == MEMORY else StateLock(path)
+        except OSError as exc:
+            raise StateError(
+                f"state file {path!r} cannot be used (its lock file {path}{LOCK_SUFFIX} cannot "
+                f"be opened: {exc.strerror or type(exc).__name__})"
+            ) from None
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._prepare()
             self._load()
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
+            if self._file_lock is not None:
+                self._file_lock.release()
+            if not isinstance(exc, sqlite3.DatabaseError):
+                raise
             raise StateError(
                 f"state file {path!r} cannot be used ({exc}). If it is damaged, stop the "
                 "exporter, move the file aside and start again: the exporter re-reads the "
@@ -309,11 +470,29 @@ class State:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._file_lock is not None:
+                self._file_lock.release()
+
+    def health(self) -> StateHealth:
+        return self._health
+
+    def _note_write(self, error: str | None) -> None:
+        """Record a write's outcome; the health is replaced whole, so readers need no lock."""
+        current = self._health
+        if error is None:
+            if not current.writable:
+                log.info("state file %r can be written again", self._path)
+                self._health = StateHealth(self._path)
+        elif current.writable:
+            self._health = StateHealth(self._path, False, error, time.time())
+        else:
+            self._health = StateHealth(self._path, False, error, current.since)
 
     # --- one tasks read ----------------------------------------------------------------
     # A tasks read may see a task twice (offset paging); its distinct ids are kept here,
     # not in a Python set, so memory does not grow with the window's tasks.
 
+    @_writes(proves_writable=False)
     def add_read_tasks(self, account: str, tasks: Iterable[TaskRecord]) -> None:
         """Add tasks to the current read of `account`; a task already in it is ignored."""
         rows = [
@@ -503,6 +682,7 @@ class State:
                 found[stream_id] = (fingerprint, counted)
         return found
 
+    @_writes(proves_writable=True)
     def _commit(
         self,
         account: str,
@@ -566,6 +746,7 @@ class State:
         for name, values in work.new_labels.items():
             acct.labels.setdefault(name, set()).update(values)
 
+    @_writes(proves_writable=True)
     def save_marks(
         self,
         account: str,

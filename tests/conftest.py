@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,6 +119,21 @@ def truth_mismatches(samples: Mapping[SampleKey, float], truth: Any, account: st
             compare(f"{metric}_count{{{key}}}", counts.get(key, 0.0), float(want_count))
             compare(f"{metric}_sum{{{key}}}", sums.get(key, 0.0), want_sum)
     return problems
+
+
+# The default state.path, relative to the working directory: the repository root in tests.
+STRAY_STATE = Path(__file__).resolve().parent.parent / "neo-exporter.db"
+
+
+@pytest.fixture(autouse=True)
+def no_state_file_left_in_the_repository() -> Iterator[None]:
+    """Every test keeps its state in a temporary directory or in memory, never the root."""
+    existed = STRAY_STATE.exists()
+    yield
+    if not existed and STRAY_STATE.exists():
+        for leftover in STRAY_STATE.parent.glob(STRAY_STATE.name + "*"):
+            leftover.unlink()
+        pytest.fail(f"the test left {STRAY_STATE.name} in the repository root")
 
 
 @pytest.fixture

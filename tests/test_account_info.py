@@ -3,9 +3,11 @@ against the fake Neo API over real HTTP: values equal what the fake serves and i
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 import time
@@ -266,9 +268,13 @@ def test_a_non_admin_token_marks_summary_and_credits_unavailable_and_retries_the
     assert sample(samples, "neo_exporter_polls_total", **polls, result="failure") == 0
     assert [k for k in samples if k[0].startswith(("neo_account_", "neo_billing_"))] == []
     page = landing_page(exporter.store.get(), clock())
-    assert "summary UNAVAILABLE, next try in 30m" in page
-    assert "credits UNAVAILABLE" in page
-    assert "user up" in page
+    cells = endpoint_cells(page)
+    unavailable = "UNAVAILABLE (HTTP 403: the token is not a team admin's), next try in 30m"
+    assert cells["summary"] == ("unavailable", unavailable)
+    assert cells["credits"] == ("unavailable", unavailable)
+    assert cells["user"][0] == "up"
+    # A 403 that the token cannot help is not a failing read: the page is not degraded by it.
+    assert 'class="headline starting"' in page
     assert "fake-member-token" not in caplog.text + page
 
 
@@ -294,7 +300,7 @@ def test_no_billing_plan_404_is_unavailable_not_a_failure_and_recovers(
     assert poller.poll_due()["credits"] == "success"
     assert select(scrape(exporter.registry), "neo_billing_available_credits")
     assert "/api/v1/billing/credits is available again" in caplog.text
-    assert "credits up" in landing_page(exporter.store.get(), clock())
+    assert endpoint_cells(landing_page(exporter.store.get(), clock()))["credits"][0] == "up"
 
 
 def test_a_failing_endpoint_keeps_its_last_values_and_is_retried_at_its_interval(
@@ -310,7 +316,10 @@ def test_a_failing_endpoint_keeps_its_last_values_and_is_retried_at_its_interval
     samples = scrape(exporter.registry)
     assert sample(samples, "neo_up", account="acme", endpoint="user") == 0
     assert sample(samples, "neo_spending_cap_used_usd", account="acme") == before
-    assert "user DOWN" in landing_page(exporter.store.get(), clock())
+    page = landing_page(exporter.store.get(), clock())
+    state, text = endpoint_cells(page)["user"]
+    assert state == "down" and text.startswith("DOWN since ")
+    assert 'class="headline degraded"' in page
     assert poller.next_due() == clock() + 120
     clock.advance(120)
     neo.clear_faults()
@@ -660,3 +669,14 @@ def test_overview_has_balance_cap_top_tasks_and_member_panels() -> None:
     assert "neo_top_task_credits" in exprs["Top tasks by credits in the window"]
     assert "neo_member_window_credits" in exprs["Credits by member in the window"]
     assert "metrics.members.enabled" in by_title["Credits by member in the window"]["description"]
+
+
+def endpoint_cells(page: str, account: str = "acme") -> dict[str, tuple[str, str]]:
+    """The landing page's (CSS class, text) of each endpoint of an account, by endpoint."""
+    row = re.search(rf"<tr><th>{account}</th>((?:<td[^>]*>.*?</td>){{5}})</tr>", page)
+    assert row is not None, page
+    cells = re.findall(r'<td(?: class="(\w+)")?>(.*?)</td>', row.group(1))
+    names = ("streams", "tasks", "summary", "user", "credits")
+    return {
+        name: (css, html.unescape(text)) for name, (css, text) in zip(names, cells, strict=True)
+    }

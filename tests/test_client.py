@@ -520,3 +520,89 @@ def test_a_read_short_of_the_apis_total_within_its_budget_says_how_short(
     assert outcome is not None and not outcome.complete
     assert (outcome.reported, outcome.found) == (32, 30)
     assert outcome.repair_requests <= 16  # the budget: bounded however the API behaves
+
+
+# --- what a failed connection says ----------------------------------------------------------
+
+
+def _real_client(base_url: str) -> tuple[NeoClient, list[tuple[str, str]]]:
+    """A client on the real network stack: no retries, so each test makes one attempt."""
+    seen: list[tuple[str, str]] = []
+    account = AccountConfig(
+        name="acme", base_url=base_url, token=Secret(TOKEN), auth_header="bearer"
+    )
+    http = HttpConfig(max_retries=0, connect_timeout=2.0, read_timeout=2.0)
+    client = NeoClient(
+        account, http, wait=lambda s: False, on_request=lambda e, c: seen.append((e, c))
+    )
+    return client, seen
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there now: connecting is refused
+
+
+def test_a_refused_connection_names_the_host_and_port_and_counts_as_connection_refused() -> None:
+    port = _closed_port()
+    client, seen = _real_client(f"http://127.0.0.1:{port}")
+    with pytest.raises(ApiError) as caught:
+        client.get_json("/api/v1/user", {"token": TOKEN}, "user")
+    message = str(caught.value)
+    assert (
+        message == f"user: gave up after 1 attempt (last: connection refused by 127.0.0.1:{port})"
+    )
+    assert seen == [("user", "connection_refused")]
+    assert TOKEN not in message
+
+
+def test_a_failed_dns_lookup_names_the_host_and_counts_as_dns_error() -> None:
+    client, seen = _real_client("https://neo-exporter-test.invalid")
+    with pytest.raises(ApiError) as caught:
+        client.get_json("/api/v1/user", {}, "user")
+    message = str(caught.value)
+    assert message.startswith(
+        "user: gave up after 1 attempt (last: DNS lookup of neo-exporter-test.invalid failed ("
+    ), message
+    assert seen == [("user", "dns_error")]
+
+
+def test_an_untrusted_certificate_counts_as_tls_error_and_says_why(tmp_path: Any) -> None:
+    import http.server
+    import ssl
+
+    from tests.tls_helpers import make_pki
+
+    pki = make_pki(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        client, seen = _real_client(f"https://127.0.0.1:{port}")  # the test CA is not trusted
+        with pytest.raises(ApiError) as caught:
+            client.get_json("/api/v1/user", {}, "user")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(caught.value)
+    assert message.startswith(
+        f"user: gave up after 1 attempt (last: TLS certificate of 127.0.0.1:{port} could not "
+        "be verified ("
+    ), message
+    assert seen == [("user", "tls_error")]
+
+
+def test_several_attempts_are_counted_in_the_plural(mocked: responses.RequestsMock) -> None:
+    mocked.get(STREAMS, status=503)
+    client, _, _ = make_client(Clock(), max_retries=2)
+    with pytest.raises(
+        ApiError, match=r"gave up after 3 attempts \(last: HTTP 503 from neo.test:443\)"
+    ):
+        client.get_json("/api/v1/usage/streams", {}, "streams")

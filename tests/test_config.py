@@ -79,7 +79,7 @@ ONE_MISTAKE = {
     "token_file_missing": ("accounts[0].token_file", "cannot read"),
     "bad_duration": ("polling.interval", "expected a duration like 90s"),
     "zero_duration": ("polling.tasks_interval", "must be greater than 0"),
-    "negative_duration": ("http.read_timeout", "is negative"),
+    "negative_duration": ("http.read_timeout", "must be greater than 0"),
     "lookback_shorter_than_interval": ("polling.lookback", "shorter than polling.interval"),
     "lookback_longer_than_window": ("polling.lookback", "longer than polling.window"),
     "catch_up_limit_longer_than_window": ("polling.catch_up_limit", "longer than polling.window"),
@@ -110,6 +110,32 @@ ONE_MISTAKE = {
     "label_limit_out_of_range": ("metrics.label_limits.tool", "from 1 to 10000"),
     "bad_listen_address": ("web.listen_address", "expected [host]:port"),
     "empty_state_path": ("state.path", "is empty"),
+    "alert_threshold_not_a_number": ("alerts.thresholds.hourly_credits", "expected a number"),
+    "alert_threshold_negative": ("alerts.thresholds.hourly_usd", "is negative"),
+    "alert_ratio_above_one": ("alerts.thresholds.error_ratio", "from 0 to 1"),
+    "alert_threshold_bad_duration": (
+        "alerts.thresholds.data_lag_seconds",
+        "expected a duration like 90s",
+    ),
+    "unknown_alert_threshold": (
+        "alerts.thresholds.hourly_credit",
+        "unknown key (did you mean hourly_credits?",
+    ),
+    "unknown_account_alert_threshold": (
+        "accounts[0].alert_thresholds.hourly_usd_spend",
+        "unknown key (did you mean hourly_usd?",
+    ),
+    "account_alert_threshold_not_a_number": (
+        "accounts[0].alert_thresholds.spend_spike_factor",
+        "expected a number",
+    ),
+    "account_alert_thresholds_not_a_mapping": (
+        "accounts[0].alert_thresholds",
+        "expected a mapping",
+    ),
+    "task_titles_not_a_boolean": ("metrics.task_titles", "expected true or false"),
+    "max_connections_out_of_range": ("web.max_connections", "from 1 to 10000"),
+    "zero_read_header_timeout": ("web.read_header_timeout", "must be greater than 0"),
 }
 SEVERAL_MISTAKES = {
     "web.listen_address",
@@ -233,11 +259,19 @@ def test_environment_values_are_not_interpolated() -> None:
     assert config.accounts[0].token.reveal() == "${OTHER}"
 
 
-@pytest.mark.parametrize("environ", [{}, {"NEO_API_TOKEN": ""}, {"NEO_API_TOKEN": "  "}])
-def test_no_file_and_no_token_is_a_config_error(environ: dict[str, str]) -> None:
+def test_no_file_and_no_token_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(None, environ)
+        load_config(None, {})
     assert caught.value.problems == ("config: no --config.file given and NEO_API_TOKEN is not set",)
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_an_empty_token_in_the_environment_is_reported_as_empty_not_unset(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"NEO_API_TOKEN": token})
+    assert caught.value.problems == (
+        "config: no --config.file given and NEO_API_TOKEN is empty (expected the API token)",
+    )
 
 
 def test_token_file_is_read_relative_to_the_config_directory(tmp_path: Path) -> None:
@@ -614,8 +648,8 @@ def test_parse_duration_accepts(text: object, seconds: float) -> None:
         ("1m1m", "each at most once"),
         ("h", "expected a duration"),
         ("1.h", "expected a duration"),
-        ("-5m", "is negative"),
-        (-1, "is negative"),
+        ("-5m", "must be greater than 0"),
+        (-1, "must be greater than 0"),
         ("+5", "expected a duration"),
         (math.inf, "not finite"),
         (math.nan, "not finite"),
@@ -728,6 +762,8 @@ def test_any_input_gives_a_config_or_a_config_error(data: object) -> None:
 # YAML keys that are not dataclass fields, and fields that are not YAML keys.
 YAML_ONLY_KEYS = {"accounts[].token_file"}
 NOT_YAML_KEYS = {"warnings"}
+# A mapping documented as one key (its keys are those of alerts.thresholds).
+MAPPING_KEYS = {"accounts[].alert_thresholds"}
 DOTTED_KEY = re.compile(r"[a-z_]+(?:\[\])?(?:\.[a-z_]+)+")
 
 
@@ -740,6 +776,9 @@ def dataclass_keys(cls: type, prefix: str = "") -> set[str]:
             continue
         kind = hints[field.name]
         path = f"{prefix}{field.name}"
+        if path in MAPPING_KEYS:
+            keys.add(path)
+            continue
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
             if dataclasses.is_dataclass(item):
@@ -779,9 +818,10 @@ def test_configuration_doc_lists_every_key() -> None:
     assert documented - keys == set(), "docs/configuration.md lists keys the code does not have"
     in_example = example_keys()
     assert in_example <= keys, "config.example.yaml has keys the code does not have"
-    # The only key not set in the example is token_file, shown in the commented-out account.
-    assert keys - in_example == {"accounts[].token_file"}
+    # The only keys not set in the example are in the commented-out account.
+    assert keys - in_example == {"accounts[].token_file", "accounts[].alert_thresholds"}
     assert re.search(r"^\s*#\s+token_file:", EXAMPLE.read_text(), flags=re.MULTILINE)
+    assert re.search(r"^\s*#\s+alert_thresholds:", EXAMPLE.read_text(), flags=re.MULTILINE)
 
 
 def test_configuration_doc_lists_every_cli_flag() -> None:
@@ -793,7 +833,13 @@ def test_configuration_doc_lists_every_cli_flag() -> None:
         "--log.format",
         "--check-config",
         "--once",
+        "--once.state",
+        "--once.timeout",
+        "--web.config.file",
         "--demo",
         "--version",
     ):
         assert f"`{flag}" in text, flag
+    # Every flag the command line defines, whatever the list above says.
+    defined = set(re.findall(r'"(--[a-z][a-z.-]+)"', (ROOT / "exporter" / "cli.py").read_text()))
+    assert defined and {f for f in defined if f"| `{f}" not in text} == set()

@@ -192,7 +192,7 @@ def test_image_carries_oci_labels_matching_the_project() -> None:
     labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', text))
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}" in labels, key
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
     version = re.search(r"^ARG VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     assert version is not None
     assert version.group(1) == PYPROJECT["project"]["version"]
@@ -785,3 +785,47 @@ def test_service_monitor_scrapes_the_service_as_the_job_the_alerts_expect(
         text = "".join(path.read_text() for path in RULES_DIR.glob("*.rules.yml"))
         wanted = set(re.findall(r'job="([^"]+)"', text))
         assert wanted <= {job}, f"the rules select job {wanted}, the ServiceMonitor gives {job}"
+
+
+def test_prometheus_rule_runbook_links_take_the_base_url_set_once_in_the_values(
+    helm: ModuleType,
+) -> None:
+    base = "https://wiki.example.com/neo-exporter/docs"
+    values = {**VALUE_SETS["prometheus-operator"], "prometheusRule": {"enabled": True}}
+    needs_rules(values)
+    values["prometheusRule"]["runbookBaseUrl"] = base + "/"
+    rule = one(render(helm, values), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        expected = f"{base}/dashboards.md#{alert['alert'].lower()}"
+        assert alert["annotations"]["runbook_url"] == expected
+    # Everything else is as shipped.
+    shipped = shipped_rule_groups()
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            item.get("annotations", {}).pop("runbook_url", None)
+    for group in shipped:
+        for item in group["rules"]:
+            item.get("annotations", {}).pop("runbook_url", None)
+    assert rule["spec"]["groups"] == shipped
+
+
+def test_the_license_is_an_spdx_expression_with_a_setuptools_that_reads_it() -> None:
+    """A TOML table made setuptools warn four times per install; a string needs >= 77."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_extra_environment_variables_reach_the_exporter_for_a_proxy_or_a_ca_bundle(
+    helm: ModuleType,
+) -> None:
+    proxy = {"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}
+    values = {**VALUE_SETS["defaults"], "extraEnv": [proxy]}
+    deployment = one(render(helm, values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert proxy in container["env"]
+    assert container["env"][0]["name"] != "HTTPS_PROXY"  # after the tokens, not instead

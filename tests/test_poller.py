@@ -135,7 +135,11 @@ def test_a_wrong_token_keeps_metrics_served_and_up_at_zero(
 ) -> None:
     neo.generate(20, T0 - 3600, T0, late_fraction=0.0)
     config = config_from_mapping(
-        {"accounts": [{"name": "acme", "base_url": fake.url, "token": "wrong-secret-42"}]}, {}
+        {
+            "accounts": [{"name": "acme", "base_url": fake.url, "token": "wrong-secret-42"}],
+            "state": {"path": ":memory:"},
+        },
+        {},
     )
     exporter = make_exporter(config)
     with caplog.at_level(logging.DEBUG):
@@ -161,7 +165,11 @@ def test_a_member_token_is_told_it_needs_an_admin(
     fake: FakeNeoServer, make_exporter: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = config_from_mapping(
-        {"accounts": [{"name": "acme", "base_url": fake.url, "token": "fake-member-token"}]}, {}
+        {
+            "accounts": [{"name": "acme", "base_url": fake.url, "token": "fake-member-token"}],
+            "state": {"path": ":memory:"},
+        },
+        {},
     )
     exporter = make_exporter(config)
     assert not exporter.pollers[0].poll_streams()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from exporter.config import AlertThresholds
 from tests.processes import ROOT
 
 RULES_DIR = ROOT / "prometheus" / "rules"
@@ -21,6 +25,15 @@ EXAMPLE_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 DOCS = ROOT / "docs" / "dashboards.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 THRESHOLD_PREFIX = "neo:threshold:"
+RUNBOOK_SCRIPT = ROOT / "prometheus" / "set_runbook_base.py"
+
+
+def runbook_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("set_runbook_base", RUNBOOK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_tool(name: str) -> str:
@@ -108,21 +121,53 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_section() ->
         # The description quotes the numbers: the value, and the threshold where there is one.
         assert "$value" in annotations["description"], name
         runbook = annotations["runbook_url"]
-        assert runbook == f"docs/dashboards.md#{name.lower()}", name
+        base = runbook_script().PLACEHOLDER
+        assert runbook == f"{base}/dashboards.md#{name.lower()}", name
         assert name.lower() in anchors, f"no section '{name}' in docs/dashboards.md"
 
 
-def test_thresholds_live_only_in_the_threshold_group() -> None:
+def test_thresholds_come_from_the_exporter_and_each_account_has_its_own() -> None:
     # Numbers in alert expressions other than 0 (a count) and 3600 (per second -> per hour)
-    # would be thresholds outside the one place where users edit them.
+    # would be thresholds outside the config, where users set them.
     for alert in alerts():
         expr = re.sub(r"\[[^\]]*\]", "", alert["expr"])  # range durations are not thresholds
         expr = re.sub(r'"[^"]*"', "", expr)  # neither are label values
         numbers = set(re.findall(r"(?<![\w:.])\d+(?:\.\d+)?(?![\w:])", expr))
         assert numbers <= {"0", "3600"}, f"{alert['alert']}: literal thresholds {numbers}"
-    thresholds = {r["record"] for r in rules() if r.get("record", "").startswith(THRESHOLD_PREFIX)}
+        # Each comparison with a threshold is one account against its own.
+        for threshold in re.findall(rf"{THRESHOLD_PREFIX}\w+", alert["expr"]):
+            assert re.search(rf"[<>]=? on \(account\) {threshold}\b", alert["expr"]), threshold
+    group = next(g for g in rule_groups() if g["name"] == "neo-alert-thresholds")
+    names = {f.name for f in dataclasses.fields(AlertThresholds)}
+    for rule in group["rules"]:
+        name = rule["record"].removeprefix(THRESHOLD_PREFIX)
+        assert name in names, rule["record"]
+        assert rule["expr"] == f'max by (account) (neo_alert_threshold{{threshold="{name}"}})'
+    thresholds = {r["record"] for r in group["rules"]}
+    assert thresholds == {THRESHOLD_PREFIX + name for name in names}
     used = {t for a in alerts() for t in re.findall(rf"{THRESHOLD_PREFIX}\w+", a["expr"])}
     assert used == thresholds, "every threshold is used, and every used one is defined"
+
+
+def test_runbook_urls_are_absolute_and_share_one_base_that_one_command_sets(
+    tmp_path: Path,
+) -> None:
+    script = runbook_script()
+    assert script.bases(script.files()) == {script.PLACEHOLDER}
+    assert script.PLACEHOLDER.startswith("https://")
+    for path in script.files():
+        (tmp_path / path.parent.name).mkdir(exist_ok=True)
+        shutil.copy(path, tmp_path / path.parent.name / path.name)
+    copies = script.files(tmp_path)
+    base = "https://git.example.com/ops/neo-exporter/-/blob/main/docs"
+    changed = script.set_base(copies, base)
+    assert changed == sum(p.read_text().count("runbook_url") for p in copies)
+    assert script.bases(copies) == {base}
+    for path in copies:
+        for url in re.findall(r"runbook_url: \"?(\S+?)\"?$", path.read_text(), re.MULTILINE):
+            assert re.fullmatch(rf"{re.escape(base)}/dashboards\.md#neo[a-z]+", url), url
+    # The rewritten tests still pass against the rewritten rules.
+    run_promtool("test", "rules", str(tmp_path / "tests" / UNIT_TESTS.name), cwd=tmp_path / "tests")
 
 
 def test_rules_only_use_documented_metric_names() -> None:

@@ -21,6 +21,10 @@ from exporter.state import (
     LabelLimitsView,
     State,
     StateError,
+    StateLockedError,
+    StatePathError,
+    StateWriteError,
+    check_state_path,
 )
 
 BOUNDS = {
@@ -419,3 +423,63 @@ def test_a_discarded_tasks_read_leaves_nothing_behind() -> None:
     totals = state.tasks_read_totals("a")
     assert dict(totals.tasks_by_status) == {"completed": 1}
     assert totals.credits == pytest.approx(2.0)
+
+
+# --- one writer, a path checked early, writes that fail --------------------------------------
+
+
+def test_a_second_state_on_the_same_file_is_refused_naming_the_holder_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    path = tmp_path / "state.db"
+    first = open_state(path)
+    assert (tmp_path / "state.db.lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(StateLockedError) as caught:
+        open_state(path)
+    assert str(caught.value).startswith(
+        f"state file '{path}' is in use by another neo-exporter (pid {os.getpid()}; "
+        f"lock {path}.lock)"
+    )
+    first.close()
+    open_state(path).close()  # released with the first; the lock file stays, unlocked
+    open_state(":memory:").close()
+    assert (tmp_path / "state.db.lock").exists()
+
+
+def test_the_state_path_check_names_a_missing_directory_and_a_directory_given_as_the_file(
+    tmp_path: Path,
+) -> None:
+    check_state_path(":memory:")
+    check_state_path(str(tmp_path / "new.db"))  # a new file in a writable directory
+    with pytest.raises(StatePathError) as missing:
+        check_state_path(str(tmp_path / "nope" / "state.db"))
+    assert missing.value.missing_directory
+    assert str(missing.value).startswith(f"state.path: directory {tmp_path / 'nope'} does not")
+    with pytest.raises(StatePathError) as directory:
+        check_state_path(str(tmp_path))
+    assert not directory.value.missing_directory
+    assert "is a directory (expected a file path" in str(directory.value)
+    assert list(tmp_path.iterdir()) == []  # the check creates nothing
+
+
+def test_a_write_that_fails_is_reported_in_the_health_and_the_next_success_clears_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    assert state.health().writable
+    saboteur = sqlite3.connect(str(path))
+    saboteur.execute("BEGIN EXCLUSIVE")  # another writer holds the file: SQLite is "locked"
+    state._db.execute("PRAGMA busy_timeout=0")  # fail at once rather than in 5 s
+    with pytest.raises(StateWriteError, match=r"cannot be written \(database is locked\)"):
+        state.ingest("a", [record("s1")], now=2000.0)
+    health = state.health()
+    assert not health.writable and health.error == "database is locked"
+    assert health.since is not None
+    assert state.seen_streams("a") == 0
+    saboteur.rollback()
+    saboteur.close()
+    assert state.ingest("a", [record("s1")], now=2001.0).new == 1
+    assert state.health().writable and state.health().error is None

@@ -99,7 +99,7 @@ def test_a_damaged_state_file_stops_the_start_with_the_recovery_steps(tmp_path: 
     state = tmp_path / "state.db"
     with fake_api("--seed", "8", "--streams", "200", "--late-fraction", "0") as (_, fake_url):
         config = write_config(tmp_path / "config.yaml", fake_url, state)
-        result = run_cli("--once", "--config.file", str(config), env=ENV)
+        result = run_cli("--once", "--once.state", "live", "--config.file", str(config), env=ENV)
         assert result.returncode == 0
         # Overwrite the middle of the file (its tables), as a bad disk or a stray write would.
         data = bytearray(state.read_bytes())
@@ -108,7 +108,7 @@ def test_a_damaged_state_file_stops_the_start_with_the_recovery_steps(tmp_path: 
         state.write_bytes(bytes(data))
         for suffix in ("-wal", "-shm"):
             Path(f"{state}{suffix}").unlink(missing_ok=True)
-        result = run_cli("--once", "--config.file", str(config), env=ENV)
+        result = run_cli("--once", "--once.state", "live", "--config.file", str(config), env=ENV)
     assert result.returncode == 1
     assert str(state) in result.stderr
     assert "move the file aside" in result.stderr
@@ -116,13 +116,13 @@ def test_a_damaged_state_file_stops_the_start_with_the_recovery_steps(tmp_path: 
     assert "neo_credits_total" not in result.stdout  # nothing served from a guess
 
 
-def test_a_state_path_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "config.yaml", "http://127.0.0.1:1", tmp_path / "no" / "dir.db"
-    )
-    result = run_cli("--once", "--config.file", str(config), env=ENV)
+def test_a_state_file_sqlite_cannot_open_is_a_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    state.write_bytes(b"this is not an SQLite database, and longer than its header" * 20)
+    config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:1", state)
+    result = run_cli("--once", "--once.state", "live", "--config.file", str(config), env=ENV)
     assert result.returncode == 1
-    assert "cannot be used" in result.stderr and "no/dir.db" in result.stderr
+    assert "cannot be used" in result.stderr and str(state) in result.stderr
     assert "Traceback" not in result.stderr
 
 

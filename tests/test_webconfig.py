@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -349,6 +350,50 @@ def test_openssl_completes_a_verified_handshake_and_is_refused_below_min_version
             input="", capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip
         assert old.returncode != 0  # below min_version
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_client_that_never_finishes_the_tls_handshake_is_closed_at_the_header_timeout(
+    pki: Pki,
+) -> None:
+    import socket
+
+    web = web_config_from_mapping(
+        {"tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}},
+        "/",
+    )
+    server = ExporterServer(
+        ("127.0.0.1", 0),
+        CollectorRegistry(),
+        SnapshotStore(("acme",), 60.0),
+        web=web,
+        read_header_timeout=1.0,
+        max_connections=4,
+    )
+    server.serve_in_thread()
+    try:
+        port = server.server_address[1]
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        for sock in silent[:2]:
+            sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+        # Eight silent clients against four slots: a verified scrape still gets through.
+        response = requests.get(
+            f"https://127.0.0.1:{port}/-/healthy", verify=str(pki.ca), timeout=10
+        )
+        assert response.status_code == 200
+        started = time.monotonic()
+        for sock in silent:
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1024) == b""
+            sock.close()
+        assert time.monotonic() - started < 2.5  # the timeout plus a check of the deadlines
+        deadline = time.monotonic() + 2.5  # the scrape's own connection: closed or reaped
+        while server.connections.open_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.connections.open_count() == 0
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,194 @@
+"""The landing page's logic on hand-made snapshots: the headline, the cells, what it shows.
+
+The same page on a real exporter, with screenshots, is in tests/test_operations.py.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.account_info import TopTasks
+from exporter.config import AlertThresholds, Config, config_from_mapping
+from exporter.instrumentation import ExporterMetrics
+from exporter.models import parse_task
+from exporter.server import PageContext, headline, landing_page, status_rows
+from exporter.snapshot import AccountInfo, EndpointHealth, SnapshotStore, SpendingCap, TopTask
+from exporter.state import StateHealth
+from tests.conftest import parse_exposition, sample
+
+NOW = 1_800_000_000.0
+STARTED = NOW - 3600
+TOKEN = "tok-page-secret-77aa"
+UP = EndpointHealth(True, NOW - 10, None)
+
+
+def store(*names: str) -> SnapshotStore:
+    made = SnapshotStore(names, 86400.0)
+    for name in names:
+        made.update(
+            name,
+            first_poll_done=True,
+            endpoints={"streams": UP, "tasks": UP},
+            info=AccountInfo(endpoints={e: UP for e in ("summary", "user", "credits")}),
+        )
+    return made
+
+
+def config(*names: str, **account: object) -> Config:
+    return config_from_mapping(
+        {
+            "accounts": [
+                {"name": n, "base_url": f"https://{n}.example", "token": TOKEN, **account}
+                for n in names
+            ],
+            "state": {"path": "/var/lib/neo/state.db"},
+        },
+        {},
+    )
+
+
+def test_every_read_up_is_healthy() -> None:
+    level, text = headline(store("a", "b").get(), None, NOW, STARTED)
+    assert (level, text) == ("healthy", "every read of 2 account(s) succeeded at its last try")
+
+
+def test_a_failing_read_is_degraded_naming_the_account_the_endpoint_and_since_when() -> None:
+    snapshots = store("a", "b")
+    failing = EndpointHealth(False, NOW - 600, "tasks: gave up after 6 attempts (last: ...)")
+    snapshots.update("b", endpoints={"streams": UP, "tasks": failing})
+    level, text = headline(snapshots.get(), None, NOW, STARTED)
+    assert level == "degraded"
+    assert text == (
+        "1 read(s) of 1 of 2 account(s) failing: b: tasks (since 2027-01-15 07:50:00 UTC)"
+    )
+
+
+def test_every_streams_read_failing_is_down_and_a_read_that_never_worked_dates_from_the_start() -> (
+    None
+):
+    snapshots = store("a")
+    snapshots.update("a", endpoints={"streams": EndpointHealth(False, None, "x"), "tasks": UP})
+    level, text = headline(snapshots.get(), None, NOW, STARTED)
+    assert level == "down"
+    assert text.startswith("no account's usage can be read: a: streams (since 2027-01-15 07:00")
+
+
+def test_a_state_that_cannot_be_written_is_down_whatever_the_reads_say() -> None:
+    state = StateHealth("/s.db", False, "disk I/O error", NOW - 60)
+    level, text = headline(store("a").get(), state, NOW, STARTED)
+    assert level == "down"
+    assert text.startswith("the state file cannot be written since 2027-01-15 07:59:00 UTC")
+    assert "disk I/O error" in text
+
+
+def test_an_endpoint_the_token_may_not_read_is_not_a_failure() -> None:
+    snapshots = store("a")
+    forbidden = EndpointHealth(
+        False, None, "unavailable (HTTP 403: the token is not a team admin's)"
+    )
+    info = AccountInfo(
+        endpoints={"summary": forbidden, "user": UP, "credits": UP},
+        unavailable_until={"summary": NOW + 1800},
+    )
+    snapshots.update("a", info=info)
+    assert headline(snapshots.get(), None, NOW, STARTED)[0] == "healthy"
+    page = landing_page(snapshots.get(), NOW)
+    assert (
+        '<td class="unavailable">UNAVAILABLE (HTTP 403: the token is not a team admin&#x27;s), '
+        "next try in 30m</td>"
+    ) in page
+
+
+def test_before_the_first_read_ends_it_is_starting() -> None:
+    snapshots = SnapshotStore(("a",), 60.0)
+    assert headline(snapshots.get(), None, NOW, STARTED)[0] == "starting"
+
+
+def test_the_page_shows_spend_top_tasks_state_and_configuration_without_a_secret() -> None:
+    snapshots = store("acme")
+    cap = SpendingCap(limit=500.0, used=450.0, remaining=50.0)
+    snapshots.update(
+        "acme",
+        info=AccountInfo(cap=cap, endpoints={e: UP for e in ("summary", "user", "credits")}),
+        top_tasks=(TopTask(1, "t-1", "Recon of app.example.com", "", 41.5),),
+        watermark=NOW - 30,
+    )
+    context = PageContext(
+        config(
+            "acme", alert_thresholds={"spending_cap_warning_ratio": 0.5, "hourly_credits": 5000}
+        ),
+        lambda: StateHealth("/var/lib/neo/state.db"),
+        STARTED,
+    )
+    page = landing_page(snapshots.get(), NOW, context)
+    assert '<meta http-equiv="refresh" content="30">' in page
+    # 90 % is above this account's warning threshold (50 %), below the critical one (95 %).
+    assert '<td class="warn">90%: 450.00 of 500.00 USD, 50.00 left</td>' in page
+    assert "#1 41.5: Recon of app.example.com (task t-1)" in page
+    assert "https://acme.example" in page and "/var/lib/neo/state.db" in page
+    assert "hourly_credits 5000, spending_cap_warning_ratio 0.5" in page
+    assert TOKEN not in page
+    assert "docs/configuration.md" in page and "/-/ready" in page
+
+
+def test_status_rows_are_where_per_account_lines_are_added() -> None:
+    snapshots = store("a")
+    snapshots.update("a", watermark=NOW - 90, last_poll_duration=1.25, seen_streams=7)
+    rows = {label: cell.text for label, cell in status_rows(snapshots.account("a"), NOW)}
+    assert rows == {
+        "current read": "none (idle)",
+        "data complete up to": "2027-01-15 07:58:30 UTC (1m30s ago)",
+        "last streams read took": "1.25s",
+        "stream ids held": "7",
+    }
+    page = landing_page(snapshots.get(), NOW)
+    for label, text in rows.items():
+        assert f"<tr><th>{label}</th><td>{html.escape(text)}</td></tr>" in page
+
+
+def test_task_titles_switched_off_keep_the_id_and_drop_the_title() -> None:
+    row = {
+        "task_id": "t-9",
+        "created_at": "2026-11-18T00:00:00Z",
+        "model": "m",
+        "status": "completed",
+        "neo_credits": 3.0,
+        "task_title": "Pentest of customer-x.example",
+    }
+    with_titles, without = TopTasks(3, emails=False), TopTasks(3, emails=False, titles=False)
+    for top in (with_titles, without):
+        top.add(parse_task(row), row)
+    assert with_titles.ranked()[0].title == "Pentest of customer-x.example"
+    assert without.ranked()[0].title == "" and without.ranked()[0].task_id == "t-9"
+
+
+def test_alert_thresholds_are_exported_per_account_from_the_config() -> None:
+    loaded = config_from_mapping(
+        {
+            "accounts": [
+                {"name": "big", "token": TOKEN, "alert_thresholds": {"hourly_credits": 20000}},
+                {"name": "small", "token": TOKEN},
+            ],
+            "alerts": {"thresholds": {"hourly_credits": 500, "data_lag_seconds": "1h"}},
+        },
+        {},
+    )
+    registry = CollectorRegistry()
+    ExporterMetrics(
+        registry, ("big", "small"), {a.name: a.alert_thresholds for a in loaded.accounts}
+    )
+    samples = parse_exposition(generate_latest(registry).decode())
+
+    def threshold(account: str, name: str) -> float:
+        return sample(samples, "neo_alert_threshold", account=account, threshold=name)
+
+    assert threshold("big", "hourly_credits") == 20000
+    assert threshold("small", "hourly_credits") == 500
+    assert threshold("big", "data_lag_seconds") == threshold("small", "data_lag_seconds") == 3600
+    assert threshold("small", "spend_spike_factor") == AlertThresholds().spend_spike_factor == 5
+    names = {dict(k)["threshold"] for (n, k) in samples if n == "neo_alert_threshold"}
+    assert len(names) == 12
+    assert not re.search(TOKEN, generate_latest(registry).decode())
