@@ -101,6 +101,8 @@ class AlertThresholds:
     spending_cap_critical_ratio: float = 0.95
     credits_runout_horizon_seconds: float = 259200.0
     credits_expiry_horizon_seconds: float = 259200.0
+    # NeoExporterAuditDrift: the self-audit's difference from Neo, as a share of Neo's figure.
+    audit_drift_ratio: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ MAX_TOP_TASKS: Final = 100  # one series per rank: bounded by design
 MAX_MEMBERS: Final = 1000
 MAX_CONNECTIONS: Final = 10000
 # Thresholds that are shares (0 to 1); the others are any number >= 0.
-RATIO_THRESHOLDS: Final = ("error_ratio",)
+RATIO_THRESHOLDS: Final = ("error_ratio", "audit_drift_ratio")
 # Thresholds in seconds: a duration (30m, 3d) or a number of seconds.
 SECONDS_THRESHOLDS: Final = (
     "data_lag_seconds",

@@ -32,6 +32,7 @@ from exporter.config import AlertThresholds, Config, format_duration
 from exporter.snapshot import (
     ACCOUNT_ENDPOINTS,
     AccountSnapshot,
+    AuditResult,
     EndpointHealth,
     Snapshot,
     SnapshotStore,
@@ -625,10 +626,21 @@ def _endpoint_cell(
 def status_rows(account: AccountSnapshot, now: float) -> list[tuple[str, Cell]]:
     """The account's reading and counting, one (label, cell) per row of its status table.
 
-    Add a row here for any new per-account state worth a glance (audit results, catching up
-    after an outage): the page renders whatever this returns.
+    Add a row here for any new per-account state worth a glance: the page renders whatever
+    this returns.
     """
     rows: list[tuple[str, Cell]] = []
+    if account.catching_up:
+        rows.append(
+            (
+                "catching up",
+                Cell(
+                    "reading a backlog (first start, after downtime or an API outage); "
+                    "counters are published when the window has been read",
+                    "pending",
+                ),
+            )
+        )
     progress = account.progress
     if progress is None:
         rows.append(("current read", Cell("none (idle)")))
@@ -656,7 +668,32 @@ def status_rows(account: AccountSnapshot, now: float) -> list[tuple[str, Cell]]:
     if account.last_poll_duration is not None:
         rows.append(("last streams read took", Cell(f"{account.last_poll_duration:.2f}s")))
     rows.append(("stream ids held", Cell(str(account.seen_streams))))
+    short = {e: n for e, n in sorted(account.missing_rows.items()) if n > 0}
+    if short:
+        text = ", ".join(f"{endpoint} {rows} rows short" for endpoint, rows in short.items())
+        rows.append(("last reads", Cell(f"incomplete against the API's own total: {text}", "warn")))
+    rows.append(("self-audit", _audit_cell(account.audit, now)))
     return rows
+
+
+def _audit_cell(result: AuditResult | None, now: float) -> Cell:
+    """Neo's own totals beside the exporter's, for the last audited period."""
+    if result is None:
+        return Cell("not run yet (audit.interval; after the first read of the window)")
+    missing, drift = result.streams_missing, result.credits_drift
+    streams = "?" if result.neo_streams is None else f"{result.neo_streams:,}"
+    parts = [f"Neo {streams} streams, counted {result.counted_streams:,}"]
+    if result.neo_credits is None:
+        parts.append("credits not compared (summary unavailable)")
+    else:
+        parts.append(f"credits drift {drift:+,.4f} of {result.neo_credits:,.2f}")
+    exact = not missing and (drift is None or abs(drift) < 1e-6)
+    verdict = "exact" if exact else f"{missing if missing is not None else '?'} streams missing"
+    text = (
+        f"{verdict}: {'; '.join(parts)} "
+        f"({_utc(result.start)} to {_utc(result.end)}, {_ago(now, result.at)})"
+    )
+    return Cell(text, "" if exact else "warn")
 
 
 def _spend_cells(account: AccountSnapshot, config: Config | None) -> list[Cell]:

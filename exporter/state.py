@@ -980,11 +980,13 @@ class _Work:
                         self.bump(metric, (model, value, byok), 0.0)
 
     def zero_revisions(self) -> None:
-        """Start the money fields' revision counters at 0, for `increase()` and dashboards."""
+        """Start the revision counters of money and labels at 0, for `increase()` (alerts)."""
         for money in MONEY_FIELDS:
             for direction in (UP, DOWN):
                 self.bump(REVISIONS, (money, direction), 0.0)
             self.bump(REVISED_DOWN, (money,), 0.0)
+        for label in ("model", "status", "is_byok"):
+            self.bump(REVISIONS, (label, CHANGED), 0.0)
 
     def _values_of(self, name: str) -> set[str]:
         return self._acct.labels.get(name, set()) | self.new_labels.get(name, set())

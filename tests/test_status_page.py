@@ -5,6 +5,7 @@ The same page on a real exporter, with screenshots, is in tests/test_operations.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 
@@ -14,8 +15,15 @@ from exporter.account_info import TopTasks
 from exporter.config import AlertThresholds, Config, config_from_mapping
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import parse_task
-from exporter.server import PageContext, headline, landing_page, status_rows
-from exporter.snapshot import AccountInfo, EndpointHealth, SnapshotStore, SpendingCap, TopTask
+from exporter.server import Cell, PageContext, headline, landing_page, status_rows
+from exporter.snapshot import (
+    AccountInfo,
+    AuditResult,
+    EndpointHealth,
+    SnapshotStore,
+    SpendingCap,
+    TopTask,
+)
 from exporter.state import StateHealth
 from tests.conftest import parse_exposition, sample
 
@@ -143,10 +151,34 @@ def test_status_rows_are_where_per_account_lines_are_added() -> None:
         "data complete up to": "2027-01-15 07:58:30 UTC (1m30s ago)",
         "last streams read took": "1.25s",
         "stream ids held": "7",
+        "self-audit": "not run yet (audit.interval; after the first read of the window)",
     }
     page = landing_page(snapshots.get(), NOW)
     for label, text in rows.items():
         assert f"<tr><th>{label}</th><td>{html.escape(text)}</td></tr>" in page
+
+
+def test_catching_up_short_reads_and_the_audit_show_in_the_status_rows() -> None:
+    snapshots = store("a")
+    exact = AuditResult(NOW - 60, NOW - 86400.5, NOW - 3600.5, 120, 120, 15.5, 15.5)
+    snapshots.update("a", catching_up=True, missing_rows={"streams": 0, "tasks": 3}, audit=exact)
+    cells = dict(status_rows(snapshots.account("a"), NOW))
+    assert cells["catching up"].level == "pending"
+    assert cells["last reads"] == Cell(
+        "incomplete against the API's own total: tasks 3 rows short", "warn"
+    )
+    assert cells["self-audit"].level == ""
+    assert cells["self-audit"].text.startswith(
+        "exact: Neo 120 streams, counted 120; credits drift +0.0000 of 15.50"
+    )
+    short = AuditResult(NOW - 60, NOW - 86400.5, NOW - 3600.5, 120, 117, None, 15.0)
+    snapshots.update("a", catching_up=False, audit=short)
+    cells = dict(status_rows(snapshots.account("a"), NOW))
+    assert "catching up" not in cells
+    assert cells["self-audit"].level == "warn"
+    assert cells["self-audit"].text.startswith(
+        "3 streams missing: Neo 120 streams, counted 117; credits not compared"
+    )
 
 
 def test_task_titles_switched_off_keep_the_id_and_drop_the_title() -> None:
@@ -190,5 +222,5 @@ def test_alert_thresholds_are_exported_per_account_from_the_config() -> None:
     assert threshold("big", "data_lag_seconds") == threshold("small", "data_lag_seconds") == 3600
     assert threshold("small", "spend_spike_factor") == AlertThresholds().spend_spike_factor == 5
     names = {dict(k)["threshold"] for (n, k) in samples if n == "neo_alert_threshold"}
-    assert len(names) == 12
+    assert names == {f.name for f in dataclasses.fields(AlertThresholds)}
     assert not re.search(TOKEN, generate_latest(registry).decode())
