@@ -63,6 +63,28 @@ def assert_every_stream_counted_once(state: Path) -> None:
     assert math.isclose(credits, want, rel_tol=1e-9)
 
 
+def run_and_kill(state: Path, version: int, rng: random.Random, aim_at_a_write: bool) -> list[str]:
+    """Start a child, SIGKILL it at a random instant; the lines it printed after READY.
+
+    Aimed at a write, the kill lands a few ms after a transaction begins.
+    """
+    child = spawn_child(state, version)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "READY"
+    seen: list[str] = []
+    if aim_at_a_write:
+        while (line := child.stdout.readline().strip()) not in ("BEGIN", "DONE", ""):
+            seen.append(line)
+        seen.append(line)
+        time.sleep(rng.uniform(0.0, 0.02))
+    else:
+        time.sleep(rng.uniform(0.0, 0.3))
+    child.send_signal(signal.SIGKILL)
+    rest = seen + child.stdout.read().split()
+    child.wait(10)
+    return rest
+
+
 def test_sigkill_at_random_instants_keeps_counters_equal_to_the_committed_seen_set(
     tmp_path: Path, figures: Any
 ) -> None:
@@ -72,21 +94,7 @@ def test_sigkill_at_random_instants_keeps_counters_equal_to_the_committed_seen_s
     kills = mid_transaction = 0
     previous = (0.0, 0.0)
     while kills < KILLS:
-        child = spawn_child(state)
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
-        seen: list[str] = []
-        if kills % 2:
-            # Every other kill is aimed at a write: a few ms after a transaction begins.
-            while (line := child.stdout.readline().strip()) not in ("BEGIN", "DONE", ""):
-                seen.append(line)
-            seen.append(line)
-            time.sleep(rng.uniform(0.0, 0.02))
-        else:
-            time.sleep(rng.uniform(0.0, 0.3))
-        child.send_signal(signal.SIGKILL)
-        rest = seen + child.stdout.read().split()
-        child.wait(10)
+        rest = run_and_kill(state, 1, rng, aim_at_a_write=bool(kills % 2))
         if "DONE" in rest:
             # A fast machine finished the run between kills: check it, go on with a new file.
             assert_every_stream_counted_once(state)
@@ -127,20 +135,7 @@ def test_sigkill_while_revisions_commit_keeps_counters_equal_to_the_counted_valu
     previous = committed(state)
     kills = mid_transaction = 0
     while kills < REVISION_KILLS:
-        child = spawn_child(state, version=2)
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
-        seen: list[str] = []
-        if kills % 2:
-            while (line := child.stdout.readline().strip()) not in ("BEGIN", "DONE", ""):
-                seen.append(line)
-            seen.append(line)
-            time.sleep(rng.uniform(0.0, 0.02))
-        else:
-            time.sleep(rng.uniform(0.0, 0.3))
-        child.send_signal(signal.SIGKILL)
-        rest = seen + child.stdout.read().split()
-        child.wait(10)
+        rest = run_and_kill(state, 2, rng, aim_at_a_write=bool(kills % 2))
         if "DONE" in rest:
             break  # a fast machine applied every revision between kills
         kills += 1

@@ -110,24 +110,39 @@ def test_rows_that_appear_late_are_counted_by_the_lookback_or_the_reconcile(
     assert sum(neo.truth().streams.values()) > sum(visible_at_start.streams.values())
 
 
-def test_a_restart_resumes_from_the_watermark_and_reads_the_downtime(
+def test_a_restart_resumes_from_the_watermark_reads_the_downtime_and_says_it_caught_up(
     neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock, tmp_path: Path
 ) -> None:
     state = str(tmp_path / "state.db")
     neo.generate(200, T0 - DAY, T0, late_fraction=0.0)
     first = make_exporter(make_config(fake.url, state))
     assert poll(first)
+    # A first start's counters appear whole: no catch-up of published counters.
+    assert select(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds") == {}
     first.close()
     # Three hours of downtime with new streams, then a restart on the same state file.
     neo.generate(150, T0, T0 + 3 * 3600, late_fraction=0.0)
     clock.advance(3 * 3600 + 60)
     second = make_exporter(make_config(fake.url, state, reconcile_interval="1d"))
+    # Counters of the earlier life are served before any read.
+    assert sum(select(scrape(second.registry), "neo_streams_total").values()) == 200
     neo.clear_log()
     assert poll(second)
-    assert truth_mismatches(scrape(second.registry), neo.truth(), "acme") == []
-    # It read from the watermark, not the whole window.
+    samples = scrape(second.registry)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    # It read from the watermark, not the whole window...
     froms = {entry.query.get("from") for entry in neo.requests_log}
     assert froms == {format_timestamp(T0)}
+    # ...and said when the backlog went into the counters, for the spend alerts.
+    caught_up = sample(samples, "neo_exporter_last_catch_up_timestamp_seconds", account="acme")
+    assert caught_up == clock()
+    assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
+    # A read of the lookback after that is not a catch-up: the time stays.
+    clock.advance(60)
+    neo.generate(5, clock() - 50, clock() - 10, late_fraction=0.0)
+    assert poll(second)
+    assert sample(scrape(second.registry), "neo_exporter_last_catch_up_timestamp_seconds",
+                  account="acme") == caught_up  # fmt: skip
 
 
 def test_a_wrong_token_keeps_metrics_served_and_up_at_zero(
@@ -514,35 +529,6 @@ def test_a_slice_that_keeps_failing_is_skipped_and_counted_incomplete(
     assert 400 < counted < 600
 
 
-def test_a_restart_after_downtime_publishes_when_it_caught_up(
-    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock, tmp_path: Path
-) -> None:
-    state = str(tmp_path / "state.db")
-    neo.generate(200, T0 - DAY, T0, late_fraction=0.0)
-    first = make_exporter(make_config(fake.url, state))
-    assert poll(first)
-    assert select(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds") == {}
-    first.close()
-    neo.generate(150, T0, T0 + 3 * 3600, late_fraction=0.0)
-    clock.advance(3 * 3600 + 60)
-    second = make_exporter(make_config(fake.url, state, reconcile_interval="1d"))
-    # Counters of the earlier life are served before any read.
-    assert sum(select(scrape(second.registry), "neo_streams_total").values()) == 200
-    assert poll(second)
-    samples = scrape(second.registry)
-    assert truth_mismatches(samples, neo.truth(), "acme") == []
-    assert sample(samples, "neo_exporter_last_catch_up_timestamp_seconds", account="acme") == (
-        clock()
-    )
-    assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
-    # A read of the lookback after that is not a catch-up: the time stays.
-    clock.advance(60)
-    neo.generate(5, clock() - 50, clock() - 10, late_fraction=0.0)
-    assert poll(second)
-    assert sample(scrape(second.registry), "neo_exporter_last_catch_up_timestamp_seconds",
-                  account="acme") == clock() - 60  # fmt: skip
-
-
 def test_the_audit_reads_zero_drift_when_every_row_was_counted(
     neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
 ) -> None:
@@ -580,3 +566,25 @@ def test_the_audit_shows_rows_that_appeared_after_the_reads_had_passed_them(
     assert sample(samples, "neo_exporter_audit_credits_drift", account="acme") == pytest.approx(
         late_credits
     )
+
+
+def test_an_audit_whose_token_may_not_read_the_summary_compares_streams_only(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
+) -> None:
+    neo.generate(200, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    handle = neo.handle
+
+    def no_summary(method: str, path: str, query: Any, token: Any, **kw: Any) -> tuple[int, Any]:
+        if path.endswith("/usage/summary"):
+            return 403, {"error": "forbidden"}
+        return handle(method, path, query, token, **kw)
+
+    neo.handle = no_summary  # type: ignore[method-assign]
+    exporter = make_exporter(make_config(fake.url))
+    assert poll(exporter)
+    result = exporter.pollers[0].audit()
+    assert result is not None and result.neo_credits is None
+    samples = scrape(exporter.registry)
+    assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 0
+    assert select(samples, "neo_exporter_audit_credits_drift") == {}  # left out, not 0
+    assert select(samples, "neo_exporter_audit_neo_credits") == {}
