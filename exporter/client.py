@@ -426,7 +426,7 @@ class Listing:
             reported,
         )
         budget = max(MIN_REPAIR_REQUESTS, REPAIR_FACTOR * self._pages_done)
-        spent, _ = yield from self._repair(found, budget)
+        spent = yield from self._repair(found, budget)
         # Complete only if nothing is missing now: a span read whole whose `total` still
         # counts rows it never lists (or rows without an id or a time) stays short.
         held = found(self.start, self.end)
@@ -503,7 +503,9 @@ class Listing:
 
     def _repair(
         self, found: Callable[[float, float], int], budget: int
-    ) -> Generator[Page, None, tuple[int, bool]]:
+    ) -> Generator[Page, None, int]:
+        """Read the halves of the span that miss rows, down to halves of one page; the
+        requests spent. Whether anything is still missing is for the caller to count."""
         asked = self._http.page_size
         open_spans = _halves((self.start, self.end))
         spent = 0
@@ -518,7 +520,7 @@ class Listing:
                     format_timestamp(self.end),
                     spent,
                 )
-                return spent, False
+                return spent
             fetch = lambda span: self._fetch(span, 0, asked)  # noqa: E731
             heads: list[tuple[tuple[float, float], Page]] = []
             for span, page in self._client._fetch_all(fetch, open_spans):
@@ -527,7 +529,7 @@ class Listing:
                 yield self._done(page)
             narrow: list[tuple[float, float]] = []
             open_spans = []
-            for span, page in sorted(heads):
+            for span, page in sorted(heads, key=lambda head: head[0]):
                 if not page.has_more:
                     continue  # read whole in one page: nothing more to be had from it
                 if page.total is not None and found(*span) >= page.total:
@@ -537,18 +539,15 @@ class Listing:
                 else:
                     open_spans.extend(_halves(span))
             for span in narrow:
-                used, whole = yield from self._in_order(span, found, asked)
-                spent += used
-                if not whole:
-                    return spent, False
-        return spent, True
+                spent += yield from self._in_order(span, found, asked)
+        return spent
 
     def _in_order(
         self,
         span: tuple[float, float],
         found: Callable[[float, float], int],
         asked: int,
-    ) -> Generator[Page, None, tuple[int, bool]]:
+    ) -> Generator[Page, None, int]:
         """Page through a span too narrow to halve, a few times, until nothing is missing."""
         spent = 0
         for _ in range(NARROW_PASSES):
@@ -562,8 +561,8 @@ class Listing:
                     break
                 offset += len(page.rows)
             if total is None or found(*span) >= total:
-                return spent, True
-        return spent, False
+                break
+        return spent
 
 
 def _halves(span: tuple[float, float]) -> list[tuple[float, float]]:

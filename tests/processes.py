@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -66,6 +67,14 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(timeout)
         return self.popen.returncode
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now: free to bind, refused to connect to."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None, merge_stderr: bool = True) -> Proc:

@@ -28,6 +28,7 @@ from exporter.client import (
 )
 from exporter.config import AccountConfig, HttpConfig, Secret
 from exporter.models import Page, format_timestamp, parse_timestamp
+from tests.processes import free_port
 
 BASE = "https://neo.test"
 STREAMS = f"{BASE}/api/v1/usage/streams"
@@ -538,17 +539,8 @@ def _real_client(base_url: str) -> tuple[NeoClient, list[tuple[str, str]]]:
     return client, seen
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens there now: connecting is refused
-
-
 def test_a_refused_connection_names_the_host_and_port_and_counts_as_connection_refused() -> None:
-    port = _closed_port()
+    port = free_port()
     client, seen = _real_client(f"http://127.0.0.1:{port}")
     with pytest.raises(ApiError) as caught:
         client.get_json("/api/v1/user", {"token": TOKEN}, "user")

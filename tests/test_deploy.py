@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -34,7 +33,7 @@ import requests
 import yaml
 
 from exporter.config import load_config
-from tests.processes import ROOT, wait_until
+from tests.processes import ROOT, free_port, wait_until
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -210,13 +209,6 @@ def test_dockerignore_lets_in_exactly_what_the_build_stage_copies() -> None:
     assert allowed == {source.rstrip("/") for source in build_context_sources()}
     for source in allowed:
         assert (ROOT / source).exists(), source
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.e2e

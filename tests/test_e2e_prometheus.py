@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from tests.processes import ROOT, Proc, fake_api, start_exporter, wait_until
+from tests.processes import ROOT, Proc, fake_api, free_port, start_exporter, wait_until
 from tests.test_dashboards import dashboard_exprs
 from tests.test_rules import RULE_FILES, require_tool, rule_groups, rules
 
@@ -81,13 +80,6 @@ class Stack:
     exporter_url: str
     prometheus_url: str
     exporter: Proc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def substitute(expr: str) -> str:

@@ -24,7 +24,7 @@ import yaml
 
 from exporter.fakeapi import FakeNeo
 from tests.conftest import parse_exposition, sample, truth_mismatches
-from tests.processes import ROOT, fake_api, start_exporter, wait_until
+from tests.processes import ROOT, fake_api, free_port, start_exporter, wait_until
 from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config
 from tests.test_rules import require_tool
 
@@ -34,14 +34,6 @@ ARTIFACTS = ROOT / "artifacts" / "status"
 SECRET = "tok-never-shown-5e1f9a"  # the failing accounts' token: it must appear nowhere
 FAST_FAILURES = {"max_retries": 1, "backoff_base": "50ms", "backoff_max": "100ms"}
 EXIT_STATE_DIRECTORY, EXIT_STATE_NOT_WRITABLE, EXIT_STATE_IN_USE, EXIT_LISTEN = 3, 4, 5, 6
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def ready(url: str) -> bool:
@@ -233,7 +225,7 @@ def test_each_state_path_problem_stops_check_config_and_the_start_with_its_own_m
     tmp_path: Path, problem: str
 ) -> None:
     state, locked, message, code = STATE_PROBLEMS[problem](tmp_path)
-    config = write_config(tmp_path / "config.yaml", f"http://127.0.0.1:{closed_port()}", state)
+    config = write_config(tmp_path / "config.yaml", f"http://127.0.0.1:{free_port()}", state)
     before = sorted(p.name for p in tmp_path.rglob("*"))
 
     @contextmanager
@@ -321,7 +313,7 @@ def test_a_state_unwritable_at_run_time_shows_on_the_page_and_in_a_metric_and_co
 
 def test_a_port_in_use_is_named_and_nothing_is_created_before_the_bind(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
-    config = write_config(tmp_path / "config.yaml", f"http://127.0.0.1:{closed_port()}", state)
+    config = write_config(tmp_path / "config.yaml", f"http://127.0.0.1:{free_port()}", state)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -342,9 +334,9 @@ def test_the_log_says_where_the_socket_is_really_bound(tmp_path: Path) -> None:
     from tests.processes import spawn
 
     config = write_config(
-        tmp_path / "config.yaml", f"http://127.0.0.1:{closed_port()}", tmp_path / "state.db"
+        tmp_path / "config.yaml", f"http://127.0.0.1:{free_port()}", tmp_path / "state.db"
     )
-    port = closed_port()
+    port = free_port()
     proc = spawn(
         ["-m", "exporter", "--config.file", str(config), "--web.listen-address", f":{port}"],
         env=ENV,
@@ -386,7 +378,7 @@ def status_config(path: Path, accounts: list[dict[str, str]], state: Path) -> Pa
 def test_the_status_page_headline_says_healthy_degraded_or_down_naming_hosts_and_causes(
     tmp_path: Path, level: str
 ) -> None:
-    refused = closed_port()
+    refused = free_port()
     with fake_api("--seed", "24", "--streams", "300") as (_, fake_url):
         good = {"name": "acme", "base_url": fake_url, "token": "${NEO_TEST_TOKEN}"}
         broken = {"name": "broken", "base_url": f"http://127.0.0.1:{refused}", "token": SECRET}
@@ -437,7 +429,7 @@ def test_the_status_page_headline_says_healthy_degraded_or_down_naming_hosts_and
 
 
 def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> None:
-    refused = closed_port()
+    refused = free_port()
     accounts = [
         {"name": "unknown", "base_url": "https://neo-exporter-test.invalid", "token": SECRET},
         {"name": "broken", "base_url": f"http://127.0.0.1:{refused}", "token": SECRET},
@@ -474,7 +466,7 @@ def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> Non
 def test_once_against_an_unreachable_api_finishes_within_its_time_limit_saying_what_it_waits_for(
     tmp_path: Path, figures: Any
 ) -> None:
-    refused = closed_port()
+    refused = free_port()
     # A host that takes the connection and never answers: each request waits for
     # http.read_timeout (30 s by default), far past the limit.
     with socket.socket() as silent:
