@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from exporter.models import MONEY_FIELDS, StreamRecord, TaskRecord
 
@@ -616,6 +616,7 @@ class State:
                 work.zero_revisions()
             new_rows: list[tuple[object, ...]] = []
             changed_rows: list[tuple[object, ...]] = []
+            revised: list[StreamRecord] = []
             for stream_id, record in batch.items():
                 known = existing.get(stream_id)
                 if known is None:
@@ -635,10 +636,13 @@ class State:
                     )
                     result.repairs.update(record.repairs)
                     continue
-                fingerprint, stored = known
-                if fingerprint == record.fingerprint():
+                if known == record.fingerprint():
                     result.duplicates += 1
                     continue
+                revised.append(record)
+            stored_of = self._counted_of(account, [r.stream_id for r in revised])
+            for record in revised:
+                stream_id, stored = record.stream_id, stored_of[record.stream_id]
                 if stored is None:
                     # A row of schema version 1: its counted values were not kept, so this
                     # version becomes its baseline (see _migrate_from_1).
@@ -668,19 +672,26 @@ class State:
                 self._commit(account, acct, work, new_rows, changed_rows)
             return result
 
-    def _existing(self, account: str, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-        found: dict[str, tuple[str, str | None]] = {}
+    def _existing(self, account: str, ids: Sequence[str]) -> dict[str, str]:
+        """The fingerprints of the ids already seen (re-reads are mostly these)."""
+        return dict(self._select(account, "fingerprint", ids))
+
+    def _counted_of(self, account: str, ids: Sequence[str]) -> dict[str, str | None]:
+        """What was counted for these seen ids (only revised ones need it)."""
+        return dict(self._select(account, "counted", ids))
+
+    def _select(self, account: str, column: str, ids: Sequence[str]) -> list[tuple[str, Any]]:
+        rows: list[tuple[str, Any]] = []
         step = 500  # well under SQLite's host-parameter limit
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             marks = ",".join("?" * len(chunk))
-            for stream_id, fingerprint, counted in self._db.execute(
-                "SELECT stream_id, fingerprint, counted FROM streams "  # noqa: S608
+            rows += self._db.execute(
+                f"SELECT stream_id, {column} FROM streams "  # noqa: S608
                 f"WHERE account = ? AND stream_id IN ({marks})",
                 (account, *chunk),
-            ):
-                found[stream_id] = (fingerprint, counted)
-        return found
+            ).fetchall()
+        return rows
 
     @_writes(proves_writable=True)
     def _commit(
@@ -859,6 +870,11 @@ def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
     )
 
 
+# One encoder for every stream's counted values: json.dumps with its own separators would
+# build a new one per call, most of the cost of the record on a backfill.
+_COUNTED_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 @dataclass(slots=True)
 class _Counted:
     """What has been counted for one stream: stored as JSON in `streams.counted`.
@@ -878,7 +894,7 @@ class _Counted:
     tools: dict[str, list[float]]  # tool -> [calls, seconds]
 
     def dumps(self) -> str:
-        return json.dumps(
+        return _COUNTED_JSON.encode(
             [
                 self.model,
                 self.status,
@@ -889,8 +905,7 @@ class _Counted:
                 self.history,
                 self.agents,
                 self.tools,
-            ],
-            separators=(",", ":"),
+            ]
         )
 
     @classmethod
