@@ -282,7 +282,16 @@ def run_memory(streams: int, workdir: Path) -> Memory:
         started = time.perf_counter()
         with open(workdir / f"memory-{streams}.log", "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--once", "--config.file", str(config_file)],
+                [
+                    sys.executable,
+                    "-m",
+                    "exporter",
+                    "--once",
+                    "--once.state",
+                    "live",
+                    "--config.file",
+                    str(config_file),
+                ],
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
