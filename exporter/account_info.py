@@ -450,20 +450,3 @@ class AccountInfoPoller:
             **changes,
         )
         self._store.update(self.name, info=self._info)
-
-
-def describe_endpoints(info: AccountInfo, now: float) -> str:
-    """The landing page's view of the account-level endpoints, one clause each."""
-    parts = []
-    for endpoint in ACCOUNT_ENDPOINTS:
-        health = info.endpoints.get(endpoint)
-        if endpoint in info.unavailable_until:
-            left = max(0.0, info.unavailable_until[endpoint] - now)
-            parts.append(f"{endpoint} UNAVAILABLE, next try in {format_duration(round(left))}")
-        elif health is None or health.up is None:
-            parts.append(f"{endpoint} not read yet")
-        elif health.up:
-            parts.append(f"{endpoint} up")
-        else:
-            parts.append(f"{endpoint} DOWN: {health.last_error}")
-    return "; ".join(parts)

@@ -77,6 +77,43 @@ def free_port() -> int:
     return port
 
 
+def screenshot(
+    chromium: str, url: str, shot: Path, *, size: str = "1400,900", settle_ms: int | None = None
+) -> Path:
+    """A headless Chromium picture of `url` for a person to look at; fails if none is written.
+
+    `settle_ms` lets the page's own queries finish first (virtual time, not a sleep).
+    """
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    profile = shot.parent / "chromium-profile"
+    wait = [] if settle_ms is None else [f"--virtual-time-budget={settle_ms}"]
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            *wait,
+            f"--screenshot={shot}",
+            f"--window-size={size}",
+            url,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HOME": str(profile)},
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
+    return shot
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None, merge_stderr: bool = True) -> Proc:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     popen = subprocess.Popen(

@@ -12,7 +12,6 @@ spike is saved under artifacts/ for a person to look at.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -26,7 +25,15 @@ import pytest
 import requests
 import yaml
 
-from tests.processes import ROOT, Proc, fake_api, free_port, start_exporter, wait_until
+from tests.processes import (
+    ROOT,
+    Proc,
+    fake_api,
+    free_port,
+    screenshot,
+    start_exporter,
+    wait_until,
+)
 from tests.test_dashboards import dashboard_exprs
 from tests.test_rules import RULE_FILES, require_tool, rule_groups, rules
 
@@ -356,31 +363,9 @@ def test_screenshot_of_the_spend_rate_during_the_spike(spiked: Stack) -> None:
     query = urllib.parse.urlencode(
         {"g0.expr": SPEND_RATE, "g0.tab": "0", "g0.range_input": "1m", "g0.stacked": "0"}
     )
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "spend-rate-spike.png"
-    shot.unlink(missing_ok=True)
-    profile = ARTIFACTS / "chromium-profile"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            # Let the page's own queries finish before the picture is taken.
-            "--virtual-time-budget=10000",
-            f"--screenshot={shot}",
-            "--window-size=1400,900",
-            f"{spiked.prometheus_url}/graph?{query}",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "HOME": str(profile)},
+    screenshot(
+        chromium,
+        f"{spiked.prometheus_url}/graph?{query}",
+        ARTIFACTS / "spend-rate-spike.png",
+        settle_ms=10_000,  # the page's own queries finish before the picture is taken
     )
-    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"

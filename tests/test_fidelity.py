@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -116,6 +118,25 @@ def settle(exporter_url: str, started: float) -> dict[SampleKey, float]:
     return metrics(exporter_url)
 
 
+@contextmanager
+def settled_exporter(
+    tmp_path: Path, *fake_args: str
+) -> Iterator[tuple[str, dict[SampleKey, float]]]:
+    """The fake API (2,500 streams over a day and `fake_args`) and the real exporter on it;
+    yields the fake's URL and the exporter's metrics once settled. The exporter must stop
+    with 0 and print no traceback."""
+    history = ("--seed", "31", "--streams", str(STREAMS), "--history", "1d")
+    with fake_api(*history, *fake_args) as (_, fake_url):
+        started = time.monotonic()
+        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            yield fake_url, settle(url, started)
+        finally:
+            assert proc.stop() == 0
+    assert "Traceback" not in proc.output
+
+
 def total(samples: dict[SampleKey, float], name: str) -> float:
     found = select(samples, name, account="acme")
     assert found, f"no series {name}"
@@ -127,30 +148,11 @@ def test_every_sum_is_exact_whatever_the_api_leaves_open(
     case: str, tmp_path: Path, figures: Any
 ) -> None:
     switches = CASES[case]
-    with fake_api(
-        "--seed",
-        "31",
-        "--streams",
-        str(STREAMS),
-        "--history",
-        "1d",
-        "--late-fraction",
-        "0.1",
-        "--max-late",
-        f"{LATE_SECONDS}s",
-        *switches,
-    ) as (_, fake_url):
-        started = time.monotonic()
-        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
-        proc, url = start_exporter("--config.file", str(config), env=ENV)
-        try:
-            samples = settle(url, started)
-            now = time.time()
-            truth = fake_truth(fake_url)
-            tasks = listing_total(fake_url, "tasks", now - 2 * 86400, now)
-        finally:
-            assert proc.stop() == 0
-    assert "Traceback" not in proc.output
+    late = ("--late-fraction", "0.1", "--max-late", f"{LATE_SECONDS}s")
+    with settled_exporter(tmp_path, *late, *switches) as (fake_url, samples):
+        now = time.time()
+        truth = fake_truth(fake_url)
+        tasks = listing_total(fake_url, "tasks", now - 2 * 86400, now)
     assert truth_mismatches(samples, truth, "acme") == []
     streams, credits = total(samples, "neo_streams_total"), total(samples, "neo_credits_total")
     assert streams == STREAMS
@@ -191,26 +193,11 @@ def test_every_sum_is_exact_whatever_the_api_leaves_open(
 def test_rows_neo_never_lists_are_counted_by_the_audit_and_the_reads_say_so(
     tmp_path: Path, figures: Any
 ) -> None:
-    with fake_api(
-        "--seed",
-        "32",
-        "--streams",
-        str(STREAMS),
-        "--history",
-        "1d",
-        "--late-fraction",
-        "0",
-        "--hide",
-        "0.02",
-    ) as (_, fake_url):
-        started = time.monotonic()
-        config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
-        proc, url = start_exporter("--config.file", str(config), env=ENV)
-        try:
-            samples = settle(url, started)
-            books, listed = fake_truth(fake_url), fake_truth(fake_url, listed_only="1")
-        finally:
-            assert proc.stop() == 0
+    with settled_exporter(tmp_path, "--late-fraction", "0", "--hide", "0.02") as (
+        fake_url,
+        samples,
+    ):
+        books, listed = fake_truth(fake_url), fake_truth(fake_url, listed_only="1")
     # Exact against everything Neo lists...
     assert truth_mismatches(samples, listed, "acme") == []
     # ...and short of Neo's books by the hidden rows, which the exporter says, in numbers.

@@ -25,6 +25,7 @@ import yaml
 from exporter.fakeapi import FakeNeo
 from tests.conftest import parse_exposition, sample, truth_mismatches
 from tests.processes import ROOT, fake_api, free_port, start_exporter, wait_until
+from tests.processes import screenshot as take_screenshot
 from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config
 from tests.test_rules import require_tool
 
@@ -56,33 +57,9 @@ def threads_of(pid: int) -> int:
 
 def screenshot(url: str, name: str) -> Path:
     """A headless Chromium picture of the page under artifacts/status/, for a person to see."""
-    chromium = require_tool("chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / f"{name}.png"
-    shot.unlink(missing_ok=True)
-    profile = ARTIFACTS / "chromium-profile"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            f"--screenshot={shot}",
-            "--window-size=1400,1200",
-            url,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "HOME": str(profile)},
+    return take_screenshot(
+        require_tool("chromium"), url, ARTIFACTS / f"{name}.png", size="1400,1200"
     )
-    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
-    return shot
 
 
 # --- one writer per state file ---------------------------------------------------------------
