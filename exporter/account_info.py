@@ -33,7 +33,14 @@ from typing import Any
 from exporter.client import ApiError, NeoClient, Stopped
 from exporter.config import MetricsConfig, PollingConfig, format_duration
 from exporter.instrumentation import ExporterMetrics
-from exporter.models import RowError, TaskRecord, clean_label, format_timestamp, parse_timestamp
+from exporter.models import (
+    RowError,
+    TaskRecord,
+    clean_label,
+    format_timestamp,
+    parse_timestamp,
+    row_value,
+)
 from exporter.snapshot import (
     ACCOUNT_ENDPOINTS,
     AccountInfo,
@@ -242,6 +249,7 @@ class TopTasks:
             return  # the usual case once the heap is full: nothing to build
         if task.task_id in self._ids:
             return
+        row = row_value(row)  # a few rows reach this point: decode them again
         fields = row if isinstance(row, dict) else {}
         email = fields.get("email") if self._emails else None
         candidate = _Candidate(

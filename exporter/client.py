@@ -40,25 +40,15 @@ from email.utils import parsedate_to_datetime
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import requests
 from urllib3.exceptions import NameResolutionError, ReadTimeoutError
 
 from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig, format_duration
-from exporter.models import Page, PageError, format_timestamp, parse_page
+from exporter.models import Page, PageError, decode_page, format_timestamp
 
-
-def _optional_fast_loads() -> Callable[[bytes], object] | None:
-    """orjson's loads if installed (extra `fast`): it decodes a page about 3x faster."""
-    try:
-        import orjson  # noqa: PLC0415
-    except ImportError:
-        return None
-    return orjson.loads
-
-
-_FAST_LOADS = _optional_fast_loads()
-JSON_DECODER = "json" if _FAST_LOADS is None else "orjson"
+JSON_DECODER = f"msgspec {msgspec.__version__}"
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +191,7 @@ class NeoClient:
                 self._on_request(endpoint, str(status))
                 if status == 200:
                     try:
-                        body = decode_json(content)
-                        return parse_page(body) if as_page else body
+                        return decode_page(content) if as_page else decode_json(content)
                     except (ValueError, PageError) as exc:
                         reason = "invalid_body"
                         cause = f"invalid response body from {self._host} ({exc})"
@@ -574,18 +563,13 @@ def _halves(span: tuple[float, float]) -> list[tuple[float, float]]:
     return [(start, middle), (middle, end)]
 
 
-def decode_json(body: bytes, fast: Callable[[bytes], object] | None = _FAST_LOADS) -> object:
-    """`json.loads`, through orjson when it is installed.
-
-    orjson refuses a few bodies the standard library takes (NaN, integers beyond 64 bits);
-    those go to the standard library, so the decoder never changes which rows are counted.
-    """
-    if fast is not None:
-        try:
-            return fast(body)
-        except ValueError:
-            pass
-    return json.loads(body)
+def decode_json(body: bytes) -> object:
+    """A JSON body, by msgspec; the few it refuses (NaN, integers beyond 64 bits) go to the
+    standard library, so the decoder never changes what is read."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return json.loads(body)
 
 
 def host_of(base_url: str) -> str:

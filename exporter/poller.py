@@ -55,6 +55,7 @@ from exporter.models import (
     format_timestamp,
     parse_stream,
     parse_task,
+    row_value,
 )
 from exporter.snapshot import AuditResult, EndpointHealth, ReadProgress, SnapshotStore
 from exporter.state import (
@@ -649,6 +650,7 @@ class _SkipLog:
         self._seen: set[int] = set()
 
     def add(self, row: object, exc: RowError) -> None:
+        row = row_value(row)  # skipped rows are few: decoding them again costs nothing
         key = hash(repr(row))
         if key in self._seen:
             return

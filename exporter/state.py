@@ -32,11 +32,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import msgspec
+
 from exporter.models import MONEY_FIELDS, StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# A rowid table with a unique index: inserting a stream costs half what it did in a WITHOUT
+# ROWID table keyed by its id, whose B-tree pages held few of these wide rows.
+_STREAMS_TABLE = """
+    CREATE TABLE IF NOT EXISTS {name} (
+        account TEXT NOT NULL, stream_id TEXT NOT NULL, created_ts REAL NOT NULL,
+        status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
+        neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, counted TEXT,
+        UNIQUE (account, stream_id));
+"""
+# Covers the window gauge (count by status since a time), the completeness counts of a
+# read and pruning by time, so none of them reads the table itself.
+_STREAMS_INDEX = """
+    CREATE INDEX IF NOT EXISTS streams_by_time_status ON streams (account, created_ts, status);
+"""
 OTHER = "other"
 DOCUMENTED_STATUSES = ("completed", "error", "failed", "aborted", "blocked")
 BYOK_VALUES = ("true", "false")
@@ -364,19 +380,18 @@ class State:
             "credits REAL NOT NULL, llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, "
             "PRIMARY KEY (account, task_id)) WITHOUT ROWID"
         )
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = SCHEMA_VERSION if row is None else int(row[0])
+        if version not in (1, 2, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(
+                f"schema version {version}, this exporter reads version {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            db.execute(_STREAMS_TABLE.format(name="streams"))
+            db.execute(_STREAMS_INDEX)
         db.executescript(
             """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS streams (
-                account TEXT NOT NULL, stream_id TEXT NOT NULL, created_ts REAL NOT NULL,
-                status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
-                neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, counted TEXT,
-                PRIMARY KEY (account, stream_id)) WITHOUT ROWID;
-            -- Covers the window gauge (count by status since a time), the completeness
-            -- counts of a read and pruning by time, so none of them reads the table itself.
-            DROP INDEX IF EXISTS streams_by_time;
-            CREATE INDEX IF NOT EXISTS streams_by_time_status
-                ON streams (account, created_ts, status);
             CREATE TABLE IF NOT EXISTS counters (
                 account TEXT NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL,
                 value REAL NOT NULL, created REAL NOT NULL,
@@ -391,27 +406,37 @@ class State:
                 PRIMARY KEY (account, kind));
             """
         )
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) == 1:
-            self._migrate_from_1()
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"schema version {row[0]}, this exporter reads version {SCHEMA_VERSION}"
-            )
+        elif version < SCHEMA_VERSION:
+            self._upgrade(version)
 
-    def _migrate_from_1(self) -> None:
-        """Version 1 kept no `counted` values: its rows take their next version as a baseline.
+    def _upgrade(self, version: int) -> None:
+        """Bring a state file of an older schema version to this one, in one transaction.
 
-        A version 1 row's fingerprint was its first version (and `changed_fingerprint` the
-        latest); the fingerprint's make-up changed too, so the first re-read of such a row
-        adopts what it sees without counting a revision (see `ingest`).
+        Version 1 kept no `counted` values: its rows take their next version as a baseline.
+        Version 2 kept the streams in a WITHOUT ROWID table, which costs twice as much CPU
+        to insert into once each row holds its counted values (about 240 bytes).
+
+        Older fingerprints were digests of the parsed values (version 1: of the first
+        version); fingerprints are now digests of the row's raw bytes. So the first re-read
+        of an older row finds a new fingerprint: a version 1 row adopts what it sees as its
+        baseline, a version 2 row is compared with what was counted, and only a real change
+        counts as a revision (see `ingest`).
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("ALTER TABLE streams ADD COLUMN counted TEXT")
+            counted = "NULL" if version == 1 else "counted"
+            db.execute(_STREAMS_TABLE.format(name="streams_next"))
+            db.execute(
+                "INSERT INTO streams_next SELECT account, stream_id, created_ts, status, "  # noqa: S608
+                f"credits, llm_cost, neo_cost, fingerprint, {counted} FROM streams "
+                "ORDER BY account, created_ts"
+            )
+            db.execute("DROP TABLE streams")
+            db.execute("ALTER TABLE streams_next RENAME TO streams")
+            db.execute(_STREAMS_INDEX)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -419,7 +444,7 @@ class State:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        log.info("state file upgraded from schema version 1 to %d", SCHEMA_VERSION)
+        log.info("state file upgraded from schema version %d to %d", version, SCHEMA_VERSION)
 
     def _load(self) -> None:
         for account, metric, labels, value, created in self._db.execute(
@@ -630,13 +655,13 @@ class State:
                             counted.amounts[1],
                             counted.amounts[2],
                             counted.amounts[3],
-                            record.fingerprint(),
+                            record.fingerprint,
                             counted.dumps(),
                         )
                     )
                     result.repairs.update(record.repairs)
                     continue
-                if known == record.fingerprint():
+                if known == record.fingerprint:
                     result.duplicates += 1
                     continue
                 revised.append(record)
@@ -648,16 +673,20 @@ class State:
                     # version becomes its baseline (see _migrate_from_1).
                     counted, lowered = work.baseline(record), False
                 else:
-                    counted, lowered = work.revise(_Counted.loads(stored), record)
-                    result.changed += 1
-                    result.changed_ids.append(stream_id)
-                    if lowered:
-                        result.decreased_ids.append(stream_id)
-                    result.repairs.update(record.repairs)
-                    work.bump(CHANGED_RECORDS, (), 1.0)
+                    before = _Counted.loads(stored)
+                    counted, lowered, events = work.revise(before, record)
+                    if events or counted != before:
+                        result.changed += 1
+                        result.changed_ids.append(stream_id)
+                        if lowered:
+                            result.decreased_ids.append(stream_id)
+                        result.repairs.update(record.repairs)
+                        work.bump(CHANGED_RECORDS, (), 1.0)
+                    # Else only what no metric reads changed (its bytes: another field, or
+                    # a fingerprint of an older make-up): the new fingerprint is kept alone.
                 changed_rows.append(
                     (
-                        record.fingerprint(),
+                        record.fingerprint,
                         counted.dumps(),
                         counted.amounts[1],
                         counted.amounts[2],
@@ -827,24 +856,31 @@ _LABEL_NAMES: dict[str, tuple[str, ...]] = {
 
 
 class _Hist:
-    """A histogram being added to within one transaction (frozen at the end)."""
+    """A histogram being added to within one transaction (frozen at the end).
 
-    __slots__ = ("bounds", "buckets", "count", "created", "sum")
+    Observations wait in `pending`, in order, and are put in buckets once, at `frozen()`:
+    a backfill observes about ten values per stream, and a call per value was a tenth of
+    its cost. The sum is added up in the same order as one observation at a time.
+    """
+
+    __slots__ = ("pending", "value")
 
     def __init__(self, value: HistogramValue) -> None:
-        self.bounds = value.bounds
-        self.buckets = list(value.buckets)
-        self.sum = value.sum
-        self.count = value.count
-        self.created = value.created
+        self.value = value
+        self.pending: list[float] = []
 
     def observe(self, value: float) -> None:
-        self.buckets[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
-        self.sum += value
-        self.count += 1
+        self.pending.append(value)
 
     def frozen(self) -> HistogramValue:
-        return HistogramValue(self.bounds, tuple(self.buckets), self.sum, self.count, self.created)
+        value = self.value
+        bounds, buckets, total = value.bounds, list(value.buckets), value.sum
+        where = bisect.bisect_left  # `le` is inclusive
+        for observed in self.pending:
+            buckets[where(bounds, observed)] += 1
+            total += observed
+        count = value.count + len(self.pending)
+        return HistogramValue(bounds, tuple(buckets), total, count, value.created)
 
 
 def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
@@ -870,11 +906,6 @@ def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
     )
 
 
-# One encoder for every stream's counted values: json.dumps with its own separators would
-# build a new one per call, most of the cost of the record on a backfill.
-_COUNTED_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
 @dataclass(slots=True)
 class _Counted:
     """What has been counted for one stream: stored as JSON in `streams.counted`.
@@ -893,8 +924,8 @@ class _Counted:
     agents: dict[str, int]
     tools: dict[str, list[float]]  # tool -> [calls, seconds]
 
-    def dumps(self) -> str:
-        return _COUNTED_JSON.encode(
+    def dumps(self) -> bytes:
+        return msgspec.json.encode(
             [
                 self.model,
                 self.status,
@@ -909,8 +940,10 @@ class _Counted:
         )
 
     @classmethod
-    def loads(cls, text: str) -> _Counted:
-        model, status, byok, amounts, duration, latency, history, agents, tools = json.loads(text)
+    def loads(cls, text: str | bytes) -> _Counted:
+        model, status, byok, amounts, duration, latency, history, agents, tools = (
+            msgspec.json.decode(text)
+        )
         return cls(
             model, status, byok, amounts, bool(duration), bool(latency), history, agents, tools
         )
@@ -945,6 +978,8 @@ class _Work:
         # Within one transaction a label value always folds the same way: remember it.
         self._folded: dict[tuple[str, str], str] = {}
         self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
+        # Per tool name as the API sends it: its calls and time totals and its durations.
+        self._tool_slots: dict[str, tuple[list[float], list[float], list[float]]] = {}
         self.counters: dict[Key, CounterValue] = {}
         self.histograms: dict[Key, HistogramValue] = {}
         self.new_labels: dict[str, set[str]] = {}
@@ -1046,17 +1081,27 @@ class _Work:
             slot[0] += amount
         for agent, count in record.agent_breakdown:
             self.bump(AGENT_TRIGGERS, (fold("agent", agent),), float(count))
+        tool_slots = self._tool_slots
         for tool, calls, seconds in record.tool_usage:
-            tool_label = (fold("tool", tool),)
-            self.bump(TOOL_CALLS, tool_label, float(calls))
-            self.bump(TOOL_TIME, tool_label, seconds)
+            found = tool_slots.get(tool) or self._tool(tool)
+            found[0][0] += calls
+            found[1][0] += seconds
         for tool, seconds in record.tool_durations:
-            self._histogram(TOOL_CALL_DURATION, (fold("tool", tool),)).observe(seconds)
+            (tool_slots.get(tool) or self._tool(tool))[2].append(seconds)
         if record.execution_time is not None:
             self._histogram(STREAM_DURATION, (model,)).observe(record.execution_time)
         if record.step_latency is not None:
             self._histogram(STEP_LATENCY, (model,)).observe(record.step_latency)
         return self._counted(labels, amounts, record)
+
+    def _tool(self, tool: str) -> tuple[list[float], list[float], list[float]]:
+        label = (self._fold("tool", tool),)
+        found = self._tool_slots[tool] = (
+            self._slot((TOOL_CALLS, label)),
+            self._slot((TOOL_TIME, label)),
+            self._histogram(TOOL_CALL_DURATION, label).pending,
+        )
+        return found
 
     def baseline(self, record: StreamRecord) -> _Counted:
         """What `add` would have counted for this version, without adding anything."""
@@ -1079,11 +1124,12 @@ class _Work:
             {tool: [calls, seconds] for tool, calls, seconds in record.tool_usage},
         )
 
-    def revise(self, old: _Counted, record: StreamRecord) -> tuple[_Counted, bool]:
+    def revise(self, old: _Counted, record: StreamRecord) -> tuple[_Counted, bool, int]:
         """Add what a revised stream gained; count what it lost or relabelled.
 
-        Returns the new counted values and whether anything could not be applied (a value
-        went down, or a label changed: counters keep the first figures and labels).
+        Returns the new counted values, whether anything could not be applied (a value
+        went down, or a label changed: counters keep the first figures and labels), and how
+        many kinds of revision it had (0: nothing a metric reads changed).
         """
         labels = (old.model, old.status, old.byok)
         events: set[tuple[str, str]] = set()
@@ -1158,4 +1204,4 @@ class _Work:
         for event in events:
             self.bump(REVISIONS, event, 1.0)
         kept = any(direction != UP for _, direction in events)
-        return counted, kept
+        return counted, kept, len(events)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from exporter.state import (
     OTHER,
     REVISED_DOWN,
     REVISIONS,
+    SCHEMA_VERSION,
     STEP_LATENCY,
     STREAM_DURATION,
     TOOL_CALL_DURATION,
@@ -35,8 +37,9 @@ BOUNDS = {
 LIMITS = LabelLimitsView(model=50, status=20, tool=100, agent=50)
 
 
-def record(stream_id: str, **changes: object) -> StreamRecord:
-    base = StreamRecord(
+def record(stream_id: str, **changes: Any) -> StreamRecord:
+    # Built whole (not replaced) so that its fingerprint is of these values.
+    values: dict[str, Any] = dict(
         stream_id=stream_id,
         created_ts=1000.0,
         model="gpt-5",
@@ -56,7 +59,7 @@ def record(stream_id: str, **changes: object) -> StreamRecord:
         tool_usage=(("nuclei", 1, 0.5),),
         tool_durations=(("nuclei", 0.5),),
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return StreamRecord(**{**values, **changes})
 
 
 def open_state(path: Path | str = ":memory:", **kwargs: object) -> State:
@@ -122,6 +125,19 @@ def test_a_revised_stream_adds_its_increases_under_the_labels_first_counted() ->
     assert strict(state, REVISIONS, ("neo_credits", "up")) == 1
     assert strict(state, REVISIONS, ("status", "changed")) == 1
     assert first.decreased_ids == ["s1"]  # the status change could not be applied
+
+
+def test_a_row_whose_bytes_changed_but_no_counted_value_is_not_a_revision() -> None:
+    # Another field (a title, an update time) or a fingerprint of an older make-up.
+    state = open_state()
+    state.ingest("a", [record("s1")], now=2000.0)
+    rewritten = record("s1", fingerprint="another version of the bytes")
+    first = state.ingest("a", [rewritten], now=2001.0)
+    again = state.ingest("a", [rewritten], now=2002.0)
+    assert (first.changed, first.duplicates, again.duplicates) == (0, 0, 1)
+    assert value(state, CHANGED_RECORDS, ()) == 0  # never created: nothing changed
+    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(0.1)
+    assert strict(state, "neo_streams_total", LABELS) == 1
 
 
 def test_a_decrease_is_counted_by_field_and_a_later_rise_adds_only_what_goes_beyond() -> None:
@@ -210,6 +226,44 @@ def test_a_version_1_state_is_upgraded_and_its_rows_take_their_next_version_as_b
     assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.1)
     upgraded.ingest("a", [record("s1", credits=0.5)], now=3001.0)
     assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.3)
+
+
+def test_a_version_2_state_is_upgraded_and_a_row_with_a_new_fingerprint_is_not_revised(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1"), record("s2", credits=0.5)], now=2000.0)
+    state.save_marks("a", {"streams_to": 2000.0})
+    before = state.counts("a")
+    state.close()
+    with sqlite3.connect(str(path)) as db:  # back to the table version 2 wrote
+        db.execute("ALTER TABLE streams RENAME TO streams_old")
+        db.execute("DROP INDEX streams_by_time_status")
+        db.execute(
+            "CREATE TABLE streams (account TEXT NOT NULL, stream_id TEXT NOT NULL, "
+            "created_ts REAL NOT NULL, status TEXT NOT NULL, credits REAL NOT NULL, "
+            "llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, "
+            "counted TEXT, PRIMARY KEY (account, stream_id)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO streams SELECT * FROM streams_old")
+        db.execute("DROP TABLE streams_old")
+        db.execute("CREATE INDEX streams_by_time_status ON streams (account, created_ts, status)")
+        db.execute("UPDATE streams SET fingerprint = 'a digest of the parsed values'")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    upgraded = open_state(path)
+    assert upgraded.counts("a") == before
+    assert upgraded.watermark("a", "streams_to") == 2000.0
+    same = upgraded.ingest("a", [record("s1"), record("s2", credits=0.5)], now=3000.0)
+    assert (same.new, same.changed) == (0, 0)
+    raised = upgraded.ingest("a", [record("s2", credits=0.75)], now=3001.0)
+    assert raised.changed == 1
+    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.85)
+    with sqlite3.connect(str(path)) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'streams'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    assert "WITHOUT ROWID" not in sql[0]
 
 
 def test_counters_and_seen_ids_survive_a_restart(tmp_path: Path) -> None:
