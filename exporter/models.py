@@ -218,19 +218,34 @@ def format_timestamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_stream(row: object) -> StreamRecord:
+def raw_digest(row: object) -> str | None:
+    """The fingerprint of a row still in raw JSON; None for a decoded one."""
+    return row_digest(row) if type(row) is msgspec.Raw else None
+
+
+def raw_stream_id(row: object) -> str | None:
+    """The `stream_id` of a raw row, without decoding the rest of it; None for a decoded
+    row or one without a string id (parse_stream says why)."""
+    if type(row) is not msgspec.Raw:
+        return None
+    try:
+        return _ID_DECODER.decode(row).stream_id
+    except msgspec.ValidationError:
+        return None
+
+
+def parse_stream(row: object, fingerprint: str = "") -> StreamRecord:
     """Turn one `/usage/streams` row into a record, or raise RowError (no id or no time).
 
-    `row` is the row's raw JSON (`msgspec.Raw`) or its decoded value.
+    `row` is the row's raw JSON (`msgspec.Raw`) or its decoded value; `fingerprint` its
+    digest if already known (`raw_digest`).
     """
     if type(row) is msgspec.Raw:
-        fingerprint = row_digest(row)
+        fingerprint = fingerprint or row_digest(row)
         try:
             return _fast_stream(_STREAM_DECODER.decode(row), fingerprint)
         except (msgspec.ValidationError, _NotPlain):
             row = row_value(row)
-    else:
-        fingerprint = ""
     obj = _object(row)
     stream_id = _identifier(obj, "stream_id")
     created_ts = parse_timestamp(_required(obj, "created_at"))
@@ -325,6 +340,10 @@ class _StreamRow(msgspec.Struct, gc=False):
     is_byok: bool | msgspec.UnsetType = msgspec.UNSET
 
 
+class _StreamId(msgspec.Struct, gc=False):
+    stream_id: str
+
+
 class _TaskRow(msgspec.Struct, gc=False):
     task_id: str
     created_at: str
@@ -337,6 +356,7 @@ class _TaskRow(msgspec.Struct, gc=False):
 
 _STREAM_DECODER = msgspec.json.Decoder(_StreamRow)
 _TASK_DECODER = msgspec.json.Decoder(_TaskRow)
+_ID_DECODER = msgspec.json.Decoder(_StreamId)
 
 
 def row_value(row: object) -> object:

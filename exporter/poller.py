@@ -55,6 +55,8 @@ from exporter.models import (
     format_timestamp,
     parse_stream,
     parse_task,
+    raw_digest,
+    raw_stream_id,
     row_value,
 )
 from exporter.snapshot import AuditResult, EndpointHealth, ReadProgress, SnapshotStore
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 STREAMS_PATH = "/api/v1/usage/streams"
 TASKS_PATH = "/api/v1/usage/tasks"
 BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
+# Digests of the last incremental read's rows kept at most (about 100 bytes each).
+REMEMBERED_ROWS = 100_000
 PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
 LOGGED_SKIPS = 5  # per read; the rest are summed in one line
 MAX_SKIPS_REMEMBERED = 10_000  # bad rows told apart within a read (memory stays bounded)
@@ -189,6 +193,8 @@ class AccountPoller:
         self._clock = clock
         self._endpoints: dict[str, EndpointHealth] = {}
         self._missing: dict[str, int] = {}
+        # Digests of the rows the last incremental read found counted (see _read).
+        self._recent: frozenset[str] = frozenset()
         # The streams and tasks reads publish from two threads: state is read and the
         # snapshot written under one lock, so an older count never overwrites a newer one.
         self._publishing = threading.RLock()
@@ -407,15 +413,41 @@ class AccountPoller:
             flush()  # what the pages brought so far is in the state before it is counted
             return self._state.count_streams(self.name, first, last)
 
+        # A row already counted with the same raw bytes is not decoded again: an idle poll
+        # re-reads the whole lookback, and decoding it was most of its cost. Rows the last
+        # incremental read counted are known by their digest alone; others by the state's
+        # fingerprint of their id.
+        remembered = self._recent if kind == "incremental" else frozenset()
+        counted: set[str] | None = set() if kind == "incremental" else None
         for page in listing.pages(found):
+            rest: list[tuple[object, str | None]] = []
             for row in page.rows:
+                digest = raw_digest(row)
+                if digest is not None and digest in remembered:
+                    tally.duplicates += 1
+                    if counted is not None:
+                        counted.add(digest)
+                else:
+                    rest.append((row, digest))
+            ids = [raw_stream_id(row) for row, _ in rest]
+            seen = self._state.fingerprints(self.name, [i for i in ids if i is not None])
+            for (row, digest), stream_id in zip(rest, ids, strict=True):
+                if digest is not None and counted is not None and len(counted) < REMEMBERED_ROWS:
+                    counted.add(digest)
+                if stream_id is not None and seen.get(stream_id) == digest:
+                    tally.duplicates += 1
+                    continue
                 try:
-                    batch.append(parse_stream(row))
+                    batch.append(parse_stream(row, digest or ""))
                 except RowError as exc:
+                    if digest is not None and counted is not None:
+                        counted.discard(digest)  # skipped again, and counted as such, each read
                     skips.add(row, exc)
             if len(batch) >= BATCH_ROWS:
                 flush()
         flush()
+        if counted is not None:  # everything read is in the state now
+            self._recent = frozenset(counted)
         skips.summarise()
         outcome = listing.outcome
         assert outcome is not None

@@ -595,6 +595,12 @@ class State:
             ).fetchone()
         return int(row[0])
 
+    def fingerprints(self, account: str, ids: Sequence[str]) -> dict[str, str]:
+        """The fingerprints of those of `ids` already seen: a re-read row whose raw bytes
+        are the same need not be decoded at all."""
+        with self._lock:
+            return self._existing(account, ids)
+
     def counted_in(self, account: str, start: float, end: float) -> tuple[int, float]:
         """Streams counted with a `created_at` in [start, end], and their credits as counted."""
         with self._lock:
