@@ -38,7 +38,6 @@ from exporter.config import (
     parse_duration,
 )
 from exporter.config import parse_listen_address as parse_listen
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import AccountPoller
 from exporter.server import ExporterServer, Include, ListenError, PageContext, listen_socket
@@ -443,6 +442,9 @@ def setup_logging(level: str, fmt: str) -> None:
 @contextmanager
 def demo_config(listen_address: str | None) -> Iterator[Config]:
     """A fake Neo API on loopback with a day of history and live traffic, and its config."""
+    # Imported here: only the demo needs the fake (a fifth of the package's code).
+    from exporter.fakeapi import FakeNeo, FakeNeoServer  # noqa: PLC0415
+
     neo = FakeNeo(seed=7)
     neo.start_live(rate_per_hour=600.0, history=86400.0, history_count=3000)
     with FakeNeoServer(neo) as fake:
