@@ -20,8 +20,14 @@ def test_the_benchmark_suite_runs_in_smoke_mode_and_reports_every_scenario() -> 
     # Exit 1 means the exporter's counters disagreed with the rows the fake served.
     assert done.returncode == 0, done.stderr
     for scenario in (
-        "backfill wall time",
-        "backfill CPU",
+        "backfill wall time, cached pages: against the floor",
+        "backfill wall time, pages rendered afresh: against the floor",
+        "backfill CPU, cached pages",
+        "backfill CPU, pages rendered afresh",
+        "3 accounts x 200 streams: all exact | 3 of 3",
+        "3 accounts: idle CPU at a 2 s interval",
+        "3 accounts: slowest first full read",
+        "3 accounts: longest time between two polls of one account",
         "idle poll: API requests",
         "idle poll: CPU",
         "render p50",
