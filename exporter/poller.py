@@ -35,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.account_info import (
@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 STREAMS_PATH = "/api/v1/usage/streams"
 TASKS_PATH = "/api/v1/usage/tasks"
 BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
+# A read whose pages hold no counted row looks rows up before decoding them on every
+# this many pages only (ingest finds those it missed).
+PRECHECK_EVERY = 8
 # Digests of the last incremental read's rows kept at most (about 100 bytes each).
 REMEMBERED_ROWS = 100_000
 PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
@@ -413,41 +416,19 @@ class AccountPoller:
             flush()  # what the pages brought so far is in the state before it is counted
             return self._state.count_streams(self.name, first, last)
 
-        # A row already counted with the same raw bytes is not decoded again: an idle poll
-        # re-reads the whole lookback, and decoding it was most of its cost. Rows the last
-        # incremental read counted are known by their digest alone; others by the state's
-        # fingerprint of their id.
-        remembered = self._recent if kind == "incremental" else frozenset()
-        counted: set[str] | None = set() if kind == "incremental" else None
+        known = _KnownRows(self._state, self.name, self._recent if kind == "incremental" else None)
         for page in listing.pages(found):
-            rest: list[tuple[object, str | None]] = []
-            for row in page.rows:
-                digest = raw_digest(row)
-                if digest is not None and digest in remembered:
-                    tally.duplicates += 1
-                    if counted is not None:
-                        counted.add(digest)
-                else:
-                    rest.append((row, digest))
-            ids = [raw_stream_id(row) for row, _ in rest]
-            seen = self._state.fingerprints(self.name, [i for i in ids if i is not None])
-            for (row, digest), stream_id in zip(rest, ids, strict=True):
-                if digest is not None and counted is not None and len(counted) < REMEMBERED_ROWS:
-                    counted.add(digest)
-                if stream_id is not None and seen.get(stream_id) == digest:
-                    tally.duplicates += 1
-                    continue
+            for row, digest in known.unknown(page.rows, tally):
                 try:
                     batch.append(parse_stream(row, digest or ""))
                 except RowError as exc:
-                    if digest is not None and counted is not None:
-                        counted.discard(digest)  # skipped again, and counted as such, each read
+                    known.forget(digest)  # skipped again, and counted as such, at each read
                     skips.add(row, exc)
             if len(batch) >= BATCH_ROWS:
                 flush()
         flush()
-        if counted is not None:  # everything read is in the state now
-            self._recent = frozenset(counted)
+        if known.counted is not None:  # everything read is in the state now
+            self._recent = frozenset(known.counted)
         skips.summarise()
         outcome = listing.outcome
         assert outcome is not None
@@ -666,6 +647,55 @@ class AccountPoller:
                 missing_rows=dict(self._missing),
                 **changes,
             )
+
+
+class _KnownRows:
+    """Tells the rows of a read that need decoding from those already counted as they are.
+
+    A row already counted with the same raw bytes is not decoded again: an idle poll
+    re-reads the whole lookback, and decoding it was most of its cost. Rows the last
+    incremental read counted (`remembered`, None for other reads) are known by their digest
+    alone; others by the state's fingerprint of their id. A run of pages with no counted row
+    (a backfill) is looked up on every PRECHECK_EVERY-th page only: ingest finds the rest.
+    """
+
+    def __init__(self, state: State, account: str, remembered: frozenset[str] | None) -> None:
+        self._state = state
+        self._account = account
+        self._remembered = remembered or frozenset()
+        # This read's digests of rows now counted: what the next incremental read remembers.
+        self.counted: set[str] | None = None if remembered is None else set()
+        self._unknown_pages = 0
+
+    def unknown(self, rows: Sequence[object], tally: _Tally) -> list[tuple[object, str | None]]:
+        """The rows to decode, with their digests (None for a row not in raw JSON)."""
+        counted = self.counted
+        rest: list[tuple[object, str | None]] = []
+        for row in rows:
+            digest = raw_digest(row)
+            if digest is not None and digest in self._remembered:
+                tally.duplicates += 1
+            else:
+                rest.append((row, digest))
+            if digest is not None and counted is not None and len(counted) < REMEMBERED_ROWS:
+                counted.add(digest)
+        if self._unknown_pages % PRECHECK_EVERY:
+            self._unknown_pages += 1
+            return rest
+        ids = [raw_stream_id(row) for row, _ in rest]
+        seen = self._state.fingerprints(self._account, [i for i in ids if i is not None])
+        self._unknown_pages = 0 if seen else 1
+        todo = []
+        for (row, digest), stream_id in zip(rest, ids, strict=True):
+            if stream_id is not None and seen.get(stream_id) == digest:
+                tally.duplicates += 1
+            else:
+                todo.append((row, digest))
+        return todo
+
+    def forget(self, digest: str | None) -> None:
+        if digest is not None and self.counted is not None:
+            self.counted.discard(digest)
 
 
 class _SkipLog:

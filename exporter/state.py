@@ -651,18 +651,18 @@ class State:
             for stream_id, record in batch.items():
                 known = existing.get(stream_id)
                 if known is None:
-                    counted = work.add(record)
+                    status, amounts, counted_json = work.add(record)
                     new_rows.append(
                         (
                             account,
                             stream_id,
                             record.created_ts,
-                            counted.status,
-                            counted.amounts[1],
-                            counted.amounts[2],
-                            counted.amounts[3],
+                            status,
+                            amounts[1],
+                            amounts[2],
+                            amounts[3],
                             record.fingerprint,
-                            counted.dumps(),
+                            counted_json,
                         )
                     )
                     result.repairs.update(record.repairs)
@@ -912,6 +912,9 @@ def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
     )
 
 
+_COUNTED_JSON = msgspec.json.Encoder().encode
+
+
 @dataclass(slots=True)
 class _Counted:
     """What has been counted for one stream: stored as JSON in `streams.counted`.
@@ -931,7 +934,7 @@ class _Counted:
     tools: dict[str, list[float]]  # tool -> [calls, seconds]
 
     def dumps(self) -> bytes:
-        return msgspec.json.encode(
+        return _COUNTED_JSON(
             [
                 self.model,
                 self.status,
@@ -950,8 +953,18 @@ class _Counted:
         model, status, byok, amounts, duration, latency, history, agents, tools = (
             msgspec.json.decode(text)
         )
+        if not isinstance(tools, dict):  # as a new stream's values are first written
+            tools = {tool: [calls, seconds] for tool, calls, seconds in tools}
         return cls(
-            model, status, byok, amounts, bool(duration), bool(latency), history, agents, tools
+            model,
+            status,
+            byok,
+            list(amounts),
+            bool(duration),
+            bool(latency),
+            history,
+            dict(agents),
+            tools,
         )
 
 
@@ -1072,8 +1085,9 @@ class _Work:
     def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
         self._histogram(metric, labels).observe(value)
 
-    def add(self, record: StreamRecord) -> _Counted:
-        """Add one new stream's values; returns what was counted for it."""
+    def add(self, record: StreamRecord) -> tuple[str, tuple[float, ...], bytes]:
+        """Add one new stream's values; returns its (folded) status, its amounts and what
+        was counted for it as stored (`_Counted`'s JSON, written without building one)."""
         fold = self._fold
         model = fold("model", record.model)
         status = fold("status", record.status)
@@ -1098,7 +1112,23 @@ class _Work:
             self._histogram(STREAM_DURATION, (model,)).observe(record.execution_time)
         if record.step_latency is not None:
             self._histogram(STEP_LATENCY, (model,)).observe(record.step_latency)
-        return self._counted(labels, amounts, record)
+        return (
+            status,
+            amounts,
+            _COUNTED_JSON(
+                (
+                    model,
+                    status,
+                    record.byok,
+                    amounts,
+                    record.execution_time is not None,
+                    record.step_latency is not None,
+                    len(record.tool_durations),
+                    record.agent_breakdown,  # pairs: read back as a dict
+                    record.tool_usage,  # (tool, calls, seconds): read back as a dict
+                )
+            ),
+        )
 
     def _tool(self, tool: str) -> tuple[list[float], list[float], list[float]]:
         label = (self._fold("tool", tool),)
