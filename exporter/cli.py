@@ -39,7 +39,7 @@ from exporter.config import (
 )
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics
-from exporter.poller import AccountPoller
+from exporter.poller import AccountPoller, FullReads
 from exporter.server import ExporterServer, Include, ListenError, PageContext, listen_socket
 from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
 from exporter.state import (
@@ -116,6 +116,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     registry.register(Include(live))
     registry.register(neo)
     pollers, clients, info_pollers = [], [], []
+    full_reads = FullReads()  # shared: a few accounts' full reads at a time
     for account in config.accounts:
         client = NeoClient(
             account,
@@ -139,6 +140,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 task_emails=config.metrics.members.enabled,
                 audit_interval=config.audit.interval,
                 task_titles=config.metrics.task_titles,
+                full_reads=full_reads,
             )
         )
         info_pollers.append(

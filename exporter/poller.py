@@ -35,7 +35,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from exporter.account_info import (
@@ -45,7 +46,7 @@ from exporter.account_info import (
     TopTasks,
     parse_summary_credits,
 )
-from exporter.client import ApiError, NeoClient, PageProgress, ReadOutcome, Stopped
+from exporter.client import ApiError, Listing, NeoClient, PageProgress, ReadOutcome, Stopped
 from exporter.config import AccountConfig, PollingConfig
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 STREAMS_PATH = "/api/v1/usage/streams"
 TASKS_PATH = "/api/v1/usage/tasks"
 BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
+# Full reads of all accounts at once (see FullReads): two per core of a small machine.
+FULL_READS_AT_ONCE = 4
 # A read whose pages hold no counted row looks rows up before decoding them on every
 # this many pages only (ingest finds those it missed).
 PRECHECK_EVERY = 8
@@ -163,6 +166,26 @@ class _Tally:
     changed: int = 0
 
 
+class FullReads:
+    """The full reads (a sweep's slice, a tasks read) all accounts of the process may run
+    at once. Each holds pages and a batch of rows in memory and keeps a core busy; with
+    many accounts starting together, reading them a few at a time bounds the memory and
+    leaves the incremental reads of the accounts already live a core (they never wait)."""
+
+    def __init__(self, at_once: int = FULL_READS_AT_ONCE) -> None:
+        self._slots = threading.BoundedSemaphore(at_once)
+
+    @contextmanager
+    def slot(self, stop: threading.Event) -> Iterator[None]:
+        while not self._slots.acquire(timeout=0.5):
+            if stop.is_set():
+                raise Stopped
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class AccountPoller:
     """Polls one account; `run()` loops until the stop event, `poll_once()` reads once."""
 
@@ -181,8 +204,10 @@ class AccountPoller:
         task_emails: bool = False,
         task_titles: bool = True,
         audit_interval: float = 0.0,
+        full_reads: FullReads | None = None,
     ) -> None:
         self.name = account.name
+        self._full_reads = full_reads or FullReads()
         self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
         self._task_emails = task_emails
         self._task_titles = task_titles
@@ -333,7 +358,8 @@ class AccountPoller:
                 if slice_length is None:
                     slice_length = self._slice_length(cursor, sweep_to)
                 end = min(sweep_to, cursor + slice_length)
-                self._read("reconcile", cursor, end)  # an incomplete slice is counted there
+                with self._full_reads.slot(self._stop):
+                    self._read("reconcile", cursor, end)  # an incomplete slice is counted there
             except Stopped:
                 return False
             except StateError as exc:  # the state cannot be written: reported, not a traceback
@@ -504,31 +530,38 @@ class AccountPoller:
 
     # --- tasks ---------------------------------------------------------------------------
 
+    def _read_tasks(
+        self, listing: Listing, skips: _SkipLog, top: TopTasks, repairs: dict[str, int]
+    ) -> None:
+        """Every page of a tasks read into the state's scratch table and `top`."""
+
+        def found(first: float, last: float) -> int:
+            return self._state.count_read_tasks(self.name, first, last)
+
+        for page in listing.pages(found):
+            tasks: list[TaskRecord] = []
+            for row in page.rows:
+                try:
+                    task = parse_task(row)
+                except RowError as exc:
+                    skips.add(row, exc)
+                    continue
+                tasks.append(task)
+                top.add(task, row)
+                for name in task.repairs:
+                    repairs[name] = repairs.get(name, 0) + 1
+            # Offset paging can repeat a task: the state keeps the read's distinct ids.
+            self._state.add_read_tasks(self.name, tasks)
+
     def poll_tasks(self) -> bool:
         now = self._clock()
         skips = _SkipLog(self.name, "tasks", self._metrics)
         top = TopTasks(self._top_tasks, emails=self._task_emails, titles=self._task_titles)
         listing = self._client.listing(TASKS_PATH, "tasks", now - self._polling.window, now)
         repairs: dict[str, int] = {}
-
-        def found(first: float, last: float) -> int:
-            return self._state.count_read_tasks(self.name, first, last)
-
         try:
-            for page in listing.pages(found):
-                tasks: list[TaskRecord] = []
-                for row in page.rows:
-                    try:
-                        task = parse_task(row)
-                    except RowError as exc:
-                        skips.add(row, exc)
-                        continue
-                    tasks.append(task)
-                    top.add(task, row)
-                    for name in task.repairs:
-                        repairs[name] = repairs.get(name, 0) + 1
-                # Offset paging can repeat a task: the state keeps the read's distinct ids.
-                self._state.add_read_tasks(self.name, tasks)
+            with self._full_reads.slot(self._stop):
+                self._read_tasks(listing, skips, top, repairs)
             window = self._state.tasks_read_totals(self.name)
         except Stopped:
             return False
