@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -27,8 +28,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
 from exporter.account_info import AccountInfoPoller
-from exporter.client import NeoClient
-from exporter.collector import NeoCollector
+from exporter.client import NeoClient, page_executor
+from exporter.collector import COUNTS, STATUS, NeoCollector
 from exporter.config import (
     Config,
     ConfigError,
@@ -39,7 +40,7 @@ from exporter.config import (
 )
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics
-from exporter.poller import AccountPoller, FullReads
+from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
 from exporter.server import ExporterServer, Include, ListenError, PageContext, listen_socket
 from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
 from exporter.state import (
@@ -81,14 +82,18 @@ class Exporter:
     store: SnapshotStore
     registry: CollectorRegistry  # every metric: what --once prints and tests read
     live: CollectorRegistry  # the exporter's own metrics, rendered at every scrape
-    per_snapshot: CollectorRegistry  # the Neo metrics, rendered once per snapshot
+    per_snapshot: CollectorRegistry  # the Neo metrics but counts, rendered once per snapshot
+    per_counts: CollectorRegistry  # counters and histograms, rendered once per commit
     pollers: list[AccountPoller]
     clients: list[NeoClient]
     info_pollers: list[AccountInfoPoller] = field(default_factory=list)
+    pages: ThreadPoolExecutor | None = None  # the clients' shared page fetchers
 
     def close(self) -> None:
         for client in self.clients:
             client.close()
+        if self.pages is not None:
+            self.pages.shutdown(wait=False, cancel_futures=True)
         self.state.close()
 
 
@@ -107,16 +112,21 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     names = tuple(account.name for account in config.accounts)
     store = SnapshotStore(names, config.polling.window)
     live, per_snapshot, registry = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    per_counts = CollectorRegistry()
     metrics = ExporterMetrics(
         live, names, {account.name: account.alert_thresholds for account in config.accounts}
     )
     metrics.state_writable.set_function(lambda: 1.0 if state.health().writable else 0.0)
     neo = NeoCollector(store)
-    per_snapshot.register(neo)
+    per_counts.register(NeoCollector(store, COUNTS))
+    per_snapshot.register(NeoCollector(store, STATUS))
     registry.register(Include(live))
     registry.register(neo)
     pollers, clients, info_pollers = [], [], []
     full_reads = FullReads()  # shared: a few accounts' full reads at a time
+    # One pool of page fetchers for all accounts: as many as the full reads at once can
+    # keep busy (threads per account would be hundreds with many accounts, idle, in RSS).
+    pages = page_executor(2 * config.http.concurrency * min(len(names), FULL_READS_AT_ONCE))
     for account in config.accounts:
         client = NeoClient(
             account,
@@ -124,6 +134,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
             wait=stop.wait,
             on_request=metrics.request_hook(account.name),
             on_retry=metrics.retry_hook(account.name),
+            executor=pages,
         )
         clients.append(client)
         pollers.append(
@@ -156,7 +167,17 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
             )
         )
     return Exporter(
-        config, state, store, registry, live, per_snapshot, pollers, clients, info_pollers
+        config,
+        state,
+        store,
+        registry,
+        live,
+        per_snapshot,
+        per_counts,
+        pollers,
+        clients,
+        info_pollers,
+        pages,
     )
 
 
@@ -186,6 +207,7 @@ def run(
             exporter.live,
             exporter.store,
             per_snapshot=exporter.per_snapshot,
+            per_counts=exporter.per_counts,
             clock=clock,
             web=web,
             listener=listener,

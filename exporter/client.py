@@ -123,8 +123,13 @@ class NeoClient:
         rng: random.Random | None = None,
         on_request: RequestHook | None = None,
         on_retry: RetryHook | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
-        """`wait(seconds)` sleeps and returns True if the exporter is stopping."""
+        """`wait(seconds)` sleeps and returns True if the exporter is stopping.
+
+        `executor` fetches pages; a process with many accounts shares one (its owner shuts
+        it down), else the client has its own.
+        """
         self._base_url = account.base_url
         self._host = host_of(account.base_url)
         self._http = http
@@ -163,11 +168,13 @@ class NeoClient:
         else:
             self._session.headers["Authorization"] = f"Bearer {token}"
         # Workers start on first use. Reads running side by side share them and the slots.
-        self._executor = ThreadPoolExecutor(max_workers=2 * slots, thread_name_prefix="neo-page")
+        self._owns_executor = executor is None
+        self._executor = executor or page_executor(2 * slots)
 
     def close(self) -> None:
         # A fetch stuck in the network is not waited for: it commits nothing itself.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         self._session.close()
 
     # --- one request ---------------------------------------------------------------------
@@ -580,6 +587,11 @@ def decode_json(body: bytes) -> object:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         return json.loads(body)
+
+
+def page_executor(workers: int) -> ThreadPoolExecutor:
+    """Threads that fetch the pages of reads (each request still holds its account's slot)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neo-page")
 
 
 def host_of(base_url: str) -> str:

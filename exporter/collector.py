@@ -717,20 +717,32 @@ def audit(snapshot: Snapshot) -> Iterator[Metric]:
     yield from families.values()
 
 
-class NeoCollector(Collector):
-    """Registered on the exporter's own registry; reads the store at each scrape."""
+COUNTS, STATUS, ALL = "counts", "status", "all"
 
-    def __init__(self, store: SnapshotStore) -> None:
+
+class NeoCollector(Collector):
+    """Registered on the exporter's own registry; reads the store at each scrape.
+
+    `part` COUNTS is the counters and histograms (most of the series; they change only when
+    a poll commits rows), STATUS the rest, ALL both: the server renders the two parts apart,
+    so that a poll that counts nothing new does not make the next scrape render them all.
+    """
+
+    def __init__(self, store: SnapshotStore, part: str = ALL) -> None:
         self._store = store
+        self._part = part
 
     def collect(self) -> Iterable[Metric]:
         snapshot = self._store.get()
-        yield from stream_counters(snapshot)
-        yield from histograms(snapshot)
+        if self._part != STATUS:
+            yield from stream_counters(snapshot)
+            yield from histograms(snapshot)
+            yield from revisions(snapshot)
+        if self._part == COUNTS:
+            return
         yield from window_gauges(snapshot)
         yield from summary_gauges(snapshot)
         yield from cap_and_billing_gauges(snapshot)
         yield from top_tasks(snapshot)
         yield from health(snapshot)
-        yield from revisions(snapshot)
         yield from audit(snapshot)

@@ -211,6 +211,7 @@ class ExporterServer(ThreadingHTTPServer):
         store: SnapshotStore,
         *,
         per_snapshot: CollectorRegistry | None = None,
+        per_counts: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         web: WebConfig | None = None,
         listener: socket.socket | None = None,
@@ -218,11 +219,12 @@ class ExporterServer(ThreadingHTTPServer):
         read_header_timeout: float = 10.0,
         page: PageContext | None = None,
     ) -> None:
-        """Serve `registry` and `per_snapshot` (whose metrics depend only on the store's
-        snapshot) on /metrics. `web` (from --web.config.file) adds TLS, basic auth and
-        response headers. `listener`, already bound and listening, is used as it is (so that
-        the caller can bind before creating anything else); without it, `address` is bound
-        here (ListenError if it cannot be)."""
+        """Serve `registry`, `per_counts` and `per_snapshot` (whose metrics depend only on
+        the store's snapshot: its accounts' counts, or anything in it) on /metrics. `web`
+        (from --web.config.file) adds TLS, basic auth and response headers. `listener`,
+        already bound and listening, is used as it is (so that the caller can bind before
+        creating anything else); without it, `address` is bound here (ListenError if it
+        cannot be)."""
         self.registry = registry
         self.store = store
         self.clock = clock
@@ -230,7 +232,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.tls = None if web.tls is None else TLSWrapper(web.tls)
         self.auth = BasicAuth(web.users) if web.users else None
         self.extra_headers = web.headers
-        self.renders = Renders(registry, per_snapshot, store)
+        self.renders = Renders(registry, per_snapshot, store, per_counts=per_counts)
         self.connections = ConnectionLimiter(max_connections, read_header_timeout)
         self.page = page or PageContext(started=clock())
         sock = listener if listener is not None else listen_socket(address)
@@ -359,14 +361,17 @@ class Renders:
         per_snapshot: CollectorRegistry | None,
         store: SnapshotStore,
         monotonic: Callable[[], float] = time.monotonic,
+        per_counts: CollectorRegistry | None = None,
     ) -> None:
         self._live = live
         self._per_snapshot = per_snapshot
+        self._per_counts = per_counts
         self._store = store
         self._monotonic = monotonic
         self._lock = threading.Lock()  # one render at a time; the others wait and reuse it
         self._bodies: dict[tuple[str, bool], tuple[float, bytes]] = {}
         self._snapshot_parts: dict[str, tuple[Snapshot, bytes]] = {}
+        self._counts_parts: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
     def get(self, encoder: Callable[[CollectorRegistry], bytes], kind: str, gzipped: bool) -> bytes:
         with self._lock:
@@ -375,7 +380,10 @@ class Renders:
             cached = self._bodies.get(key)
             if cached is not None and now - cached[0] < RENDER_TTL:
                 return cached[1]
-            body = _join(encoder(self._live), self._snapshot_part(encoder, kind))
+            body = _join(
+                _join(encoder(self._live), self._counts_part(encoder, kind)),
+                self._snapshot_part(encoder, kind),
+            )
             if gzipped:
                 body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
             self._bodies[key] = (now, body)
@@ -391,6 +399,22 @@ class Renders:
         if cached is None or cached[0] is not snapshot:
             cached = (snapshot, encoder(self._per_snapshot))
             self._snapshot_parts[kind] = cached
+        return cached[1]
+
+    def _counts_part(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> bytes:
+        """The counters and histograms: rendered again only when an account's counts (an
+        object that stays the same until a poll commits rows) are another object."""
+        if self._per_counts is None:
+            return b""
+        key = tuple(account.counts for account in self._store.get().accounts)
+        cached = self._counts_parts.get(kind)
+        if (
+            cached is None
+            or len(cached[0]) != len(key)
+            or any(old is not new for old, new in zip(cached[0], key, strict=True))
+        ):
+            cached = (key, encoder(self._per_counts))
+            self._counts_parts[kind] = cached
         return cached[1]
 
 

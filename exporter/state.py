@@ -322,6 +322,9 @@ class _Account:
     # Seen rows by folded status, kept with each commit: the window gauge then reads only
     # the rows older than the window (about one lookback), not the whole window, per poll.
     seen_by_status: dict[str, int] = field(default_factory=dict)
+    # What counts() last returned, until the next commit: a poll that commits nothing
+    # publishes the same object, so a scrape knows the counters are unchanged by identity.
+    published: Counts | None = None
 
 
 class State:
@@ -562,9 +565,12 @@ class State:
     # --- reads ---------------------------------------------------------------------------
 
     def counts(self, account: str) -> Counts:
+        """The account's counters and histograms; the same object until the next commit."""
         with self._lock:
             acct = self._account(account)
-            return Counts(dict(acct.counters), dict(acct.histograms))
+            if acct.published is None:
+                acct.published = Counts(dict(acct.counters), dict(acct.histograms))
+            return acct.published
 
     def watermark(self, account: str, kind: str) -> float | None:
         with self._lock:
@@ -789,6 +795,7 @@ class State:
             acct.seen_by_status[status] = acct.seen_by_status.get(status, 0) + 1
         acct.counters.update(work.counters)
         acct.histograms.update(work.histograms)
+        acct.published = None
         for name, values in work.new_labels.items():
             acct.labels.setdefault(name, set()).update(values)
 

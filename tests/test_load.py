@@ -133,6 +133,54 @@ def test_scrapes_within_a_second_share_one_render() -> None:
     assert len(rendered) == 3
 
 
+def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from exporter.collector import COUNTS, STATUS, NeoCollector
+    from exporter.server import RENDER_TTL, Renders
+    from exporter.snapshot import SnapshotStore
+    from exporter.state import CounterValue, Counts
+
+    clock = ManualClock(100.0)
+    store = SnapshotStore(("acme", "beta"), 60.0)
+    live, per_snapshot, per_counts = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    per_snapshot.register(NeoCollector(store, STATUS))
+    per_counts.register(NeoCollector(store, COUNTS))
+    rendered: list[CollectorRegistry] = []
+
+    def encoder(registry: CollectorRegistry) -> bytes:
+        rendered.append(registry)
+        return openmetrics(registry)
+
+    def render() -> dict[str, Any]:
+        clock.advance(RENDER_TTL)
+        body = renders.get(encoder, "application/openmetrics-text", False).decode()
+        return {f.name: f for f in text_string_to_metric_families(body)}  # one # EOF
+
+    renders = Renders(live, per_snapshot, store, clock, per_counts=per_counts)
+    labels = ("gpt-5", "completed", "false")
+    counts = Counts({("neo_credits_total", labels): CounterValue(1.5, 50.0)}, {})
+    store.update("acme", counts=counts)
+    assert render()["neo_credits"].samples[0].value == 1.5
+    store.update("acme", seen_streams=7, counts=counts)  # a poll that counted nothing new
+    families = render()
+    assert families["neo_exporter_seen_streams"].samples[0].value == 7
+    assert (rendered.count(per_counts), rendered.count(per_snapshot)) == (1, 2)
+    store.update(
+        "beta", counts=Counts({("neo_credits_total", labels): CounterValue(2.0, 50.0)}, {})
+    )
+    families = render()
+    assert sorted(
+        s.value for s in families["neo_credits"].samples if s.name.endswith("_total")
+    ) == [
+        1.5,
+        2.0,
+    ]
+    assert rendered.count(per_counts) == 2
+
+
 def test_neo_metrics_render_once_per_snapshot_and_exporter_metrics_at_each_render() -> None:
     from prometheus_client import CollectorRegistry, Counter
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
