@@ -62,7 +62,10 @@ def test_sigterm_during_a_poll_exits_0_quickly_and_the_state_stays_exact(
     state = tmp_path / "state.db"
     with fake_api("--seed", "6", "--streams", "3000", "--latency-ms", "40",
                   "--late-fraction", "0") as (_, fake_url):  # fmt: skip
-        config = write_config(tmp_path / "config.yaml", fake_url, state)
+        # One page at a time: the window's read lasts about 6 s whatever the machine's
+        # speed, so the signal always lands in it.
+        http = {"page_size": 20, "concurrency": 1, "backoff_base": "50ms", "backoff_max": "1s"}
+        config = write_config(tmp_path / "config.yaml", fake_url, state, http=http)
         expected = truth(fake_url)
         proc, url = start_exporter("--config.file", str(config), env=ENV)
         wait_until(lambda: reading(url), 20, "a read in progress")
