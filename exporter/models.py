@@ -381,12 +381,23 @@ def _fast_stream(row: _StreamRow, fingerprint: str) -> StreamRecord:
     calls = row.tool_call_history
     if not calls:
         raise _NotPlain  # per-tool figures come from tool_breakdown then
-    # A row has a few distinct tools among its calls: each name is checked once. A name
-    # that needs trimming or cleaning takes the general path.
-    for tool in {call.tool_name for call in calls}:
-        if not (tool and len(tool) <= MAX_LABEL_LENGTH and tool.isascii() and tool.strip() == tool):
-            raise _NotPlain
-    durations = tuple([(call.tool_name, call.duration_ms / 1000.0) for call in calls])
+    # One pass over the calls: durations in order, per-tool sums (as `_usage_of`), and each
+    # tool's name checked once; a name that needs trimming or cleaning takes the general path.
+    durations: list[tuple[str, float]] = []
+    usage: dict[str, list[Any]] = {}
+    for call in calls:
+        tool, seconds = call.tool_name, call.duration_ms / 1000.0
+        durations.append((tool, seconds))
+        slot = usage.get(tool)
+        if slot is None:
+            if not (tool and len(tool) <= MAX_LABEL_LENGTH and tool.isascii()) or (
+                tool.strip() != tool
+            ):
+                raise _NotPlain
+            usage[tool] = [tool, 1, seconds]
+        else:
+            slot[1] += 1
+            slot[2] += seconds
     agents: dict[str, int] = {}
     for name, count in row.agent_breakdown.items():
         label = clean_label(name)
@@ -410,8 +421,8 @@ def _fast_stream(row: _StreamRow, fingerprint: str) -> StreamRecord:
         execution_time=row.total_execution_ms / 1000.0,
         step_latency=None if latency is None else latency / 1000.0,
         agent_breakdown=tuple(sorted(agents.items())),
-        tool_usage=_usage_of(durations),
-        tool_durations=durations,
+        tool_usage=tuple([(slot[0], slot[1], slot[2]) for _, slot in sorted(usage.items())]),
+        tool_durations=tuple(durations),
         fingerprint=fingerprint,
     )
 
