@@ -247,6 +247,19 @@ class Steady:
     lookback_pages: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
+    plain_cpu: list[float] = field(default_factory=list)  # one requests GET of the same page
+
+
+def plain_page(session: requests.Session, url: str, start: float, end: float) -> None:
+    """What fetching the lookback's page costs by itself: a GET with requests, body read."""
+    params = {
+        "from": format_timestamp(start),
+        "to": format_timestamp(end),
+        "limit": str(PAGE_SIZE),
+        "offset": "0",
+        "sort": "created_at",
+    }
+    session.get(url + STREAMS_PATH, params=params, timeout=60).raise_for_status()
 
 
 def run_steady(url: str, exporter: Exporter, polls: int) -> Steady:
@@ -273,6 +286,14 @@ def run_steady(url: str, exporter: Exporter, polls: int) -> Steady:
         out.lookback_pages.append(expected)
         out.cpu.append(cpu)
         out.wall.append(wall)
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
+            start, end = plan.start, plan.end
+            plain_page(session, url, start, end)  # a connection, as the poller's
+            _, _, page_cpu = measure(
+                lambda: plain_page(session, url, start, end)  # noqa: B023  # called at once
+            )
+        out.plain_cpu.append(page_cpu)
     return out
 
 
@@ -813,8 +834,8 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
         [
             "idle poll: CPU",
             ms(med(steady.cpu)),
-            "",
-            "",
+            ms(med(steady.plain_cpu)) + " (a requests GET of the same page)",
+            f"{med(steady.cpu) / med(steady.plain_cpu):.2f}x",
             "< 2 ms",
             verdict(med(steady.cpu) < 0.002),
         ],
