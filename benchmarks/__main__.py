@@ -710,6 +710,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--observe", type=int, default=2, help="intervals observed once all accounts are live"
     )
     parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory runs (--memory-sizes)"
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, one run each: checks the suite runs"
     )
     args = parser.parse_args(argv)
@@ -739,7 +742,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def print_memory(memory: Sequence[Memory]) -> None:
+    print("\nMemory: a real `python -m exporter --once` process, no API latency.\n")
+    print(
+        table(
+            ["streams in the window", "peak RSS", "wall time", "CPU", "state file"],
+            [
+                [
+                    f"{m.streams:,}",
+                    f"{m.peak_rss_mib:.0f} MiB",
+                    s(m.wall),
+                    s(m.cpu),
+                    f"{m.state_mib:.1f} MiB",
+                ]
+                for m in memory
+            ],
+        )
+    )
+
+
 def report(args: argparse.Namespace, workdir: Path) -> int:
+    if args.memory_only:
+        print_memory([run_memory(n, workdir) for n in sizes(args.memory_sizes)])
+        return 0
     now = time.time()
     kept: list[Exporter] = []
     with fake_api(args.streams, args.latency_ms, now) as url:
@@ -921,22 +946,7 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
         )
     print(table(["scenario", "exporter", "baseline", "ratio", "target", ""], rows))
     if memory:
-        print("\nMemory: a real `python -m exporter --once` process, no API latency.\n")
-        print(
-            table(
-                ["streams in the window", "peak RSS", "wall time", "CPU", "state file"],
-                [
-                    [
-                        f"{m.streams:,}",
-                        f"{m.peak_rss_mib:.0f} MiB",
-                        s(m.wall),
-                        s(m.cpu),
-                        f"{m.state_mib:.1f} MiB",
-                    ]
-                    for m in memory
-                ],
-            )
-        )
+        print_memory(memory)
     if scaling:
         print(f"\nScaling: backfill at {args.latency_ms:g} ms latency, one run per size.\n")
         print(
