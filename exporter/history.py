@@ -387,6 +387,7 @@ def _read_account(
     progress: _Progress,
     recorder: _Recorder,
     clock: Callable[[], float],
+    stop: threading.Event,
 ) -> _Tally:
     """Read [span.start, end] slice by slice; count each slice into the state step by step.
 
@@ -408,6 +409,8 @@ def _read_account(
             on_progress=progress.on_page,
         )
         for page in listing.pages(held.count):
+            if stop.is_set():  # a stop between pages, not only in a retry's wait
+                raise Stopped
             for row in page.rows:
                 try:
                     record = parse_stream(row)
@@ -752,7 +755,7 @@ def run(
             recorder = recorders[account.name] = _Recorder()
             try:
                 done = _read_account(
-                    account.name, client, state, span, end, total, progress, recorder, clock
+                    account.name, client, state, span, end, total, progress, recorder, clock, stop
                 )
             except ApiError as exc:
                 raise HistoryError(f"account {account.name}: {exc}; nothing was written") from None
