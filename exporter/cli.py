@@ -418,7 +418,10 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
     parser.add_argument(
-        "--output", required=True, metavar="PATH", help="the OpenMetrics file to write"
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="the OpenMetrics file to write (compressed if the name ends in .gz)",
     )
     parser.add_argument(
         "--days",
@@ -443,6 +446,16 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
         f"exporter covers the rest (default {format_duration(DEFAULT_HEAD_MARGIN)})",
     )
     parser.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="NAME=VALUE",
+        help="a label Prometheus adds to the exporter's series when it scrapes them (job, "
+        "instance, and what relabelling adds: those of up{job=...}); repeat for each",
+    )
+    parser.add_argument(
         "--account",
         dest="accounts",
         action="append",
@@ -464,6 +477,13 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--log.format", dest="log_format", default="text", choices=["text", "json"])
     return parser.parse_args(argv)
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
 
 
 def _positive_int(text: str) -> int:
@@ -490,6 +510,7 @@ def history_main(argv: Sequence[str], stop: threading.Event) -> int:
         head_margin=args.head_margin,
         accounts=tuple(args.accounts),
         if_fresh=args.if_fresh,
+        target_labels=tuple(args.labels),
     )
     try:
         config = load_config(args.config_file, os.environ)

@@ -40,6 +40,7 @@ import gzip
 import logging
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -116,6 +117,9 @@ class HistoryOptions:
     # Accounts that already hold counters are left alone instead of refused (an init
     # container that runs at every pod start).
     if_fresh: bool = False
+    # The labels Prometheus gives the exporter's series when it scrapes them (job, instance,
+    # whatever relabelling adds): without them the history would be other series.
+    target_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,7 @@ def check_options(config: Config, options: HistoryOptions) -> tuple[AccountConfi
             f"than the history would be counted as new spend (use --days "
             f"{math.ceil(window / 86400)} or more)"
         )
+    problems += _check_target_labels(options.target_labels)
     if config.state.path == MEMORY:
         problems.append(
             "state.path is :memory:; the history seeds the state file the exporter then runs on"
@@ -207,6 +212,35 @@ def check_options(config: Config, options: HistoryOptions) -> tuple[AccountConfi
         raise HistoryUsageError("; ".join(problems))
     wanted = set(options.accounts)
     return tuple(a for a in config.accounts if not wanted or a.name in wanted)
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# The exporter's own label names: a target label of the same name would be renamed
+# exported_<name> by Prometheus on the live side, so it cannot be given here.
+_OWN_LABELS = frozenset(name for doc in (*COUNTER_DOCS, *HISTOGRAM_DOCS) for name in doc.labels) | {
+    "le"
+}
+
+
+def _check_target_labels(labels: Sequence[tuple[str, str]]) -> list[str]:
+    if not labels:
+        return [
+            "--label is needed: the labels Prometheus adds to the exporter's series when it "
+            "scrapes them, such as --label job=neo-exporter --label instance=localhost:9636 "
+            '(the labels of up{job="neo-exporter"}); without them the history would be '
+            "other series than the live ones"
+        ]
+    problems = []
+    names = [name for name, _ in labels]
+    for name in names:
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            problems.append(f"--label {name}: not a label name Prometheus keeps")
+        elif name in _OWN_LABELS:
+            problems.append(f"--label {name}: the exporter's own label, not a target label")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        problems.append(f"--label {', '.join(duplicates)}: given more than once")
+    return problems
 
 
 def open_state(config: Config, path: str) -> State:
@@ -517,6 +551,7 @@ def write_openmetrics(
     recorders: Mapping[str, _Recorder],
     bounds: Mapping[str, Sequence[float]],
     span: Span,
+    target_labels: Sequence[tuple[str, str]] = (),
 ) -> _Written:
     """Every family once, its series one after the other, each in time order; `# EOF`.
 
@@ -524,20 +559,21 @@ def write_openmetrics(
     exporter's `_created` (the time the state first counted the series) would not continue.
     """
     written = _Written()
+    target = "".join(f',{name}="{_escape(value)}"' for name, value in target_labels)
     for doc in COUNTER_DOCS:
         family = doc.name.removesuffix("_total")
         out.write(f"# HELP {family} {_escape(doc.help)}\n# TYPE {family} counter\n".encode())
         for account, recorder in recorders.items():
             for (metric, values), series in sorted(recorder.series.items()):
                 if metric == doc.name:
-                    labels = _labels(doc.labels, (account, *values))
+                    labels = _labels(doc.labels, (account, *values)) + target
                     _write_counter(out, doc.name, labels, series, span, written)
     for doc in HISTOGRAM_DOCS:
         out.write(f"# HELP {doc.name} {_escape(doc.help)}\n# TYPE {doc.name} histogram\n".encode())
         for account, recorder in recorders.items():
             for (metric, values), series in sorted(recorder.series.items()):
                 if metric == doc.name:
-                    labels = _labels(doc.labels, (account, *values))
+                    labels = _labels(doc.labels, (account, *values)) + target
                     _write_histogram(out, doc, labels, bounds[doc.name], series, span, written)
     out.write(b"# EOF\n")
     return written
@@ -774,7 +810,7 @@ def run(
 
         def write(out: BinaryIO) -> None:
             nonlocal written
-            written = write_openmetrics(out, recorders, bounds, span)
+            written = write_openmetrics(out, recorders, bounds, span, options.target_labels)
 
         size = staging.finish(write)
         return replace(

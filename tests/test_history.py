@@ -14,6 +14,7 @@ running (and scraping) before they were moved into its data directory.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -22,12 +23,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -45,17 +50,20 @@ from exporter.history import (
     plan,
 )
 from exporter.history import run as run_history
+from exporter.models import format_timestamp
 from exporter.state import StateLock
 from tests.conftest import (
     BY_LABEL_TRUTH,
+    FIGURES,
     HISTOGRAM_TRUTH,
     STREAM_TRUTH,
     ManualClock,
     SampleKey,
     parse_exposition,
 )
-from tests.processes import ROOT, free_port
-from tests.test_rules import require_tool
+from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
+from tests.test_dashboards import dashboard_exprs
+from tests.test_rules import metric_names, require_tool
 
 DAY = 86400.0
 T0 = 1_795_000_000.0 + 123.456  # 2026-11-18T07:08:43Z: not on a step
@@ -101,8 +109,12 @@ def config_of(url: str, state: Path, **extra: Any) -> Config:
     return config_from_mapping(data, {})
 
 
+TARGET = (("job", "neo-exporter"), ("instance", "127.0.0.1:9636"))  # as Prometheus adds them
+CLI_TARGET = ("--label", "job=neo-exporter", "--label", "instance=127.0.0.1:9636")
+
+
 def options(output: Path, **changes: Any) -> HistoryOptions:
-    return HistoryOptions(output=str(output), **{"days": 2, **changes})
+    return HistoryOptions(output=str(output), **{"days": 2, "target_labels": TARGET, **changes})
 
 
 def make(config: Config, output: Path, clock: ManualClock, **changes: Any) -> HistorySummary:
@@ -277,7 +289,9 @@ def test_an_exporter_on_the_seeded_state_continues_every_series_and_counts_a_lat
         assert exporter.pollers[0].live
         first = parse_exposition(generate_latest(exporter.registry).decode())
         for (name, labels), value in at_join.items():
-            live = first.get((name, frozenset(labels)))
+            # Every series of the file carries the scrape's labels, which Prometheus adds.
+            assert set(TARGET) <= set(labels), (name, labels)
+            live = first.get((name, frozenset(set(labels) - set(TARGET))))
             assert live is not None, f"{name}{dict(labels)} of the history is not live"
             assert live >= value, f"{name}{dict(labels)} would reset: {value} -> {live}"
         # The rise across the join is exactly the streams created after it.
@@ -412,6 +426,7 @@ def slow_fake() -> Iterator[FakeNeoServer]:
         yield server
 
 
+@pytest.mark.e2e
 def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_time(
     slow_fake: FakeNeoServer, tmp_path: Path
 ) -> None:
@@ -419,7 +434,7 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
     config = write_config(
         tmp_path / "config.yaml", slow_fake.url, state, http={"page_size": 20, "concurrency": 1}
     )
-    result = cli("--config.file", str(config), "--days", "2", "--output", str(output))
+    result = cli("--config.file", str(config), "--days", "2", "--output", str(output), *CLI_TARGET)
     assert result.returncode == 0, result.stderr
     progress = re.findall(
         r"rows (\d+)/600, pages (\d+), (\w+) elapsed, about (\w+) left", result.stderr
@@ -434,13 +449,14 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.yaml", "history.om.gz", "state.db", "state.db.lock",
     ]  # fmt: skip
-    again = cli("--config.file", str(config), "--days", "2", "--output", str(output))
+    again = cli("--config.file", str(config), "--days", "2", "--output", str(output), *CLI_TARGET)
     assert again.returncode == EXIT_REFUSED
     assert "history refused: account acme already has counters" in again.stderr
     assert "docs/history.md" in again.stderr and "Traceback" not in again.stderr
     fresh_only = cli(
-        "--config.file", str(config), "--days", "2", "--output", str(output), "--if-fresh"
-    )
+        "--config.file", str(config), "--days", "2", "--output", str(output), "--if-fresh",
+        *CLI_TARGET,
+    )  # fmt: skip
     assert fresh_only.returncode == 0 and "nothing to do" in fresh_only.stderr
 
 
@@ -456,13 +472,17 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
         ("days shorter than the window", EXIT_USAGE, r"--days 1 is shorter than polling\.window "
          r"2d: the exporter re-reads its window"),
         ("a step with holes", EXIT_USAGE, r"--step must be whole seconds from 1s to 5m, not 10m"),
+        ("no target labels", EXIT_USAGE, r"--label is needed: the labels Prometheus adds to the "
+         r"exporter's series when it scrapes them"),
+        ("a label of the exporter's own", EXIT_USAGE, r"--label model: the exporter's own label"),
     ],
 )  # fmt: skip
+@pytest.mark.e2e
 def test_bad_input_exits_non_zero_saying_why_and_leaves_nothing(
     case: str, status: int, message: str, fake: FakeNeoServer, tmp_path: Path
 ) -> None:
     url, token, output = fake.url, "fake-admin-token", tmp_path / "history.om"
-    args = ["--days", "2"]
+    args = ["--days", "2", *CLI_TARGET]
     extra: dict[str, Any] = {}
     if case == "unreachable":
         url = f"http://127.0.0.1:{free_port()}"
@@ -472,7 +492,11 @@ def test_bad_input_exits_non_zero_saying_why_and_leaves_nothing(
         (tmp_path / "not-a-directory").write_text("a file")
         output = tmp_path / "not-a-directory" / "history.om"
     elif case == "days shorter than the window":
-        args, extra = ["--days", "1"], {"polling": {"window": "2d", "lookback": "1h"}}
+        args, extra = ["--days", "1", *CLI_TARGET], {"polling": {"window": "2d", "lookback": "1h"}}
+    elif case == "no target labels":
+        args = ["--days", "2"]
+    elif case == "a label of the exporter's own":
+        args += ["--label", "model=x"]
     else:
         args += ["--step", "10m"]
     config = write_config(tmp_path / "config.yaml", url, tmp_path / "state.db", **extra)
@@ -484,6 +508,7 @@ def test_bad_input_exits_non_zero_saying_why_and_leaves_nothing(
     assert [p for p in leftovers(tmp_path) if p != "not-a-directory"] == []
 
 
+@pytest.mark.e2e
 def test_a_running_exporter_holds_the_state_and_the_history_waits_for_nobody(
     fake: FakeNeoServer, tmp_path: Path
 ) -> None:
@@ -492,14 +517,16 @@ def test_a_running_exporter_holds_the_state_and_the_history_waits_for_nobody(
     lock = StateLock(str(state))  # as an exporter running on it holds it
     try:
         result = cli(
-            "--config.file", str(config), "--days", "2", "--output", str(tmp_path / "h.om")
-        )
+            "--config.file", str(config), "--days", "2", "--output", str(tmp_path / "h.om"),
+            *CLI_TARGET,
+        )  # fmt: skip
     finally:
         lock.release()
     assert result.returncode == EXIT_IN_USE
     assert "is in use by another neo-exporter (pid" in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_stop_mid_read_exits_1_and_writes_nothing(
     slow_fake: FakeNeoServer, tmp_path: Path
 ) -> None:
@@ -511,7 +538,7 @@ def test_a_stop_mid_read_exits_1_and_writes_nothing(
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "history", "--config.file", str(config), "--days",
-         "2", "--output", str(tmp_path / "history.om")],
+         "2", "--output", str(tmp_path / "history.om"), *CLI_TARGET],
         cwd=ROOT, env={**CLI_ENV, "NEO_TEST_TOKEN": "fake-admin-token"},
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -534,3 +561,385 @@ def test_the_backfill_script_passes_shellcheck() -> None:
     )
     assert result.returncode == 0, result.stdout
     assert os.access(script, os.X_OK)
+
+
+# --- end to end: 30 days, promtool, two real Prometheus ---------------------------------------
+
+E2E_FAKE = ("--seed", "31", "--streams", "3000", "--history", "30d", "--late-fraction", "0")
+ARTIFACTS = ROOT / "artifacts" / "history"
+RULES = ROOT / "prometheus" / "rules"
+BACKFILL = ROOT / "prometheus" / "backfill-history.sh"
+SPEND_DASHBOARD = "neo-spend-overview.json"
+# The history's series: every counter and histogram fed by the streams.
+HISTORY_NAMES = tuple(d.name for d in history.COUNTER_DOCS) + tuple(
+    f"{d.name}_{suffix}" for d in history.HISTOGRAM_DOCS for suffix in ("bucket", "count", "sum")
+)
+DAILY = {"neo_credits_total": "credits", "neo_streams_total": "streams",
+         "neo_llm_cost_usd_total": "llm_cost"}  # fmt: skip
+# A stream Neo lists only after the history was read, created before the join.
+LATE_ROW = {
+    "task_id": "6b1f0c55-0000-4000-8000-00000000late",
+    "model": "claude-sonnet-4-5",
+    "status": "completed",
+    "is_byok": True,
+    "neo_credits": 0.0,
+    "llm_cost": 4.25,
+    "neo_cost": 0.85,
+    "step_count": 3,
+    "tool_calls": 1,
+    "agent_triggers": 1,
+    "total_execution_ms": 42000,
+    "llm_time_ms": 30000,
+    "tool_time_ms": 9000,
+    "avg_step_latency_ms": 14000,
+}
+
+
+@dataclasses.dataclass
+class World:
+    fake_url: str
+    exporter_url: str
+    start: float  # the history's first step
+    join: float  # its last: T_join
+    late_created: float
+    prometheus: dict[str, str]  # "fresh" / "running" -> URL
+    head_min_time: float  # the running Prometheus' head start when its blocks went in
+    loaded_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    figures: list[str] = dataclasses.field(default_factory=list)
+
+
+def query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    body = requests.get(f"{url}/api/v1/query", params=params, timeout=10).json()
+    assert body["status"] == "success", f"{expr}: {body.get('error')}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def scalar(url: str, expr: str, at: float | None = None) -> float | None:
+    result = query(url, expr, at)
+    return float(result[0]["value"][1]) if result else None
+
+
+def truth_of(fake_url: str, start: float | None, end: float | None) -> dict[str, float]:
+    """The fake's truth of streams created in (start, end]: sums over labels."""
+    params = {}
+    if start is not None:
+        params["from"] = f"{start + 0.0005:.4f}"  # created_at has milliseconds: (start, ...]
+    if end is not None:
+        params["to"] = f"{end:.4f}"
+    data = requests.get(f"{fake_url}/_fake/truth", params=params, timeout=10).json()
+    return {field: math.fsum(row[-1] for row in data[field]) for field in DAILY.values()}
+
+
+def prometheus_config(path: Path, exporter: str, self_address: str) -> Path:
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in sorted(RULES.glob("*.rules.yml"))],
+        "scrape_configs": [
+            {"job_name": "neo-exporter", "static_configs": [{"targets": [exporter]}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]},
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_prometheus(binary: str, config: Path, data: Path, port: int, log: Path) -> Any:
+    return subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=60d",
+         "--log.level=warn"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def other_job_blocks(promtool: str, tmp: Path, data: Path, now: float) -> None:
+    """A month of another job's samples, as blocks a long-running Prometheus would hold:
+    the history's blocks overlap them in time."""
+    lines = ["# TYPE other_job_requests counter"]
+    end = math.floor((now - 4 * 3600) / 300) * 300
+    lines += [f'other_job_requests_total{{job="other"}} {i} {end - (8640 - i) * 300}'
+              for i in range(8640)]  # fmt: skip
+    source = tmp / "other.om"
+    source.write_text("\n".join(lines) + "\n# EOF\n")
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+         "--max-block-duration=720h", str(source), str(data)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def backfill(history_file: Path, data: Path) -> float:
+    """The shipped script, as a user runs it; its wall time."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BACKFILL), str(history_file), str(data), str(RULES / "neo-recording.rules.yml")],
+        env={**os.environ, "STAGING_PORT": str(free_port())},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"backfill: \d+ blocks moved into", result.stdout), result.stdout
+    assert not list(data.glob(".neo-history.*")), "the staging directory was left behind"
+    return time.monotonic() - started
+
+
+def iso_seconds(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    prometheus, promtool = require_tool("prometheus"), require_tool("promtool")
+    tmp = tmp_path_factory.mktemp("history-e2e")
+    ports = {name: free_port() for name in ("fresh", "running", "exporter")}
+    exporter_address = f"127.0.0.1:{ports['exporter']}"
+    data = {name: tmp / f"tsdb-{name}" for name in ("fresh", "running")}
+    servers: list[Any] = []
+    exporter: Proc | None = None
+    with fake_api(*E2E_FAKE) as (_, fake_url):
+        try:
+            # A Prometheus that has been running a while: other jobs' blocks on disk, and
+            # a head of its own scrapes (the exporter's target is down until it starts).
+            other_job_blocks(promtool, tmp, data["running"], time.time())
+            servers.append(start_prometheus(
+                prometheus,
+                prometheus_config(tmp / "running.yml", exporter_address,
+                                  f"127.0.0.1:{ports['running']}"),
+                data["running"], ports["running"], tmp / "running.log",
+            ))  # fmt: skip
+            running_url = f"http://127.0.0.1:{ports['running']}"
+            wait_until(lambda: query(running_url, 'up{job="prometheus"}'), 30, "its scrapes")
+            # The history, as a user runs it: 30 days, a small label budget (the folding
+            # must line up with the live series), the lookback that finds the late row.
+            config = tmp / "exporter.yaml"
+            config.write_text(yaml.safe_dump({
+                "accounts": [{"name": ACCOUNT, "base_url": fake_url, "token": "${NEO_TEST_TOKEN}"}],
+                "polling": {"interval": "1s", "lookback": "6h", "tasks_interval": "5s"},
+                "metrics": {"label_limits": {"model": 1, "tool": 1, "agent": 1}},
+                "state": {"path": str(tmp / "state.db")},
+            }))  # fmt: skip
+            # The labels Prometheus gives the exporter's series, read where the docs say:
+            # up{job="neo-exporter"}, there since the target was configured.
+            up = query(running_url, 'up{job="neo-exporter"}')[0]["metric"]
+            target = [f"{k}={v}" for k, v in sorted(up.items()) if k != "__name__"]
+            assert sorted(k for k, _ in (t.split("=", 1) for t in target)) == ["instance", "job"]
+            output = tmp / "neo-history.om.gz"
+            started = time.monotonic()
+            made = cli("--config.file", str(config), "--output", str(output),
+                       *(arg for label in target for arg in ("--label", label)))  # fmt: skip
+            made_in = time.monotonic() - started
+            assert made.returncode == 0, made.stderr
+            span = re.search(r"samples from (\S+) to (\S+);", made.stderr)
+            done = re.search(r"done in [\d.]+s: (\d+) rows .* (\d+) samples", made.stderr)
+            assert span is not None and done is not None, made.stderr
+            start, join = iso_seconds(span[1]), iso_seconds(span[2])
+            status = requests.get(f"{running_url}/api/v1/status/tsdb", timeout=5).json()
+            head_min = status["data"]["headStats"]["minTime"] / 1000
+            # The plain data directory: blocks in, then Prometheus starts on them.
+            fresh_in = backfill(output, data["fresh"])
+            exporter, exporter_url = start_exporter(
+                "--config.file", str(config), "--web.listen-address", exporter_address,
+                env={"NEO_TEST_TOKEN": "fake-admin-token"},
+            )  # fmt: skip
+            servers.append(start_prometheus(
+                prometheus,
+                prometheus_config(tmp / "fresh.yml", exporter_address,
+                                  f"127.0.0.1:{ports['fresh']}"),
+                data["fresh"], ports["fresh"], tmp / "fresh.log",
+            ))  # fmt: skip
+            # The running one: blocks moved in under it; it loads them by itself.
+            running_in = backfill(output, data["running"])
+            moved_at = time.monotonic()
+            late_created = join - 1800
+            row = {**LATE_ROW, "stream_id": "0d5e7a52-5a1e-4c51-9b1e-00000000late",
+                   "created_at": format_timestamp(late_created)}  # fmt: skip
+            requests.post(f"{fake_url}/_fake/rows", json=[row], timeout=5).raise_for_status()
+            world = World(
+                fake_url, exporter_url, start, join, late_created,
+                {"fresh": f"http://127.0.0.1:{ports['fresh']}", "running": running_url},
+                head_min,
+            )  # fmt: skip
+            blocks = sum(p.stat().st_size for p in data["fresh"].rglob("*") if p.is_file())
+            world.figures.append(
+                f"history e2e: 30 days, {done[1]} rows, {done[2]} samples; history "
+                f"{made_in:.1f}s, {output.stat().st_size} bytes gzipped; backfill script "
+                f"{fresh_in:.1f}s (stopped) and {running_in:.1f}s (running), blocks with "
+                f"rules {blocks} bytes"
+            )
+            world.loaded_at["moved"] = moved_at
+            yield world
+            if "running" in world.loaded_at:
+                world.figures.append(
+                    "history e2e: the running Prometheus loaded the blocks "
+                    f"{world.loaded_at['running']:.0f}s after they were moved in"
+                )
+            # Printed at the end of the run, with the reliability figures.
+            request.config.stash.setdefault(FIGURES, []).extend(world.figures)
+        finally:
+            if exporter is not None:
+                exporter.stop()
+            for server in servers:
+                server.terminate()
+                server.wait(10)
+
+
+def loaded(world: World, which: str) -> str:
+    """The Prometheus `which`, once it holds the history and has scraped the late row.
+
+    The running one loads the blocks moved under it at its next reload (every minute).
+    """
+    url = world.prometheus[which]
+    wait_until(lambda: query(url, "count(neo_credits_total)", world.join), 90, "the history loaded")
+    world.loaded_at.setdefault(which, time.monotonic() - world.loaded_at["moved"])
+    total = truth_of(world.fake_url, world.start - 0.001, None)["llm_cost"]
+    wait_until(
+        lambda: math.isclose(
+            scalar(url, "sum(neo_llm_cost_usd_total)") or 0.0, total, rel_tol=1e-9
+        ),
+        30,
+        "the late row counted and scraped",
+    )
+    return url
+
+
+@pytest.fixture(scope="module", params=["fresh", "running"])
+def prom(request: pytest.FixtureRequest, world: World) -> str:
+    """Each Prometheus in turn: every test below runs against both."""
+    return loaded(world, request.param)
+
+
+def days_of(world: World) -> list[tuple[float, float]]:
+    """UTC days whose end is in the history: (start, end), the first one cut at its start."""
+    first = math.floor(world.start / DAY) * DAY
+    return [
+        (max(day, world.start), day + DAY)
+        for day in range(int(first), int(world.join), int(DAY))
+        if day + DAY <= world.join
+    ]
+
+
+@pytest.mark.e2e
+def test_every_past_day_rises_by_the_truth_of_its_streams(prom: str, world: World) -> None:
+    names = "|".join(DAILY)
+    checked = 0
+    for start, end in days_of(world):
+        rises = defaultdict(float)
+        for at, sign in ((end, 1.0), (start, -1.0)):
+            for row in query(prom, f'sum by (__name__) ({{__name__=~"{names}"}} @ {at})'):
+                rises[row["metric"]["__name__"]] += sign * float(row["value"][1])
+        # The first day starts with the history's first step: its streams count from there.
+        truth = truth_of(world.fake_url, start, end)
+        for name, field in DAILY.items():
+            assert math.isclose(rises[name], truth[field], rel_tol=1e-6, abs_tol=1e-9), (
+                f"{name} on {format_timestamp(end - DAY)[:10]}: Prometheus {rises[name]!r}, "
+                f"truth {truth[field]!r}"
+            )
+        checked += 1
+    assert checked >= 29
+
+
+@pytest.mark.e2e
+def test_the_join_has_no_reset_and_rises_by_the_truth_with_the_late_row_once(
+    prom: str, world: World
+) -> None:
+    for name in HISTORY_NAMES:  # resets() drops the name: one metric at a time
+        resets = scalar(prom, f"max(resets({name}[31d]))")
+        assert resets == 0, f"{name}: {resets} resets over the history and the join"
+    # From an hour before the join (history) to now (live): the streams created between,
+    # the late row among them, each once.
+    before = world.join - 3600
+    assert before < world.late_created < world.join
+    truth = truth_of(world.fake_url, before, None)
+    for name, field in DAILY.items():
+        then = scalar(prom, f"sum({name} @ {before})")
+        now = scalar(prom, f"sum({name})")
+        assert then is not None and now is not None
+        assert math.isclose(now - then, truth[field], rel_tol=1e-6, abs_tol=1e-9), name
+    # And over everything: the whole history plus the live part, nothing twice.
+    everything = truth_of(world.fake_url, world.start - 0.001, None)
+    assert math.isclose(
+        scalar(prom, "sum(neo_credits_total)") or 0.0, everything["credits"], rel_tol=1e-9
+    )
+
+
+@pytest.mark.e2e
+def test_the_history_series_are_the_live_series(prom: str, world: World) -> None:
+    """Same names, labels and label values: every series of the history goes on live (the
+    folding into `other` included), none goes down."""
+    for name in HISTORY_NAMES:
+        assert query(prom, f"count({name} @ {world.join})"), f"{name} is not in the history"
+        orphans = query(prom, f"{name} @ {world.join} unless {name}")
+        assert orphans == [], f"history series with no live continuation: {orphans[:3]}"
+        lower = query(prom, f"{name} < {name} @ {world.join}")
+        assert lower == [], f"live below the history: {lower[:3]}"
+    # The budget folded models: `other` is one of the series that joined.
+    models = {r["metric"]["model"] for r in query(prom, f"neo_credits_total @ {world.join}")}
+    assert "other" in models and len(models) == 2
+
+
+@pytest.mark.e2e
+def test_the_spend_dashboard_and_the_recording_rules_show_a_past_day(
+    prom: str, world: World
+) -> None:
+    start, end = days_of(world)[-1]
+    truth = truth_of(world.fake_url, start, end)
+    empty = []
+    in_range = None
+    for dashboard, title, expr in dashboard_exprs():
+        names = metric_names(expr)
+        if dashboard != SPEND_DASHBOARD or not names or not names <= set(HISTORY_NAMES):
+            continue  # gauges read from Neo now have no past
+        past = expr
+        for variable, value in (
+            ("$__rate_interval", "15m"),
+            ("$__interval", "5m"),
+            ("$__range", "1d"),
+            ("$account", ACCOUNT),
+            ("$model", ".*"),
+        ):
+            past = past.replace(variable, value)  # fmt: skip
+        result = query(prom, past, end)
+        if not result:
+            empty.append(f"{title}: {past}")
+        if title == "Credits in range":
+            in_range = math.fsum(float(r["value"][1]) for r in result)
+    assert not empty, "panels without data for a past day:\n" + "\n".join(empty)
+    # increase() over a day whose both ends have samples is the day's rise, exactly.
+    assert in_range is not None
+    assert math.isclose(in_range, truth["credits"], rel_tol=1e-6)
+    # The recording rules were backfilled: each of the spend rules has a past. The rules
+    # evaluate at an offset of their own, so a rolling day ends a few minutes early.
+    for rule in (
+        "account_model:neo_credits:increase1d",
+        "account_model:neo_credits:increase1h",
+        "account_model:neo_llm_cost_usd:increase1d",
+        "account:neo_credits:rate15m",
+    ):
+        assert query(prom, f"{rule} @ {end}"), f"{rule} has no past"  # fmt: skip
+    daily = scalar(prom, f"sum(account_model:neo_credits:increase1d @ {end})")
+    assert daily is not None and math.isclose(daily, truth["credits"], rel_tol=0.1)
+
+
+@pytest.mark.e2e
+def test_the_history_stays_clear_of_the_running_head(world: World) -> None:
+    # The blocks end more than the head margin before the history was made; the running
+    # Prometheus' head began after that, so no block overlaps what it still writes.
+    assert world.join * 1000 < world.head_min_time * 1000
+    assert world.join <= world.start + 30 * DAY - 3 * 3600 + 300
+
+
+@pytest.mark.e2e
+def test_a_graph_of_30_days_of_daily_spend_from_the_history(world: World) -> None:
+    chromium = require_tool("chromium")
+    url = loaded(world, "fresh")
+    expr = "sum by (model) (account_model:neo_credits:increase1d)"
+    params = urllib.parse.urlencode(
+        {"g0.expr": expr, "g0.tab": "0", "g0.stacked": "1", "g0.range_input": "31d"}
+    )
+    screenshot(chromium, f"{url}/graph?{params}", ARTIFACTS / "daily-spend-30d.png",
+               size="1400,900", settle_ms=15_000)  # fmt: skip
