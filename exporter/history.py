@@ -742,6 +742,20 @@ def _fresh_accounts(
     return fresh, skipped
 
 
+def _precheck(config: Config, accounts: Sequence[AccountConfig], options: HistoryOptions) -> bool:
+    """Whether any account can take a history; HistoryRefused if one cannot (and no
+    --if-fresh). The state is opened as the exporter opens it (its lock included)."""
+    check_state_path(config.state.path)
+    if not os.path.exists(config.state.path):
+        return True
+    state = open_state(config, config.state.path)
+    try:
+        fresh, _ = _fresh_accounts(state, accounts, options, config.state.path)
+    finally:
+        state.close()
+    return bool(fresh)
+
+
 def run(
     config: Config,
     options: HistoryOptions,
@@ -757,18 +771,25 @@ def run(
     """
     started = monotonic()
     accounts = check_options(config, options)
+    now = clock()
+    span = plan(now, options)
+    end = math.floor(now * 1000) / 1000  # the read's `to`, as the listing pins it
+    summary = HistorySummary(
+        (), (), span.start, span.join, end, 0, 0, 0, 0, 0, 0, 0, 0.0, options.output,
+        config.state.path,
+    )  # fmt: skip
+    # Refused or nothing to do: said before anything is created or copied (an init
+    # container asks at every pod start, and a big state takes a while to copy).
+    if not _precheck(config, accounts, options):
+        every = tuple(a.name for a in accounts)
+        return replace(summary, skipped=every, seconds=monotonic() - started)
     staging = _Staging(config, options.output)
     clients: list[NeoClient] = []
     try:
         state = staging.open_state(config)
-        fresh, skipped = _fresh_accounts(state, accounts, options, staging.state_path)
-        now = clock()
-        span = plan(now, options)
-        end = math.floor(now * 1000) / 1000  # the read's `to`, as the listing pins it
-        summary = HistorySummary(
-            (), tuple(skipped), span.start, span.join, end, 0, 0, 0, 0, 0, 0, 0, 0.0,
-            options.output, staging.state_path,
-        )  # fmt: skip
+        # Again on the copy: an exporter may have counted between the two looks.
+        fresh, left_alone = _fresh_accounts(state, accounts, options, staging.state_path)
+        summary = replace(summary, skipped=tuple(left_alone))
         if not fresh:
             return replace(summary, seconds=monotonic() - started)
         clients += [NeoClient(account, config.http, wait=stop.wait) for account in fresh]

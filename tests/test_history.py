@@ -28,7 +28,7 @@ import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -38,8 +38,8 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import history
-from exporter.cli import build
-from exporter.config import Config, config_from_mapping
+from exporter.cli import build, parse_history_args
+from exporter.config import Config, config_from_mapping, load_config, parse_duration
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.history import (
     HistoryError,
@@ -47,6 +47,7 @@ from exporter.history import (
     HistoryRefused,
     HistorySummary,
     Span,
+    check_options,
     plan,
 )
 from exporter.history import run as run_history
@@ -63,6 +64,15 @@ from tests.conftest import (
 )
 from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
 from tests.test_dashboards import dashboard_exprs
+from tests.test_deploy import (
+    CHART,
+    COMPOSE_DIR,
+    KUBERNETES_VERSIONS,
+    compose,
+    one,
+    render,
+    require_module,
+)
 from tests.test_rules import metric_names, require_tool
 
 DAY = 86400.0
@@ -943,3 +953,200 @@ def test_a_graph_of_30_days_of_daily_spend_from_the_history(world: World) -> Non
     )
     screenshot(chromium, f"{url}/graph?{params}", ARTIFACTS / "daily-spend-30d.png",
                size="1400,900", settle_ms=15_000)  # fmt: skip
+
+
+# --- the shipped procedures: compose and Helm (no Docker engine or cluster here) ----------------
+
+COMPOSE_OVERLAY = COMPOSE_DIR / "history.yaml"
+HISTORY_VALUES: dict[str, Any] = {
+    "secret": {"tokens": {"default": "test-token-not-real"}},
+    "history": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+}
+
+
+def overlay() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_OVERLAY.read_text())
+    return data
+
+
+def flag(args: list[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
+
+def test_compose_history_overlay_matches_the_compose_spec() -> None:
+    checker = require_tool("check-jsonschema")
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_OVERLAY)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_history_joins_the_stack_s_own_scrape_and_state(tmp_path: Path) -> None:
+    """The one-shot services fit the stack: the history's labels are those prometheus.yml
+    gives the exporter, it seeds the exporter's own state file, and the backfill reads its
+    output and writes into Prometheus' volume, which keeps more than the history."""
+    services, base = overlay()["services"], compose()["services"]
+    history_args = services["neo-history"]["command"]
+    assert history_args[0] == "history"
+    args = parse_history_args(history_args[1:])
+    scrape = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert dict(args.labels) == {
+        "job": job["job_name"], "instance": job["static_configs"][0]["targets"][0],
+    }  # fmt: skip
+    assert set(services["neo-history"]["profiles"]) == {"history"}
+    assert set(services["prometheus-backfill"]["profiles"]) == {"history"}
+    # The same config and state volume as the exporter, which goes on from that state.
+    assert services["neo-history"]["volumes"] == services["neo-exporter"]["volumes"]
+    assert services["neo-history"]["image"] == base["neo-exporter"]["image"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["neo-exporter"]["volumes"]}
+    config = load_config(str(COMPOSE_DIR / mounts[args.config_file]), {"NEO_API_TOKEN": "t"})
+    state_dir = next(t for t, s in mounts.items() if s == "neo-exporter-state")
+    assert config.state.path.startswith(state_dir + "/")
+    assert args.output.startswith(state_dir + "/")
+    check_options(config, HistoryOptions(args.output, args.days, target_labels=tuple(args.labels)))
+    # The backfill reads that output through its own mount of the state volume, and
+    # writes into the volume Prometheus keeps its data in.
+    backfill_service = services["prometheus-backfill"]
+    volumes = dict(v.split(":")[:2] for v in backfill_service["volumes"])
+    history_file, data_dir, *rules = backfill_service["command"]
+    assert volumes["neo-exporter-state"] == PurePosixPath(history_file).parent.as_posix()
+    assert PurePosixPath(history_file).name == PurePosixPath(args.output).name
+    prometheus_args = services["prometheus"]["command"]
+    assert f"--storage.tsdb.path={data_dir}" in prometheus_args
+    assert volumes["prometheus-data"] == data_dir
+    assert f"prometheus-data:{data_dir}" in base["prometheus"]["volumes"]
+    retention = flag(prometheus_args, "storage.tsdb.retention.time")
+    assert retention and parse_duration(retention[0]) > args.days * DAY
+    assert backfill_service["image"] == base["prometheus"]["image"]  # the same promtool
+    assert backfill_service["depends_on"] == {
+        "neo-history": {"condition": "service_completed_successfully"}
+    }
+    assert rules == ["/etc/prometheus/rules/neo-recording.rules.yml"]
+
+
+def test_compose_backfill_command_runs_as_the_service_would(
+    fake: FakeNeoServer, clock: ManualClock, tmp_path: Path
+) -> None:
+    """The service's entrypoint and command, with this machine's promtool and Prometheus,
+    in a directory laid out as its mounts (a history made here stands in for the volume)."""
+    promtool = require_tool("promtool")
+    service = overlay()["services"]["prometheus-backfill"]
+    root = tmp_path / "container"
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        inside = root / PurePosixPath(target).relative_to("/")
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        if source.startswith("."):
+            inside.symlink_to((COMPOSE_DIR / source).resolve())
+        else:
+            inside.mkdir()  # a named volume
+    history_file, *_ = service["command"]
+    made = make(
+        config_of(fake.url, tmp_path / "state.db"),
+        root / PurePosixPath(history_file).relative_to("/"),
+        clock,
+    )
+    shell, script = service["entrypoint"]
+    in_root = [str(root / PurePosixPath(a).relative_to("/")) for a in [script, *service["command"]]]
+    result = subprocess.run(
+        [shell, *in_root], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "STAGING_PORT": str(free_port())},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    listing = subprocess.run(
+        [promtool, "tsdb", "list", str(root / "prometheus")],
+        check=True, capture_output=True, text=True,
+    ).stdout.splitlines()[1:]  # fmt: skip
+    samples = sum(int(row.split()[4]) for row in listing)
+    assert samples > made.samples  # the history, and the recording rules over it
+
+
+@pytest.fixture(scope="module")
+def helm() -> Any:
+    module = require_module("helm_python", "pip install helm-python-sdk")
+    module.disable_logging()
+    return module
+
+
+def history_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["initContainers"]
+    return container
+
+
+def test_chart_history_init_container_seeds_the_state_with_the_operator_s_labels(
+    helm: Any, tmp_path: Path
+) -> None:
+    manifests = render(helm, HISTORY_VALUES)
+    container = history_container(manifests)
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    (exporter,) = pod["containers"]
+    assert container["args"][0] == "history"
+    args = parse_history_args(container["args"][1:])
+    assert args.if_fresh  # every later pod start leaves the seeded state alone
+    # The labels the Operator gives this ServiceMonitor's target; the pod's own name and
+    # address come from the downward API, as the kubelet expands $(VAR) in args.
+    monitor = one(manifests, "ServiceMonitor")
+    service = one(manifests, "Service")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    port = exporter["ports"][0]["containerPort"]
+    assert dict(args.labels) == {
+        "job": service["metadata"]["labels"][monitor["spec"]["jobLabel"]],
+        "namespace": "monitoring",
+        "service": service["metadata"]["name"],
+        "pod": "$(POD_NAME)",
+        "container": exporter["name"],
+        "endpoint": endpoint["port"],
+        "instance": f"$(POD_IP):{port}",
+    }
+    downward = {
+        e["name"]: e["valueFrom"].get("fieldRef", {}).get("fieldPath") for e in container["env"]
+    }
+    assert downward["POD_NAME"] == "metadata.name" and downward["POD_IP"] == "status.podIP"
+    # The exporter's own config, tokens, state volume and restrictions.
+    assert container["volumeMounts"] == exporter["volumeMounts"]
+    assert container["securityContext"] == exporter["securityContext"]
+    tokens = [e for e in exporter["env"]]
+    assert all(e in container["env"] for e in tokens)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    config = load_config(str(config_file), {e["name"]: "t" for e in tokens})
+    state_mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["state"]
+    assert args.output.startswith(state_mount + "/")
+    check_options(config, HistoryOptions(args.output, args.days, args.step, args.head_margin,
+                                         target_labels=tuple(args.labels)))  # fmt: skip
+    # Labels given in the values win over the Operator's.
+    values = {**HISTORY_VALUES, "history": {"enabled": True, "labels": {"job": "neo"}}}
+    args = parse_history_args(history_container(render(helm, values))["args"][1:])
+    assert dict(args.labels)["job"] == "neo" and "pod" in dict(args.labels)
+
+
+def test_chart_with_history_passes_lint_and_the_kubernetes_schemas(helm: Any) -> None:
+    validate = require_module("kubernetes_validate", "pip install kubernetes-validate")
+    report = helm.lint(str(CHART), HISTORY_VALUES, strict=True, namespace="monitoring")
+    assert not [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    builtin = [
+        m for m in render(helm, HISTORY_VALUES)
+        if not m["apiVersion"].startswith("monitoring.coreos.com/")
+    ]  # fmt: skip
+    for version in KUBERNETES_VERSIONS:
+        wanted = validate.latest_version() if version == "latest" else version
+        for manifest in builtin:
+            validate.validate(manifest, wanted, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"persistence": {"enabled": False}}, r"history\.enabled needs persistence\.enabled"),
+        ({"serviceMonitor": {"enabled": False}}, r"history\.labels: give the labels Prometheus"),
+    ],
+)
+def test_chart_refuses_a_history_that_could_not_join(
+    helm: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(helm, {**HISTORY_VALUES, **values})
