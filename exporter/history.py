@@ -327,7 +327,11 @@ class _Recorder:
 
 
 class _Progress:
-    """Rows and pages done against the API's totals, on stderr at most once a second."""
+    """Rows read and counted against the API's totals, on stderr at most once a second.
+
+    Each slice is read, then counted a step at a time (about as long again): the time left
+    weighs both, so that it does not stall while a slice is counted.
+    """
 
     def __init__(self, total_rows: int, monotonic: Callable[[], float]) -> None:
         self.total_rows = total_rows
@@ -336,11 +340,19 @@ class _Progress:
         self._last = self.started
         self.rows = 0  # of finished reads
         self.pages = 0
+        self.counted = 0  # rows counted into the state
         self._current = PageProgress(0, None, 0, None)
         self.account = ""
 
     def on_page(self, p: PageProgress) -> None:
         self._current = p
+        self._tick()
+
+    def on_counted(self, rows: int) -> None:
+        self.counted += rows
+        self._tick()
+
+    def _tick(self) -> None:
         now = self._monotonic()
         if now - self._last >= PROGRESS_EVERY:
             self._last = now
@@ -362,15 +374,17 @@ class _Progress:
     def report(self, now: float | None = None) -> None:
         now = self._monotonic() if now is None else now
         elapsed = now - self.started
-        done, total = self.rows_done, self.total_rows
+        total = self.total_rows
+        done = (min(self.rows_done, total) + min(self.counted, total)) / 2
         left = "?"
         if done and total:
             left = format_duration(round(max(0.0, elapsed * (total - done) / done)))
         log.info(
-            "history: account=%s rows %d/%d, pages %d, %s elapsed, about %s left",
+            "history: account=%s rows %d/%d read, %d counted, pages %d, %s elapsed, about %s left",
             self.account,
-            done,
+            self.rows_done,
             total,
+            self.counted,
             self.pages_done,
             format_duration(round(elapsed)),
             left,
@@ -466,10 +480,12 @@ def _read_account(
             )
         ordered = sorted(held.rows.values(), key=lambda r: (r.created_ts, r.stream_id))
         for k, group in groupby(ordered, key=lambda r: span.index(r.created_ts)):
-            result = state.ingest(account, list(group), clock())
+            rows = list(group)
+            result = state.ingest(account, rows, clock())
             tally.streams += result.new
             if k < span.steps:
                 recorder.note(k, state.counts(account))
+            progress.on_counted(len(rows))
         carried = {sid: r.created_ts for sid, r in held.rows.items() if r.created_ts >= listing.end}
     return tally
 

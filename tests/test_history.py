@@ -447,10 +447,13 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
     result = cli("--config.file", str(config), "--days", "2", "--output", str(output), *CLI_TARGET)
     assert result.returncode == 0, result.stderr
     progress = re.findall(
-        r"rows (\d+)/600, pages (\d+), (\w+) elapsed, about (\w+) left", result.stderr
+        r"rows (\d+)/600 read, (\d+) counted, pages (\d+), (\w+) elapsed, about (\w+) left",
+        result.stderr,
     )
-    assert len(progress) >= 2, result.stderr  # about once a second over a 2-3 s read
-    assert [int(rows) for rows, *_ in progress] == sorted(int(r) for r, *_ in progress)
+    assert len(progress) >= 3, result.stderr  # about once a second over a 2-3 s read
+    read = [int(rows) for rows, *_ in progress]
+    assert read == sorted(read) and read[0] < 600
+    assert progress[-1][:2] == ("600", "600") and progress[-1][4] == "0s"
     assert re.search(
         r"done in [\d.]+s: 600 rows in 30 pages, 600 streams counted, \d+ series, \d+ samples, "
         rf"{output.stat().st_size} bytes written to {re.escape(str(output))}",
