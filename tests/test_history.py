@@ -327,6 +327,50 @@ def test_an_exporter_on_the_seeded_state_continues_every_series_and_counts_a_lat
         exporter.close()
 
 
+# What Neo's docs leave open, each switched on in the fake (tests/test_fidelity.py does the
+# same for the live reads): the history reads through the same listing, so it stays exact.
+SWITCHES: dict[str, dict[str, Any]] = {
+    "page cap": {"page_cap": 37},
+    "odd fields": {"odd_fields": 0.3},
+    "revisions": {"revise": 0.3},
+    "ties": {"tie_seconds": True},
+    "oldest first": {"order": "asc"},
+    "exclusive bounds": {"from_inclusive": False, "to_inclusive": False},
+    "all at once": {
+        "page_cap": 37, "odd_fields": 0.3, "revise": 0.3, "tie_seconds": True, "order": "asc",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_the_history_is_exact_whatever_neo_leaves_open(
+    switch: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    neo = FakeNeo(seed=29, clock=clock, **SWITCHES[switch])
+    neo.populate(700, T0 - 2 * DAY + 600, T0 - 60, late_fraction=0.0)
+    with FakeNeoServer(neo) as server:
+        config = config_of(server.url, tmp_path / "state.db")
+        output = tmp_path / "history.om"
+        summary = make(config, output, clock)
+    assert summary.streams == 700 and summary.bad_rows == 0
+    # The last step holds the truth up to the join; the exporter's first scrape, all of it.
+    join = int(summary.join)
+    at_join = instants(output.read_text(), {join})[join]
+    truth = neo.truth(summary.start, join)
+    for field, name in (("credits", "neo_credits_total"), ("streams", "neo_streams_total"),
+                        ("llm_cost", "neo_llm_cost_usd_total")):  # fmt: skip
+        want = math.fsum(getattr(truth, field).values())
+        assert math.isclose(summed(at_join, name), want, rel_tol=1e-9), (switch, name)
+    stop = threading.Event()
+    exporter = build(config, stop, clock)
+    try:
+        scraped = parse_exposition(generate_latest(exporter.registry).decode())
+    finally:
+        stop.set()
+        exporter.close()
+    assert totals_mismatches(scraped, neo.truth()) == []
+
+
 def test_every_account_goes_in_one_file_and_account_picks_one(
     fake: FakeNeoServer, clock: ManualClock, tmp_path: Path
 ) -> None:
