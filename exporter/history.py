@@ -217,9 +217,9 @@ def check_options(config: Config, options: HistoryOptions) -> tuple[AccountConfi
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The exporter's own label names: a target label of the same name would be renamed
 # exported_<name> by Prometheus on the live side, so it cannot be given here.
-_OWN_LABELS = frozenset(name for doc in (*COUNTER_DOCS, *HISTOGRAM_DOCS) for name in doc.labels) | {
-    "le"
-}
+_OWN_LABELS = frozenset(
+    {"le", *(name for doc in (*COUNTER_DOCS, *HISTOGRAM_DOCS) for name in doc.labels)}
+)
 
 
 def _check_target_labels(labels: Sequence[tuple[str, str]]) -> list[str]:
