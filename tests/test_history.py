@@ -770,7 +770,15 @@ def world(
                 data["running"], ports["running"], tmp / "running.log",
             ))  # fmt: skip
             running_url = f"http://127.0.0.1:{ports['running']}"
-            wait_until(lambda: query(running_url, 'up{job="prometheus"}'), 30, "its scrapes")
+            # Both targets scraped: itself, and the exporter's address (down for now).
+            wait_until(
+                lambda: (
+                    query(running_url, 'up{job="prometheus"}')
+                    and query(running_url, 'up{job="neo-exporter"}')
+                ),
+                30,
+                "its scrapes",
+            )
             # The history, as a user runs it: 30 days, a small label budget (the folding
             # must line up with the live series), the lookback that finds the late row.
             config = tmp / "exporter.yaml"
@@ -1153,7 +1161,8 @@ def test_chart_history_init_container_seeds_the_state_with_the_operator_s_labels
         e["name"]: e["valueFrom"].get("fieldRef", {}).get("fieldPath") for e in container["env"]
     }
     assert downward["POD_NAME"] == "metadata.name" and downward["POD_IP"] == "status.podIP"
-    # The exporter's own config, tokens, state volume and restrictions.
+    # The exporter's own config, tokens, state volume and restrictions; memory of its own.
+    assert container["resources"]["limits"]["memory"]
     assert container["volumeMounts"] == exporter["volumeMounts"]
     assert container["securityContext"] == exporter["securityContext"]
     tokens = [e for e in exporter["env"]]
