@@ -83,7 +83,7 @@ DEFAULT_HEAD_MARGIN = 3 * 3600.0
 # this recent, so samples further apart leave holes in every graph.
 MAX_STEP = 300.0
 PROGRESS_EVERY = 1.0  # seconds between progress lines
-GZIP_LEVEL = 1  # the text repeats itself: level 1 already shrinks it about 25 times
+GZIP_LEVEL = 1  # the text repeats itself: level 1 already shrinks it 25 to 30 times
 TEMP_SUFFIX = ".tmp"  # the output, until it is complete
 STATE_TEMP_SUFFIX = ".history.tmp"  # the state copy being seeded, beside state.path
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -701,7 +701,7 @@ class _Staging:
     def finish(self, write: Callable[[BinaryIO], None]) -> int:
         """Write the output with `write`, then put output and state in place; its size.
 
-        A name ending in .gz is written compressed (a 30-day file shrinks about 25 times);
+        A name ending in .gz is written compressed (a 30-day file shrinks 25 to 30 times);
         promtool needs it uncompressed.
         """
         assert self._raw is not None and self.state is not None
