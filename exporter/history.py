@@ -308,11 +308,14 @@ class _Recorder:
     def note(self, k: int, counts: Counts) -> None:
         last = self._last
         for key, value in counts.counters.items():
-            # Committed values are replaced, never changed in place: identity says changed.
-            if key[0] in _COUNTERS and last.counters.get(key) is not value:
+            # The state replaces a value it changes: the same object is the same value, and
+            # only the others are compared.
+            before = last.counters.get(key)
+            if key[0] in _COUNTERS and before is not value and before != value:
                 self._series(key, 1).note(k, (value.value,))
         for key, hist in counts.histograms.items():
-            if key[0] in _HISTOGRAMS and last.histograms.get(key) is not hist:
+            earlier = last.histograms.get(key)
+            if key[0] in _HISTOGRAMS and earlier is not hist and earlier != hist:
                 self._series(key, len(hist.bounds) + 2).note(k, _histogram_row(hist))
         self._last = counts
 
