@@ -3,7 +3,10 @@
 Exit codes (docs/configuration.md lists them): 0 on a clean stop, 1 for a failed or timed
 out `--once` or a damaged state file, 2 for a configuration or usage error, 3 when the
 state's directory is missing, 4 when the state cannot be written, 5 when another process
-holds the state's lock, 6 when the listen address cannot be bound. Only `main()` exits.
+holds the state's lock, 6 when the listen address cannot be bound, 7 when `history` is
+refused because the state already holds counters. Only `main()` exits.
+
+`neo-exporter history ...` is a subcommand of its own (`exporter.history` does the work).
 """
 
 from __future__ import annotations
@@ -39,16 +42,24 @@ from exporter.config import (
     parse_duration,
 )
 from exporter.config import parse_listen_address as parse_listen
+from exporter.history import (
+    DEFAULT_DAYS,
+    DEFAULT_HEAD_MARGIN,
+    DEFAULT_STEP,
+    HistoryError,
+    HistoryOptions,
+    HistoryRefused,
+    HistoryUsageError,
+    describe,
+    open_state,
+)
+from exporter.history import run as run_history
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
 from exporter.server import ExporterServer, Include, ListenError, PageContext, listen_socket
 from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
 from exporter.state import (
     MEMORY,
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
-    LabelLimitsView,
     State,
     StateError,
     StateLockedError,
@@ -61,6 +72,7 @@ log = logging.getLogger("exporter")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_STATE_DIRECTORY, EXIT_STATE_NOT_WRITABLE, EXIT_STATE_IN_USE, EXIT_LISTEN = 3, 4, 5, 6
+EXIT_HISTORY_REFUSED = 7
 # Seconds to wait for pollers to finish their current step. A commit in progress is always
 # waited for (closing the state takes its lock); a request still waiting on the API is not.
 STOP_TIMEOUT = 3.0
@@ -98,17 +110,7 @@ class Exporter:
 
 
 def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> Exporter:
-    buckets = config.metrics.buckets
-    limits = config.metrics.label_limits
-    state = State(
-        config.state.path,
-        bounds={
-            TOOL_CALL_DURATION: buckets.tool_call_duration,
-            STREAM_DURATION: buckets.stream_duration,
-            STEP_LATENCY: buckets.step_latency,
-        },
-        limits=LabelLimitsView(limits.model, limits.status, limits.tool, limits.agent),
-    )
+    state = open_state(config, config.state.path)  # the history seeds it the same way
     names = tuple(account.name for account in config.accounts)
     store = SnapshotStore(names, config.polling.window)
     live, per_snapshot, registry = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
@@ -377,6 +379,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="neo-exporter",
         description="Prometheus exporter for ProjectDiscovery Neo usage.",
+        epilog="neo-exporter history --help: the last days of the counters as OpenMetrics "
+        "for promtool, joined to the live series (docs/history.md).",
     )
     parser.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
     parser.add_argument(
@@ -425,6 +429,141 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"neo-exporter {__version__}")
     return parser.parse_args(argv)
+
+
+def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="neo-exporter history",
+        description="Write the last days of the counters as OpenMetrics with timestamps, "
+        "for promtool tsdb create-blocks-from openmetrics, and seed the exporter's state so "
+        "that its live series continue them. Needs a state with nothing counted for the "
+        "accounts (a fresh install): see docs/history.md.",
+    )
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="the OpenMetrics file to write (compressed if the name ends in .gz)",
+    )
+    parser.add_argument(
+        "--days",
+        type=_positive_int,
+        default=DEFAULT_DAYS,
+        help=f"days of history (default {DEFAULT_DAYS}; at least polling.window)",
+    )
+    parser.add_argument(
+        "--step",
+        type=_positive_duration,
+        default=DEFAULT_STEP,
+        metavar="DURATION",
+        help=f"time between samples, 1s to 5m (default {format_duration(DEFAULT_STEP)})",
+    )
+    parser.add_argument(
+        "--head-margin",
+        dest="head_margin",
+        type=_duration,
+        default=DEFAULT_HEAD_MARGIN,
+        metavar="DURATION",
+        help="samples stop this long before now, clear of Prometheus' head block; the live "
+        f"exporter covers the rest (default {format_duration(DEFAULT_HEAD_MARGIN)})",
+    )
+    parser.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="NAME=VALUE",
+        help="a label Prometheus adds to the exporter's series when it scrapes them (job, "
+        "instance, and what relabelling adds: those of up{job=...}); repeat for each",
+    )
+    parser.add_argument(
+        "--account",
+        dest="accounts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this account of the config (repeatable; default: every account)",
+    )
+    parser.add_argument(
+        "--if-fresh",
+        dest="if_fresh",
+        action="store_true",
+        help="leave accounts that already hold counters alone instead of refusing (exit 0)",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument("--log.format", dest="log_format", default="text", choices=["text", "json"])
+    return parser.parse_args(argv)
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def history_main(argv: Sequence[str], stop: threading.Event) -> int:
+    """`neo-exporter history`: its own flags; the same exit statuses as the exporter's."""
+    args = parse_history_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    options = HistoryOptions(
+        output=args.output,
+        days=args.days,
+        step=args.step,
+        head_margin=args.head_margin,
+        accounts=tuple(args.accounts),
+        if_fresh=args.if_fresh,
+        target_labels=tuple(args.labels),
+    )
+    try:
+        config = load_config(args.config_file, os.environ)
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        summary = run_history(config, options, stop=stop)
+    except ConfigError as exc:
+        print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except HistoryUsageError as exc:
+        log.error("history: %s", exc)
+        return EXIT_CONFIG
+    except HistoryRefused as exc:
+        log.error("history refused: %s", exc)
+        return EXIT_HISTORY_REFUSED
+    except HistoryError as exc:
+        log.error("history failed: %s", exc)
+        return EXIT_FAILURE
+    except StatePathError as exc:
+        log.error("%s", exc)
+        return EXIT_STATE_DIRECTORY if exc.missing_directory else EXIT_STATE_NOT_WRITABLE
+    except StateLockedError as exc:
+        log.error("%s", exc)
+        return EXIT_STATE_IN_USE
+    except StateError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    for line in describe(summary):
+        log.info("%s", line)
+    return EXIT_OK
 
 
 def _positive_duration(text: str) -> float:
@@ -519,8 +658,7 @@ def _leave_requests_in_flight() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()  # --once.timeout counts from here
-    args = parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    argv = sys.argv[1:] if argv is None else list(argv)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -529,6 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if argv[:1] == ["history"]:
+        return history_main(argv[1:], stop)
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
     try:
         if args.demo:
             if args.config_file:
