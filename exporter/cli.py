@@ -395,13 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="TLS and basic auth for the endpoints, in Prometheus exporter-toolkit's format",
     )
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-    )
-    parser.add_argument("--log.format", dest="log_format", default="text", choices=["text", "json"])
+    add_logging_flags(parser)
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument(
         "--once",
@@ -492,13 +486,7 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="leave accounts that already hold counters alone instead of refusing (exit 0)",
     )
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-    )
-    parser.add_argument("--log.format", dest="log_format", default="text", choices=["text", "json"])
+    add_logging_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -552,15 +540,9 @@ def history_main(argv: Sequence[str], stop: threading.Event) -> int:
     except HistoryError as exc:
         log.error("history failed: %s", exc)
         return EXIT_FAILURE
-    except StatePathError as exc:
-        log.error("%s", exc)
-        return EXIT_STATE_DIRECTORY if exc.missing_directory else EXIT_STATE_NOT_WRITABLE
-    except StateLockedError as exc:
-        log.error("%s", exc)
-        return EXIT_STATE_IN_USE
     except StateError as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return state_exit_code(exc)
     for line in describe(summary):
         log.info("%s", line)
     return EXIT_OK
@@ -587,6 +569,25 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument("--log.format", dest="log_format", default="text", choices=["text", "json"])
+
+
+def state_exit_code(exc: StateError) -> int:
+    """The exit status that says what is wrong with the state file."""
+    if isinstance(exc, StatePathError):
+        return EXIT_STATE_DIRECTORY if exc.missing_directory else EXIT_STATE_NOT_WRITABLE
+    if isinstance(exc, StateLockedError):
+        return EXIT_STATE_IN_USE
+    return EXIT_FAILURE
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -705,15 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except StatePathError as exc:
-        log.error("%s", exc)
-        return EXIT_STATE_DIRECTORY if exc.missing_directory else EXIT_STATE_NOT_WRITABLE
-    except StateLockedError as exc:
-        log.error("%s", exc)
-        return EXIT_STATE_IN_USE
     except StateError as exc:
         log.error("%s", exc)
-        return EXIT_FAILURE
+        return state_exit_code(exc)
     except ListenError as exc:
         log.error("%s", exc)
         return EXIT_LISTEN
