@@ -455,6 +455,10 @@ class AccountPoller:
         flush()
         if known.counted is not None:  # everything read is in the state now
             self._recent = frozenset(known.counted)
+        elif tally.changed:
+            # A row the last incremental read saw may have changed since: look at its bytes
+            # again (a row changed back to what it was would otherwise pass as known).
+            self._recent = frozenset()
         skips.summarise()
         outcome = listing.outcome
         assert outcome is not None
