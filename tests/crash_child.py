@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import sys
 
-from exporter.config import Buckets
+from exporter.config import config_from_mapping
+from exporter.history import open_state as open_configured_state
 from exporter.models import StreamRecord, format_timestamp, parse_stream
-from exporter.state import (
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
-    LabelLimitsView,
-    State,
-)
+from exporter.state import State
 
 T0 = 1_795_000_000.0
+DEFAULTS = config_from_mapping({"accounts": [{"name": "acme", "token": "t"}]}, {})
 MODELS = ("claude-sonnet-4-5", "gpt-5", "gemini-2.5-pro")
+
+
+def open_state(path: str) -> State:
+    """The state as the exporter opens it with a default config."""
+    return open_configured_state(DEFAULTS, path)
 
 
 def record(n: int, version: int = 1) -> StreamRecord:
@@ -44,19 +45,6 @@ def record(n: int, version: int = 1) -> StreamRecord:
             "tool_breakdown": {"httpx": {"calls": n % 5, "duration_ms": 10 * (n % 5)}},
             "tool_call_history": [{"tool_name": "httpx", "duration_ms": 10}],
         }
-    )
-
-
-def open_state(path: str) -> State:
-    buckets = Buckets()
-    return State(
-        path,
-        bounds={
-            TOOL_CALL_DURATION: buckets.tool_call_duration,
-            STREAM_DURATION: buckets.stream_duration,
-            STEP_LATENCY: buckets.step_latency,
-        },
-        limits=LabelLimitsView(50, 20, 100, 50),
     )
 
 
