@@ -195,6 +195,8 @@ class NeoClient:
         timeout = (self._http.connect_timeout, self._http.read_timeout)
         attempt = 0
         while True:
+            if self._wait(0):  # a read of many small pages stops between them, not at its end
+                raise Stopped
             self._wait_for_pause()
             retry_after: float | None = None
             try:
@@ -346,7 +348,10 @@ class NeoClient:
                 # Memory stays a few pages.
                 while queued and len(pending) < 2 * self._http.concurrency:
                     key = queued.pop()
-                    pending[self._executor.submit(fetch, key)] = key
+                    try:
+                        pending[self._executor.submit(fetch, key)] = key
+                    except RuntimeError:  # the process shut the shared pool: it is stopping
+                        raise Stopped from None
                 if not pending:
                     return
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)

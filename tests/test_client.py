@@ -51,8 +51,9 @@ class Clock:
 
     def wait(self, seconds: float) -> bool:
         with self.lock:
-            self.waits.append(seconds)
-            self.now += seconds
+            if seconds > 0:  # wait(0) is the client asking "are we stopping?", not a wait
+                self.waits.append(seconds)
+                self.now += seconds
             return self.stop_after is not None and len(self.waits) >= self.stop_after
 
 
@@ -235,6 +236,25 @@ def test_stop_during_a_backoff_ends_the_request(mocked: responses.RequestsMock) 
     with pytest.raises(Stopped):
         client.get_json("/api/v1/usage/streams", {}, "streams")
     assert len(seen) == 1
+
+
+def test_a_stop_while_paging_ends_the_read_before_the_next_request(
+    mocked: responses.RequestsMock,
+) -> None:
+    clock = Clock()
+    serve = _paged_callback(list(range(100)), limit=5)
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        if len(mocked.calls) == 1:  # the second page is being served: the process stops
+            clock.stop_after = 0
+        result: tuple[int, dict[str, str], str] = serve(request)
+        return result
+
+    mocked.add_callback(responses.GET, STREAMS, callback=callback)
+    client, seen, _ = make_client(clock, page_size=5, concurrency=1)
+    with pytest.raises(Stopped):
+        read(client)
+    assert len(seen) == 2  # of 20 pages: none asked for after the stop
 
 
 def _paged_callback(rows: list[int], *, limit: int, extra_after: int | None = None) -> Any:
