@@ -46,18 +46,13 @@ from exporter.cli import Exporter, build
 from exporter.client import JSON_DECODER
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
+from exporter.counting import STREAM_COUNTERS, CounterValue, Counts
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import format_timestamp
 from exporter.poller import STREAMS_PATH, TASKS_PATH, incremental_span
 from exporter.server import RENDER_TTL, ExporterServer, Renders
 from exporter.snapshot import SnapshotStore
-from exporter.state import (
-    STREAM_COUNTERS,
-    WATERMARK_RECONCILE,
-    WATERMARK_STREAMS,
-    CounterValue,
-    Counts,
-)
+from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fake-admin-token"

@@ -51,7 +51,6 @@ from exporter.history import (
     HistoryRefused,
     HistoryUsageError,
     describe,
-    open_state,
 )
 from exporter.history import run as run_history
 from exporter.instrumentation import ExporterMetrics
@@ -65,6 +64,7 @@ from exporter.state import (
     StateLockedError,
     StatePathError,
     check_state_path,
+    open_state,
 )
 from exporter.webconfig import WebConfig, load_web_config
 

@@ -52,26 +52,24 @@ from typing import BinaryIO, cast
 
 from prometheus_client import utils
 
+from exporter import catalogue as m
+from exporter.catalogue import Metric
 from exporter.client import ApiError, NeoClient, PageProgress, Stopped
-from exporter.collector import BREAKDOWN_DOCS, HISTOGRAM_DOCS, STREAM_COUNTER_DOCS, MetricDoc
 from exporter.config import AccountConfig, Config, format_duration
+from exporter.counting import Counts, HistogramValue
 from exporter.models import RowError, StreamRecord, format_timestamp, parse_stream
 from exporter.poller import SLICE_ROWS, STREAMS_PATH
 from exporter.state import (
     LOCK_SUFFIX,
     MEMORY,
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
     WATERMARK_RECONCILE,
     WATERMARK_STREAMS,
-    Counts,
-    HistogramValue,
-    LabelLimitsView,
     State,
     StateError,
     StateLock,
     check_state_path,
+    histogram_bounds,
+    open_state,
 )
 
 log = logging.getLogger(__name__)
@@ -89,9 +87,9 @@ STATE_TEMP_SUFFIX = ".history.tmp"  # the state copy being seeded, beside state.
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 # The exporter's counters and histograms that come from the streams: what the history holds.
 # Its own counters (revisions, changed records) describe the exporter and start with it.
-COUNTER_DOCS: tuple[MetricDoc, ...] = STREAM_COUNTER_DOCS + BREAKDOWN_DOCS
-_COUNTERS = frozenset(doc.name for doc in COUNTER_DOCS)
-_HISTOGRAMS = frozenset(doc.name for doc in HISTOGRAM_DOCS)
+COUNTERS: tuple[Metric, ...] = m.STREAM_COUNTERS + m.BREAKDOWNS  # what history writes
+_COUNTERS = frozenset(metric.name for metric in COUNTERS)
+_HISTOGRAMS = frozenset(metric.name for metric in m.HISTOGRAMS)
 _format_value: Callable[[float], str] = utils.floatToGoString
 
 
@@ -218,7 +216,7 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # The exporter's own label names: a target label of the same name would be renamed
 # exported_<name> by Prometheus on the live side, so it cannot be given here.
 _OWN_LABELS = frozenset(
-    {"le", *(name for doc in (*COUNTER_DOCS, *HISTOGRAM_DOCS) for name in doc.labels)}
+    {"le", *(name for metric in (*COUNTERS, *m.HISTOGRAMS) for name in metric.labels)}
 )
 
 
@@ -241,21 +239,6 @@ def _check_target_labels(labels: Sequence[tuple[str, str]]) -> list[str]:
     if duplicates:
         problems.append(f"--label {', '.join(duplicates)}: given more than once")
     return problems
-
-
-def open_state(config: Config, path: str) -> State:
-    """The state as the exporter opens it: its buckets and label budget from the config."""
-    buckets = config.metrics.buckets
-    limits = config.metrics.label_limits
-    return State(
-        path,
-        bounds={
-            TOOL_CALL_DURATION: buckets.tool_call_duration,
-            STREAM_DURATION: buckets.stream_duration,
-            STEP_LATENCY: buckets.step_latency,
-        },
-        limits=LabelLimitsView(limits.model, limits.status, limits.tool, limits.agent),
-    )
 
 
 # --- what each step held ---------------------------------------------------------------
@@ -533,7 +516,7 @@ def _write_counter(
 
 def _write_histogram(
     out: BinaryIO,
-    doc: MetricDoc,
+    doc: Metric,
     labels: str,
     bounds: Sequence[float],
     series: _Series,
@@ -579,7 +562,7 @@ def write_openmetrics(
     """
     written = _Written()
     target = "".join(f',{name}="{_escape(value)}"' for name, value in target_labels)
-    for doc in COUNTER_DOCS:
+    for doc in COUNTERS:
         family = doc.name.removesuffix("_total")
         out.write(f"# HELP {family} {_escape(doc.help)}\n# TYPE {family} counter\n".encode())
         for account, recorder in recorders.items():
@@ -587,7 +570,7 @@ def write_openmetrics(
                 if metric == doc.name:
                     labels = _labels(doc.labels, (account, *values)) + target
                     _write_counter(out, doc.name, labels, series, span, written)
-    for doc in HISTOGRAM_DOCS:
+    for doc in m.HISTOGRAMS:
         out.write(f"# HELP {doc.name} {_escape(doc.help)}\n# TYPE {doc.name} histogram\n".encode())
         for account, recorder in recorders.items():
             for (metric, values), series in sorted(recorder.series.items()):
@@ -841,11 +824,7 @@ def run(
             # once and reads on from `end`.
             state.save_marks(account.name, {WATERMARK_STREAMS: end, WATERMARK_RECONCILE: end})
         progress.report()
-        bounds = {
-            TOOL_CALL_DURATION: config.metrics.buckets.tool_call_duration,
-            STREAM_DURATION: config.metrics.buckets.stream_duration,
-            STEP_LATENCY: config.metrics.buckets.step_latency,
-        }
+        bounds = histogram_bounds(config)
         written = _Written()
 
         def write(out: BinaryIO) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from exporter import catalogue as m
+from exporter.catalogue import Metric
 from exporter.client import RETRY_REASONS
 from exporter.config import AlertThresholds
 from exporter.models import MONEY_FIELDS, REPAIR_FIELDS, ROW_REASONS
@@ -27,6 +29,14 @@ REPAIRABLE = {
 }
 
 
+def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
+    return Counter(metric.name, metric.help, metric.labels, registry=registry)
+
+
+def _gauge(metric: Metric, registry: CollectorRegistry) -> Gauge:
+    return Gauge(metric.name, metric.help, metric.labels, registry=registry)
+
+
 class ExporterMetrics:
     def __init__(
         self,
@@ -35,68 +45,19 @@ class ExporterMetrics:
         thresholds: Mapping[str, AlertThresholds] | None = None,
     ) -> None:
         """`thresholds` by account name; accounts left out get the defaults."""
-        self.api_requests = Counter(
-            "neo_exporter_api_requests",
-            "Requests made to the Neo API, by endpoint and HTTP status code; when no status "
-            "came back: dns_error, connection_refused, tls_error, timeout or connection_error.",
-            ["account", "endpoint", "code"],
-            registry=registry,
-        )
-        self.api_retries = Counter(
-            "neo_exporter_api_retries",
-            "Requests to the Neo API that were retried, by reason (429, 5xx, timeout, "
-            "dns_error, connection_refused, tls_error, connection_error, invalid_body).",
-            ["account", "endpoint", "reason"],
-            registry=registry,
-        )
-        self.state_writable = Gauge(
-            "neo_exporter_state_writable",
-            "1 while the state file can be written, 0 after a write to it failed (nothing new "
-            "is counted then; the last committed values are still served) until one succeeds.",
-            registry=registry,
-        )
+        self.api_requests = _counter(m.API_REQUESTS, registry)
+        self.api_retries = _counter(m.API_RETRIES, registry)
+        self.state_writable = _gauge(m.STATE_WRITABLE, registry)
         self.state_writable.set(1)
-        self.alert_threshold = Gauge(
-            "neo_alert_threshold",
-            "What the shipped alerts compare each account against (alerts.thresholds and "
-            "accounts[].alert_thresholds of the config); ratios are shares, _seconds in seconds.",
-            ["account", "threshold"],
-            registry=registry,
-        )
+        self.alert_threshold = _gauge(m.ALERT_THRESHOLD, registry)
         for account in accounts:
             values = (thresholds or {}).get(account, AlertThresholds())
             for item in dataclasses.fields(values):
                 self.alert_threshold.labels(account, item.name).set(getattr(values, item.name))
-        self.skipped_records = Counter(
-            "neo_exporter_skipped_records",
-            "Rows returned by the API that could not be counted, by reason; a row that stays "
-            "bad is counted again at every read that returns it.",
-            ["account", "endpoint", "reason"],
-            registry=registry,
-        )
-        self.repaired_fields = Counter(
-            "neo_exporter_repaired_fields",
-            "Fields of counted rows that were null, malformed, negative or sent as strings, "
-            "read as absent, `unknown` or the number in the string; the row itself was "
-            "counted. Streams: once per stream counted or revised; tasks: per read.",
-            ["account", "endpoint", "field"],
-            registry=registry,
-        )
-        self.incomplete_reads = Counter(
-            "neo_exporter_incomplete_reads",
-            "Reads that ended holding fewer rows than the API's own total for their span, "
-            "after reading the missing parts again within the read's budget.",
-            ["account", "endpoint"],
-            registry=registry,
-        )
-        self.polls = Counter(
-            "neo_exporter_polls",
-            "Reads of the Neo API by kind (incremental lookback, reconcile of the whole "
-            "window, tasks, summary, user, credits) and result (success, failure, and "
-            "unavailable: a 403 or 404 of an account-level endpoint).",
-            ["account", "kind", "result"],
-            registry=registry,
-        )
+        self.skipped_records = _counter(m.SKIPPED_RECORDS, registry)
+        self.repaired_fields = _counter(m.REPAIRED_FIELDS, registry)
+        self.incomplete_reads = _counter(m.INCOMPLETE_READS, registry)
+        self.polls = _counter(m.POLLS, registry)
         # Known label sets start at 0 so that the first increment shows in increase().
         for account in accounts:
             for kind in POLL_KINDS:

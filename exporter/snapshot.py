@@ -10,7 +10,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter.state import Counts, TaskWindow
+from exporter.counting import Counts, TaskWindow
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ the seen set can hold millions of rows and lives only in SQLite.
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import functools
 import json
@@ -32,9 +31,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import msgspec
-
-from exporter.models import MONEY_FIELDS, StreamRecord, TaskRecord
+from exporter import catalogue as m
+from exporter.config import Config, LabelLimits
+from exporter.counting import (
+    Counted,
+    CounterValue,
+    Counts,
+    HistogramValue,
+    Tally,
+    TaskWindow,
+    Totals,
+)
+from exporter.models import StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,59 +61,11 @@ _STREAMS_TABLE = """
 _STREAMS_INDEX = """
     CREATE INDEX IF NOT EXISTS streams_by_time_status ON streams (account, created_ts, status);
 """
-OTHER = "other"
-DOCUMENTED_STATUSES = ("completed", "error", "failed", "aborted", "blocked")
-BYOK_VALUES = ("true", "false")
-
-# Counters fed by every stream, labelled (model, status, byok), in the order of
-# `_stream_amounts`; with the API field each one comes from (the `field` of a revision).
-STREAM_COUNTERS: tuple[str, ...] = (
-    "neo_streams_total",
-    "neo_credits_total",
-    "neo_llm_cost_usd_total",
-    "neo_platform_cost_usd_total",
-    "neo_steps_total",
-    "neo_tool_calls_total",
-    "neo_agent_triggers_total",
-    "neo_llm_time_seconds_total",
-    "neo_tool_time_seconds_total",
-    "neo_execution_time_seconds_total",
-    "neo_step_latency_seconds_total",
-    "neo_step_latency_steps_total",
-)
-_AMOUNT_FIELDS: tuple[str | None, ...] = (
-    None,  # a stream is one stream, whatever else changes
-    "neo_credits",
-    "llm_cost",
-    "neo_cost",
-    "step_count",
-    "tool_calls",
-    "agent_triggers",
-    "llm_time_ms",
-    "tool_time_ms",
-    "total_execution_ms",
-    "avg_step_latency_ms",
-    None,  # the steps behind the latency sum: step_count's revision already says it
-)
-AGENT_TRIGGERS = "neo_agent_triggers_by_agent_total"  # (agent,)
-TOOL_CALLS = "neo_tool_calls_by_tool_total"  # (tool,)
-TOOL_TIME = "neo_tool_time_by_tool_seconds_total"  # (tool,)
-CHANGED_RECORDS = "neo_exporter_changed_records_total"  # ()
-REVISIONS = "neo_exporter_revisions_total"  # (field, direction)
-REVISED_DOWN = "neo_exporter_revised_down_total"  # (field,)
-TOOL_CALL_DURATION = "neo_tool_call_duration_seconds"  # histogram (tool,)
-STREAM_DURATION = "neo_stream_duration_seconds"  # histogram (model,)
-STEP_LATENCY = "neo_stream_step_latency_seconds"  # histogram (model,)
-# Directions of a revision: a value went up (added), down (kept), or a label changed (kept).
-UP, DOWN, CHANGED = "up", "down", "changed"
-
 WATERMARK_STREAMS = "streams_to"  # `to` of the last complete streams read
 WATERMARK_RECONCILE = "reconcile_to"  # `to` of the last complete read of the whole window
 WATERMARK_HORIZON = "prune_horizon"  # rows created before this may have left the seen set
 WATERMARK_SWEEP_TO = "sweep_to"  # `to` of a read of the whole window in progress
 WATERMARK_SWEEP_CURSOR = "sweep_cursor"  # that read is complete from its start up to here
-
-Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account`)
 
 
 class StateError(RuntimeError):
@@ -254,44 +214,6 @@ def _writes(
     return decorate
 
 
-@dataclass(frozen=True, slots=True)
-class CounterValue:
-    value: float
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
-class HistogramValue:
-    bounds: tuple[float, ...]
-    buckets: tuple[int, ...]  # per bucket, not cumulative; the last one is +Inf
-    sum: float
-    count: int
-    created: float
-
-    def observe(self, value: float) -> HistogramValue:
-        buckets = list(self.buckets)
-        buckets[bisect.bisect_left(self.bounds, value)] += 1  # `le` is inclusive
-        return HistogramValue(
-            self.bounds, tuple(buckets), self.sum + value, self.count + 1, self.created
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LabelLimitsView:
-    model: int
-    status: int
-    tool: int
-    agent: int
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """Committed counter and histogram values of one account (copies: safe to share)."""
-
-    counters: Mapping[Key, CounterValue]
-    histograms: Mapping[Key, HistogramValue]
-
-
 @dataclass(slots=True)
 class IngestResult:
     new: int = 0
@@ -303,21 +225,10 @@ class IngestResult:
     repairs: Counter[str] = field(default_factory=Counter)  # of the rows counted or revised
 
 
-@dataclass(frozen=True, slots=True)
-class TaskWindow:
-    """Sums over the distinct tasks of one tasks read (window gauges: tasks change)."""
-
-    tasks_by_status: Mapping[str, int]
-    credits: float
-    llm_cost: float
-    platform_cost: float
-
-
 @dataclass(slots=True)
-class _Account:
-    counters: dict[Key, CounterValue] = field(default_factory=dict)
-    histograms: dict[Key, HistogramValue] = field(default_factory=dict)
-    labels: dict[str, set[str]] = field(default_factory=dict)  # label -> values in use
+class _Account(Totals):
+    """An account's totals, with what the state keeps beside them."""
+
     watermarks: dict[str, float] = field(default_factory=dict)
     # Seen rows by folded status, kept with each commit: the window gauge then reads only
     # the rows older than the window (about one lookback), not the whole window, per poll.
@@ -335,7 +246,7 @@ class State:
         path: str,
         *,
         bounds: Mapping[str, tuple[float, ...]],
-        limits: LabelLimitsView,
+        limits: LabelLimits,
     ) -> None:
         self._bounds = dict(bounds)
         self._limits = limits
@@ -456,7 +367,7 @@ class State:
             key = (metric, tuple(json.loads(labels)))
             acct = self._account(account)
             acct.counters[key] = CounterValue(value, created)
-            self._note_labels(acct, key)
+            acct.note_labels(key)
         dropped: set[str] = set()
         for account, metric, labels, bounds, buckets, total, count, created in self._db.execute(
             "SELECT account, metric, labels, bounds, buckets, sum, count, created FROM histograms"
@@ -470,7 +381,7 @@ class State:
             acct.histograms[key] = HistogramValue(
                 stored, tuple(json.loads(buckets)), total, count, created
             )
-            self._note_labels(acct, key)
+            acct.note_labels(key)
         for metric in sorted(dropped):
             # Old observations cannot be re-bucketed; the histogram starts over (a reset).
             log.warning("buckets of %s changed in the config: its histogram starts over", metric)
@@ -487,13 +398,6 @@ class State:
         if acct is None:
             acct = self._accounts[name] = _Account()
         return acct
-
-    @staticmethod
-    def _note_labels(acct: _Account, key: Key) -> None:
-        metric, values = key
-        names = _LABEL_NAMES.get(metric, ())
-        for name, value in zip(names, values, strict=True):
-            acct.labels.setdefault(name, set()).add(value)
 
     def close(self) -> None:
         with self._lock:
@@ -648,9 +552,9 @@ class State:
                 else:
                     batch[record.stream_id] = record
             existing = self._existing(account, list(batch))
-            work = _Work(acct, self._limits, self._bounds, now)
-            if batch and (REVISIONS, (MONEY_FIELDS[0], UP)) not in acct.counters:
-                work.zero_revisions()
+            work = Tally(acct, self._limits, self._bounds, now)
+            if batch:
+                work.start_revisions()
             new_rows: list[tuple[object, ...]] = []
             changed_rows: list[tuple[object, ...]] = []
             revised: list[StreamRecord] = []
@@ -685,7 +589,7 @@ class State:
                     # version becomes its baseline (see _migrate_from_1).
                     counted, lowered = work.baseline(record), False
                 else:
-                    before = _Counted.loads(stored)
+                    before = Counted.loads(stored)
                     counted, lowered, events = work.revise(before, record)
                     if events or counted != before:
                         result.changed += 1
@@ -693,7 +597,7 @@ class State:
                         if lowered:
                             result.decreased_ids.append(stream_id)
                         result.repairs.update(record.repairs)
-                        work.bump(CHANGED_RECORDS, (), 1.0)
+                        work.count_changed()
                     # Else only what no metric reads changed (its bytes: another field, or
                     # a fingerprint of an older make-up): the new fingerprint is kept alone.
                 changed_rows.append(
@@ -739,7 +643,7 @@ class State:
         self,
         account: str,
         acct: _Account,
-        work: _Work,
+        work: Tally,
         new_rows: list[tuple[object, ...]],
         changed_rows: list[tuple[object, ...]],
     ) -> None:
@@ -793,11 +697,8 @@ class State:
         for row in new_rows:
             status = str(row[3])
             acct.seen_by_status[status] = acct.seen_by_status.get(status, 0) + 1
-        acct.counters.update(work.counters)
-        acct.histograms.update(work.histograms)
+        acct.take(work)
         acct.published = None
-        for name, values in work.new_labels.items():
-            acct.labels.setdefault(name, set()).update(values)
 
     @_writes(proves_writable=True)
     def save_marks(
@@ -853,398 +754,16 @@ class State:
             return int(pruned)
 
 
-# Label names of each stored series, in order; `account` is added by the collector.
-_LABEL_NAMES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(STREAM_COUNTERS, ("model", "status", "byok")),
-    AGENT_TRIGGERS: ("agent",),
-    TOOL_CALLS: ("tool",),
-    TOOL_TIME: ("tool",),
-    CHANGED_RECORDS: (),
-    REVISIONS: ("field", "direction"),
-    REVISED_DOWN: ("field",),
-    TOOL_CALL_DURATION: ("tool",),
-    STREAM_DURATION: ("model",),
-    STEP_LATENCY: ("model",),
-}
+def histogram_bounds(config: Config) -> dict[str, tuple[float, ...]]:
+    """Each histogram's bucket bounds, by metric name, as the config sets them."""
+    buckets = config.metrics.buckets
+    return {
+        m.TOOL_CALL_DURATION_SECONDS.name: buckets.tool_call_duration,
+        m.STREAM_DURATION_SECONDS.name: buckets.stream_duration,
+        m.STREAM_STEP_LATENCY_SECONDS.name: buckets.step_latency,
+    }
 
 
-class _Hist:
-    """A histogram being added to within one transaction (frozen at the end).
-
-    Observations wait in `pending`, in order, and are put in buckets once, at `frozen()`:
-    a backfill observes about ten values per stream, and a call per value was a tenth of
-    its cost. The sum is added up in the same order as one observation at a time.
-    """
-
-    __slots__ = ("pending", "value")
-
-    def __init__(self, value: HistogramValue) -> None:
-        self.value = value
-        self.pending: list[float] = []
-
-    def observe(self, value: float) -> None:
-        self.pending.append(value)
-
-    def frozen(self) -> HistogramValue:
-        value = self.value
-        bounds, buckets, total = value.bounds, list(value.buckets), value.sum
-        where = bisect.bisect_left  # `le` is inclusive
-        for observed in self.pending:
-            buckets[where(bounds, observed)] += 1
-            total += observed
-        count = value.count + len(self.pending)
-        return HistogramValue(bounds, tuple(buckets), total, count, value.created)
-
-
-def _stream_amounts(r: StreamRecord) -> tuple[float, ...]:
-    """What each of STREAM_COUNTERS adds for one stream, in the same order (the hot path).
-
-    An absent value adds 0; the step latency sum and its steps only where both are present.
-    """
-    steps, latency = r.steps, r.step_latency
-    both = steps is not None and latency is not None
-    return (
-        1.0,
-        r.credits,
-        r.llm_cost,
-        r.neo_cost,
-        float(steps or 0),
-        float(r.tool_calls or 0),
-        float(r.agent_triggers or 0),
-        r.llm_time or 0.0,
-        r.tool_time or 0.0,
-        r.execution_time or 0.0,
-        latency * steps if both else 0.0,  # type: ignore[operator]  # both checked above
-        float(steps) if both else 0.0,  # type: ignore[arg-type]
-    )
-
-
-_COUNTED_JSON = msgspec.json.Encoder().encode
-
-
-@dataclass(slots=True)
-class _Counted:
-    """What has been counted for one stream: stored as JSON in `streams.counted`.
-
-    Labels are the (folded) ones it was first counted under; amounts follow STREAM_COUNTERS
-    and only ever rise; breakdowns are by the API's names, folded when they are added to.
-    """
-
-    model: str
-    status: str
-    byok: str
-    amounts: list[float]
-    duration_observed: bool
-    latency_observed: bool
-    history: int  # tool_call_history entries observed
-    agents: dict[str, int]
-    tools: dict[str, list[float]]  # tool -> [calls, seconds]
-
-    def dumps(self) -> bytes:
-        return _COUNTED_JSON(
-            [
-                self.model,
-                self.status,
-                self.byok,
-                self.amounts,
-                int(self.duration_observed),
-                int(self.latency_observed),
-                self.history,
-                self.agents,
-                self.tools,
-            ]
-        )
-
-    @classmethod
-    def loads(cls, text: str | bytes) -> _Counted:
-        model, status, byok, amounts, duration, latency, history, agents, tools = (
-            msgspec.json.decode(text)
-        )
-        if not isinstance(tools, dict):  # as a new stream's values are first written
-            tools = {tool: [calls, seconds] for tool, calls, seconds in tools}
-        return cls(
-            model,
-            status,
-            byok,
-            list(amounts),
-            bool(duration),
-            bool(latency),
-            history,
-            dict(agents),
-            tools,
-        )
-
-
-class _Work:
-    """The pending changes of one transaction: new totals and newly used label values.
-
-    Totals are added to in place (a list per series) and frozen once by `freeze()`: a
-    backfill adds a few dozen values per stream, and a new immutable object for each was
-    most of its cost. Each total is summed in the same order as before, so to the last bit.
-    """
-
-    def __init__(
-        self,
-        acct: _Account,
-        limits: LabelLimitsView,
-        bounds: Mapping[str, tuple[float, ...]],
-        now: float,
-    ) -> None:
-        self._acct = acct
-        self._limits = {
-            "model": limits.model,
-            "status": limits.status,
-            "tool": limits.tool,
-            "agent": limits.agent,
-        }
-        self._bounds = bounds
-        self._now = now
-        self._values: dict[Key, list[float]] = {}  # [value, created]
-        self._hists: dict[Key, _Hist] = {}
-        # Within one transaction a label value always folds the same way: remember it.
-        self._folded: dict[tuple[str, str], str] = {}
-        self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
-        # Per tool name as the API sends it: its calls and time totals and its durations.
-        self._tool_slots: dict[str, tuple[list[float], list[float], list[float]]] = {}
-        self.counters: dict[Key, CounterValue] = {}
-        self.histograms: dict[Key, HistogramValue] = {}
-        self.new_labels: dict[str, set[str]] = {}
-
-    def freeze(self) -> None:
-        """Turn the pending totals into `counters` and `histograms` (values to commit)."""
-        self.counters = {k: CounterValue(v[0], v[1]) for k, v in self._values.items()}
-        self.histograms = {k: h.frozen() for k, h in self._hists.items()}
-
-    def _fold(self, name: str, value: str) -> str:
-        """Keep a value if it is known or the label's budget has room; else `other`."""
-        folded = self._folded.get((name, value))
-        if folded is None:
-            folded = self._folded[(name, value)] = self._fold_new(name, value)
-        return folded
-
-    def _fold_new(self, name: str, value: str) -> str:
-        known = self._acct.labels.get(name, set())
-        pending = self.new_labels.setdefault(name, set())
-        if value in known or value in pending:
-            return value
-        if value != OTHER and len(known - {OTHER}) + len(pending - {OTHER}) >= self._limits[name]:
-            value = OTHER
-            if value in known or value in pending:
-                return value
-        pending.add(value)
-        self._zero_fill(name, value)
-        return value
-
-    def _zero_fill(self, name: str, value: str) -> None:
-        """Start the known label sets of a new model or status at 0, for `increase()`."""
-        if name == "model":
-            statuses = self._values_of("status") | set(DOCUMENTED_STATUSES)
-            # Documented statuses are in use from now on, exactly as after a reload.
-            self.new_labels.setdefault("status", set()).update(
-                statuses - self._acct.labels.get("status", set())
-            )
-            for status in statuses:
-                for byok in BYOK_VALUES:
-                    for metric in STREAM_COUNTERS:
-                        self.bump(metric, (value, status, byok), 0.0)
-            for metric in (STREAM_DURATION, STEP_LATENCY):
-                self._histogram(metric, (value,))
-        elif name == "status":
-            for model in self._values_of("model"):
-                for byok in BYOK_VALUES:
-                    for metric in STREAM_COUNTERS:
-                        self.bump(metric, (model, value, byok), 0.0)
-
-    def zero_revisions(self) -> None:
-        """Start the revision counters of money and labels at 0, for `increase()` (alerts)."""
-        for money in MONEY_FIELDS:
-            for direction in (UP, DOWN):
-                self.bump(REVISIONS, (money, direction), 0.0)
-            self.bump(REVISED_DOWN, (money,), 0.0)
-        for label in ("model", "status", "is_byok"):
-            self.bump(REVISIONS, (label, CHANGED), 0.0)
-
-    def _values_of(self, name: str) -> set[str]:
-        return self._acct.labels.get(name, set()) | self.new_labels.get(name, set())
-
-    def _slot(self, key: Key) -> list[float]:
-        slot = self._values.get(key)
-        if slot is None:
-            current = self._acct.counters.get(key)
-            slot = [0.0, self._now] if current is None else [current.value, current.created]
-            self._values[key] = slot
-        return slot
-
-    def bump(self, metric: str, labels: tuple[str, ...], amount: float) -> None:
-        self._slot((metric, labels))[0] += amount
-
-    def _histogram(self, metric: str, labels: tuple[str, ...]) -> _Hist:
-        key = (metric, labels)
-        hist = self._hists.get(key)
-        if hist is None:
-            current = self._acct.histograms.get(key)
-            if current is None:
-                bounds = self._bounds[metric]
-                current = HistogramValue(bounds, (0,) * (len(bounds) + 1), 0.0, 0, self._now)
-            hist = self._hists[key] = _Hist(current)
-        return hist
-
-    def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
-        self._histogram(metric, labels).observe(value)
-
-    def add(self, record: StreamRecord) -> tuple[str, tuple[float, ...], bytes]:
-        """Add one new stream's values; returns its (folded) status, its amounts and what
-        was counted for it as stored (`_Counted`'s JSON, written without building one)."""
-        fold = self._fold
-        model = fold("model", record.model)
-        status = fold("status", record.status)
-        labels = (model, status, record.byok)
-        slots = self._stream_slots.get(labels)
-        if slots is None:
-            slots = [self._slot((metric, labels)) for metric in STREAM_COUNTERS]
-            self._stream_slots[labels] = slots
-        amounts = _stream_amounts(record)
-        for slot, amount in zip(slots, amounts, strict=True):
-            slot[0] += amount
-        for agent, count in record.agent_breakdown:
-            self.bump(AGENT_TRIGGERS, (fold("agent", agent),), float(count))
-        tool_slots = self._tool_slots
-        for tool, calls, seconds in record.tool_usage:
-            found = tool_slots.get(tool) or self._tool(tool)
-            found[0][0] += calls
-            found[1][0] += seconds
-        for tool, seconds in record.tool_durations:
-            (tool_slots.get(tool) or self._tool(tool))[2].append(seconds)
-        if record.execution_time is not None:
-            self._histogram(STREAM_DURATION, (model,)).observe(record.execution_time)
-        if record.step_latency is not None:
-            self._histogram(STEP_LATENCY, (model,)).observe(record.step_latency)
-        return (
-            status,
-            amounts,
-            _COUNTED_JSON(
-                (
-                    model,
-                    status,
-                    record.byok,
-                    amounts,
-                    record.execution_time is not None,
-                    record.step_latency is not None,
-                    len(record.tool_durations),
-                    record.agent_breakdown,  # pairs: read back as a dict
-                    record.tool_usage,  # (tool, calls, seconds): read back as a dict
-                )
-            ),
-        )
-
-    def _tool(self, tool: str) -> tuple[list[float], list[float], list[float]]:
-        label = (self._fold("tool", tool),)
-        found = self._tool_slots[tool] = (
-            self._slot((TOOL_CALLS, label)),
-            self._slot((TOOL_TIME, label)),
-            self._histogram(TOOL_CALL_DURATION, label).pending,
-        )
-        return found
-
-    def baseline(self, record: StreamRecord) -> _Counted:
-        """What `add` would have counted for this version, without adding anything."""
-        labels = (self._fold("model", record.model), self._fold("status", record.status))
-        return self._counted((*labels, record.byok), _stream_amounts(record), record)
-
-    @staticmethod
-    def _counted(
-        labels: tuple[str, ...], amounts: Sequence[float], record: StreamRecord
-    ) -> _Counted:
-        return _Counted(
-            labels[0],
-            labels[1],
-            labels[2],
-            list(amounts),
-            record.execution_time is not None,
-            record.step_latency is not None,
-            len(record.tool_durations),
-            dict(record.agent_breakdown),
-            {tool: [calls, seconds] for tool, calls, seconds in record.tool_usage},
-        )
-
-    def revise(self, old: _Counted, record: StreamRecord) -> tuple[_Counted, bool, int]:
-        """Add what a revised stream gained; count what it lost or relabelled.
-
-        Returns the new counted values, whether anything could not be applied (a value
-        went down, or a label changed: counters keep the first figures and labels), and how
-        many kinds of revision it had (0: nothing a metric reads changed).
-        """
-        labels = (old.model, old.status, old.byok)
-        events: set[tuple[str, str]] = set()
-        for field_name, before, after in (
-            ("model", old.model, record.model),
-            ("status", old.status, record.status),
-            ("is_byok", old.byok, record.byok),
-        ):
-            name = field_name.removeprefix("is_")
-            folded_away = before == OTHER and after not in self._values_of(name)
-            if after != before and not folded_away:
-                events.add((field_name, CHANGED))
-        amounts = list(old.amounts)
-        for index, now in enumerate(_stream_amounts(record)):
-            delta = now - amounts[index]
-            source = _AMOUNT_FIELDS[index]
-            if delta > 0:
-                self.bump(STREAM_COUNTERS[index], labels, delta)
-                amounts[index] = now
-                if source is not None:
-                    events.add((source, UP))
-            elif delta < 0 and source is not None:
-                events.add((source, DOWN))
-                self.bump(REVISED_DOWN, (source,), -delta)
-        counted = _Counted(
-            old.model,
-            old.status,
-            old.byok,
-            amounts,
-            old.duration_observed or record.execution_time is not None,
-            old.latency_observed or record.step_latency is not None,
-            max(old.history, len(record.tool_durations)),
-            dict(old.agents),
-            {tool: list(value) for tool, value in old.tools.items()},
-        )
-        # A timing observed once is not observed again: a histogram cannot move a sample.
-        if not old.duration_observed and record.execution_time is not None:
-            self.observe(STREAM_DURATION, (old.model,), record.execution_time)
-        if not old.latency_observed and record.step_latency is not None:
-            self.observe(STEP_LATENCY, (old.model,), record.step_latency)
-        # Tool call history grows at its end: the entries past those observed are new.
-        for tool, seconds in record.tool_durations[old.history :]:
-            self.observe(TOOL_CALL_DURATION, (self._fold("tool", tool),), seconds)
-        if len(record.tool_durations) < old.history:
-            events.add(("tool_call_history", DOWN))
-        for agent, count in record.agent_breakdown:
-            gained = count - counted.agents.get(agent, 0)
-            if gained > 0:
-                self.bump(AGENT_TRIGGERS, (self._fold("agent", agent),), float(gained))
-                counted.agents[agent] = count
-                events.add(("agent_breakdown", UP))
-        if any(count < old.agents.get(agent, 0) for agent, count in record.agent_breakdown) or (
-            set(old.agents) - {agent for agent, _ in record.agent_breakdown}
-        ):
-            events.add(("agent_breakdown", DOWN))
-        usage_field = "tool_call_history" if record.tool_durations else "tool_breakdown"
-        for tool, calls, seconds in record.tool_usage:
-            slot = counted.tools.setdefault(tool, [0, 0.0])
-            label = (self._fold("tool", tool),)
-            if calls > slot[0]:
-                self.bump(TOOL_CALLS, label, calls - slot[0])
-                slot[0] = calls
-                events.add((usage_field, UP))
-            elif calls < slot[0]:
-                events.add((usage_field, DOWN))
-            if seconds > slot[1]:
-                self.bump(TOOL_TIME, label, seconds - slot[1])
-                slot[1] = seconds
-                events.add((usage_field, UP))
-            elif seconds < slot[1]:
-                events.add((usage_field, DOWN))
-        for event in events:
-            self.bump(REVISIONS, event, 1.0)
-        kept = any(direction != UP for _, direction in events)
-        return counted, kept, len(events)
+def open_state(config: Config, path: str) -> State:
+    """The state as the exporter opens it: its buckets and label budget from the config."""
+    return State(path, bounds=histogram_bounds(config), limits=config.metrics.label_limits)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from exporter.config import config_from_mapping
-from exporter.history import open_state as open_configured_state
 from exporter.models import StreamRecord, format_timestamp, parse_stream
 from exporter.state import State
+from exporter.state import open_state as open_configured_state
 
 T0 = 1_795_000_000.0
 DEFAULTS = config_from_mapping({"accounts": [{"name": "acme", "token": "t"}]}, {})

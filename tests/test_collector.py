@@ -10,16 +10,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import CATALOG, NeoCollector
+from exporter.catalogue import COLLECTED as CATALOG
+from exporter.collector import NeoCollector
+from exporter.config import LabelLimits
+from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
 from exporter.instrumentation import ExporterMetrics
 from exporter.snapshot import EndpointHealth, SnapshotStore, TaskWindow
-from exporter.state import (
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
-    LabelLimitsView,
-    State,
-)
+from exporter.state import State
 from tests.conftest import parse_exposition, sample
 from tests.test_state import BOUNDS, record
 
@@ -27,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
 def build_registry(model: str = "gpt-5") -> tuple[CollectorRegistry, SnapshotStore]:
-    state = State(":memory:", bounds=BOUNDS, limits=LabelLimitsView(50, 20, 100, 50))
+    state = State(":memory:", bounds=BOUNDS, limits=LabelLimits(50, 20, 100, 50))
     state.ingest("acme", [record("s1", model=model), record("s2", model=model)], now=1000.0)
     store = SnapshotStore(("acme",), 86400.0)
     store.update(

@@ -23,7 +23,8 @@ from prometheus_client.openmetrics.parser import (
 
 from exporter.cli import build
 from exporter.collector import NeoCollector
-from exporter.config import config_from_mapping
+from exporter.config import LabelLimits, config_from_mapping
+from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
 from exporter.fakeapi import STREAMS_PATH, FakeNeo, FakeNeoServer
 from exporter.models import (
     MAX_LABEL_LENGTH,
@@ -36,13 +37,7 @@ from exporter.models import (
     parse_task,
 )
 from exporter.snapshot import SnapshotStore
-from exporter.state import (
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
-    LabelLimitsView,
-    State,
-)
+from exporter.state import State
 from tests.conftest import ManualClock, parse_exposition, scrape, select
 from tests.test_process import assert_promtool_lint_clean, promtool
 
@@ -203,7 +198,7 @@ def new_state() -> State:
             STREAM_DURATION: (1.0, 60.0),
             STEP_LATENCY: (0.5, 5.0),
         },
-        limits=LabelLimitsView(model=1000, status=1000, tool=1000, agent=1000),
+        limits=LabelLimits(model=1000, status=1000, tool=1000, agent=1000),
     )
 
 

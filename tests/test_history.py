@@ -37,7 +37,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from exporter import history
+from exporter import catalogue, history
 from exporter.cli import build, parse_history_args
 from exporter.config import Config, config_from_mapping, load_config, parse_duration
 from exporter.fakeapi import FakeNeo, FakeNeoServer
@@ -628,8 +628,8 @@ RULES = ROOT / "prometheus" / "rules"
 BACKFILL = ROOT / "prometheus" / "backfill-history.sh"
 SPEND_DASHBOARD = "neo-spend-overview.json"
 # The history's series: every counter and histogram fed by the streams.
-HISTORY_NAMES = tuple(d.name for d in history.COUNTER_DOCS) + tuple(
-    f"{d.name}_{suffix}" for d in history.HISTOGRAM_DOCS for suffix in ("bucket", "count", "sum")
+HISTORY_NAMES = tuple(d.name for d in history.COUNTERS) + tuple(
+    f"{d.name}_{suffix}" for d in catalogue.HISTOGRAMS for suffix in ("bucket", "count", "sum")
 )
 DAILY = {"neo_credits_total": "credits", "neo_streams_total": "streams",
          "neo_llm_cost_usd_total": "llm_cost"}  # fmt: skip

@@ -139,9 +139,9 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     from exporter.collector import COUNTS, STATUS, NeoCollector
+    from exporter.counting import CounterValue, Counts
     from exporter.server import RENDER_TTL, Renders
     from exporter.snapshot import SnapshotStore
-    from exporter.state import CounterValue, Counts
 
     clock = ManualClock(100.0)
     store = SnapshotStore(("acme", "beta"), 60.0)

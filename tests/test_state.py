@@ -9,18 +9,13 @@ from typing import Any
 
 import pytest
 
+from exporter import catalogue
+from exporter.catalogue import OTHER
+from exporter.config import LabelLimits
+from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
 from exporter.models import StreamRecord, TaskRecord
 from exporter.state import (
-    CHANGED_RECORDS,
-    OTHER,
-    REVISED_DOWN,
-    REVISIONS,
     SCHEMA_VERSION,
-    STEP_LATENCY,
-    STREAM_DURATION,
-    TOOL_CALL_DURATION,
-    TOOL_CALLS,
-    LabelLimitsView,
     State,
     StateError,
     StateLockedError,
@@ -34,7 +29,11 @@ BOUNDS = {
     STREAM_DURATION: (10.0, 60.0),
     STEP_LATENCY: (1.0, 2.0),
 }
-LIMITS = LabelLimitsView(model=50, status=20, tool=100, agent=50)
+LIMITS = LabelLimits(model=50, status=20, tool=100, agent=50)
+CHANGED_RECORDS = catalogue.CHANGED_RECORDS.name
+REVISED_DOWN = catalogue.REVISED_DOWN.name
+REVISIONS = catalogue.REVISIONS.name
+TOOL_CALLS = catalogue.TOOL_CALLS_BY_TOOL.name
 
 
 def record(stream_id: str, **changes: Any) -> StreamRecord:
