@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,13 +43,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.registry import Collector
 
 from exporter.cli import Exporter, build
-from exporter.client import JSON_DECODER
+from exporter.client import JSON_DECODER, STREAMS_PATH, TASKS_PATH
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
 from exporter.counting import STREAM_COUNTERS, CounterValue, Counts
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import format_timestamp
-from exporter.poller import STREAMS_PATH, TASKS_PATH, incremental_span
+from exporter.poller import incremental_span
 from exporter.server import RENDER_TTL, ExporterServer, Renders
 from exporter.snapshot import SnapshotStore
 from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS
@@ -608,7 +608,8 @@ def scrape_store(series: int) -> SnapshotStore:
             if len(counters) < series:
                 counters[(metric, labels)] = CounterValue(i * 1.5, 1_700_000_000.0)
     store = SnapshotStore(("bench",), WINDOW)
-    store.update("bench", counts=Counts(counters, {}))
+    counts = Counts(counters, {})
+    store.update("bench", lambda a: replace(a, counts=counts))
     return store
 
 

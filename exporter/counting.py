@@ -13,6 +13,7 @@ stays so for good (the state reloads the values in use).
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,14 @@ from exporter.catalogue import (
     OTHER,
 )
 from exporter.config import LabelLimits
-from exporter.models import MONEY_FIELDS, StreamRecord
+from exporter.models import (
+    MONEY_FIELDS,
+    StreamRecord,
+    TaskRecord,
+    clean_label,
+    clean_title,
+    row_value,
+)
 
 Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account`)
 
@@ -149,7 +157,10 @@ def stream_amounts(r: StreamRecord) -> tuple[float, ...]:
     An absent value adds 0; the step latency sum and its steps only where both are present.
     """
     steps, latency = r.steps, r.step_latency
-    both = steps is not None and latency is not None
+    if steps is not None and latency is not None:
+        latency_sum, latency_steps = latency * steps, float(steps)
+    else:
+        latency_sum = latency_steps = 0.0
     return (
         1.0,
         r.credits,
@@ -161,8 +172,8 @@ def stream_amounts(r: StreamRecord) -> tuple[float, ...]:
         r.llm_time or 0.0,
         r.tool_time or 0.0,
         r.execution_time or 0.0,
-        latency * steps if both else 0.0,  # type: ignore[operator]  # both checked above
-        float(steps) if both else 0.0,  # type: ignore[arg-type]
+        latency_sum,
+        latency_steps,
     )
 
 
@@ -496,3 +507,71 @@ class Tally:
             self.bump(_REVISIONS, event, 1.0)
         kept = any(direction != DIRECTION_UP for _, direction in events)
         return counted, kept, len(events)
+
+
+# --- the window's most expensive tasks ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TopTask:
+    """One of the window's most expensive tasks; `email` is "" unless members are enabled."""
+
+    rank: int
+    task_id: str
+    title: str
+    email: str
+    credits: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    credits: float
+    task_id: str
+    title: object  # as the API sent it; cleaned only for the winners
+    email: str
+
+    def __lt__(self, other: _Candidate) -> bool:
+        # The heap's smallest is the first to drop: fewer credits, then the larger id.
+        return (self.credits, other.task_id) < (other.credits, self.task_id)
+
+
+class TopTasks:
+    """The `count` tasks with the most credits in one tasks read; memory stays `count` rows."""
+
+    def __init__(self, count: int, *, emails: bool, titles: bool = True) -> None:
+        self._count = count
+        self._emails = emails
+        self._titles = titles  # metrics.task_titles: off, no title is kept at all
+        self._heap: list[_Candidate] = []
+        self._ids: set[str] = set()  # of the heap's tasks: a task repeated by paging once
+
+    def add(self, task: TaskRecord, row: object) -> None:
+        """One parsed task and its row (for the title, and the email if members are enabled)."""
+        if self._count <= 0 or task.credits <= 0:  # BYOK and free tasks cost no credits
+            return
+        if len(self._heap) >= self._count and task.credits < self._heap[0].credits:
+            return  # the usual case once the heap is full: nothing to build
+        if task.task_id in self._ids:
+            return
+        row = row_value(row)  # a few rows reach this point: decode them again
+        fields = row if isinstance(row, dict) else {}
+        email = fields.get("email") if self._emails else None
+        candidate = _Candidate(
+            task.credits,
+            task.task_id,
+            fields.get("task_title") if self._titles else None,
+            clean_label(email) if isinstance(email, str) else "",
+        )
+        if len(self._heap) < self._count:
+            heapq.heappush(self._heap, candidate)
+            self._ids.add(task.task_id)
+        elif self._heap[0] < candidate:
+            self._ids.discard(heapq.heapreplace(self._heap, candidate).task_id)
+            self._ids.add(task.task_id)
+
+    def ranked(self) -> tuple[TopTask, ...]:
+        best = sorted(self._heap, key=lambda c: (-c.credits, c.task_id))
+        return tuple(
+            TopTask(rank, c.task_id, clean_title(c.title), c.email, c.credits)
+            for rank, c in enumerate(best, start=1)
+        )

@@ -54,11 +54,11 @@ from prometheus_client import utils
 
 from exporter import catalogue as m
 from exporter.catalogue import Metric
-from exporter.client import ApiError, NeoClient, PageProgress, Stopped
+from exporter.client import STREAMS_PATH, ApiError, NeoClient, PageProgress, Stopped
 from exporter.config import AccountConfig, Config, format_duration
 from exporter.counting import Counts, HistogramValue
 from exporter.models import RowError, StreamRecord, format_timestamp, parse_stream
-from exporter.poller import SLICE_ROWS, STREAMS_PATH
+from exporter.poller import SLICE_ROWS
 from exporter.state import (
     LOCK_SUFFIX,
     MEMORY,

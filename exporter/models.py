@@ -27,17 +27,29 @@ msgspec's typed decoder, in C (`_fast_stream`); any other row takes the general 
 which gives the same record for every row the typed one accepts (a test holds them to it).
 A record's `fingerprint` is a digest of the row's raw bytes, so that a re-read row can be
 known unchanged before it is decoded at all.
+
+The account-level bodies (`/usage/summary`, `/user`, `/billing/credits`) are parsed at the
+end: a required field that is missing or malformed makes the body a `BodyError`; an optional
+one is absent (None, never 0), logged at debug level.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
+
+from exporter.catalogue import OTHER
+
+log = logging.getLogger(__name__)
 
 # The fixed set of reasons a row can be skipped for (a label, so it must stay bounded).
 REASON_NOT_AN_OBJECT = "not_an_object"
@@ -671,3 +683,206 @@ def _usage_of(history: tuple[tuple[str, float], ...]) -> tuple[tuple[str, int, f
             slot[1] += 1
             slot[2] += seconds
     return tuple([(slot[0], slot[1], slot[2]) for _, slot in sorted(usage.items())])
+
+
+# --- account-level bodies: /usage/summary, /user, /billing/credits -----------------------
+
+TITLE_MAX = 60  # characters of a task title kept in a label
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpend:
+    """One member's spend over the window (`by_email` of the summary), or `other`."""
+
+    email: str
+    credits: float
+    tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """`/usage/summary` over the window, and the account's credit balance as it reports it.
+
+    Optional fields are None when the API leaves them out (they are not documented for sure).
+    """
+
+    credits: float
+    tasks_by_status: Mapping[str, int]
+    byok_llm_cost: float | None = None
+    byok_neo_cost: float | None = None
+    byok_streams: int | None = None
+    byok_tasks: int | None = None
+    available_credits: float | None = None
+    issued_credits: float | None = None
+    credits_expire_at: float | None = None
+    last_credit_reset: float | None = None
+    credits_since_reset: float | None = None
+    members: tuple[MemberSpend, ...] = ()  # empty unless metrics.members.enabled
+
+
+@dataclass(frozen=True, slots=True)
+class SpendingCap:
+    """`cap` of `/user`, in USD."""
+
+    limit: float
+    used: float
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreditBalance:
+    """`/billing/credits`; a field the API leaves out is None."""
+
+    available: float | None
+    issued: float | None
+    used: float | None
+    expires_at: float | None
+
+
+class BodyError(ValueError):
+    """A response body that does not have the documented shape."""
+
+
+def _body_object(body: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise BodyError(f"{what} should be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _field_number(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
+    """A finite number; None when absent, null or (for an optional field) malformed."""
+    value = obj.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if required:
+        raise BodyError(f"{key} should be a number, got {value!r:.40}")
+    if value is not None:
+        log.debug("ignoring %s: not a number (%.40r)", key, value)
+    return None
+
+
+def _field_count(obj: Mapping[str, Any], key: str) -> int | None:
+    value = _field_number(obj, key)
+    return None if value is None or value < 0 else int(value)
+
+
+def _field_time(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value, key)
+    except RowError as exc:
+        log.debug("ignoring %s: %s", key, exc.detail)
+        return None
+
+
+def fold(values: Mapping[str, float], limit: int) -> dict[str, float]:
+    """The `limit` largest values by key, the rest summed under `other`."""
+    ranked = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = dict(ranked[:limit])
+    rest = ranked[limit:]
+    if rest:
+        kept[OTHER] = kept.get(OTHER, 0.0) + math.fsum(v for _, v in rest)
+    return kept
+
+
+def _statuses(value: object, limit: int) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BodyError(f"by_status should be an object, got {type(value).__name__}")
+    counts: dict[str, float] = {}
+    for status, count in value.items():
+        if isinstance(status, str) and isinstance(count, int) and count >= 0:
+            label = clean_label(status).lower()
+            counts[label] = counts.get(label, 0) + count
+    return {k: int(v) for k, v in fold(counts, limit).items()}
+
+
+def _members(value: object, limit: int) -> tuple[MemberSpend, ...]:
+    """`by_email`: the `limit` biggest spenders, the rest summed as `other`."""
+    credits: dict[str, list[float]] = {}
+    tasks: dict[str, int] = {}
+    for item in value if isinstance(value, list) else ():
+        if not isinstance(item, dict) or not isinstance(item.get("email"), str):
+            continue
+        email = clean_label(item["email"])
+        credits.setdefault(email, []).append(_field_number(item, "neo_credits") or 0.0)
+        tasks[email] = tasks.get(email, 0) + (_field_count(item, "tasks") or 0)
+    totals = {email: math.fsum(values) for email, values in credits.items()}
+    ranked = sorted(totals, key=lambda email: (-totals[email], email))
+    kept = [MemberSpend(email, totals[email], tasks[email]) for email in ranked[:limit]]
+    rest = ranked[limit:]
+    if rest:
+        kept.append(
+            MemberSpend(OTHER, math.fsum(totals[e] for e in rest), sum(tasks[e] for e in rest))
+        )
+    return tuple(kept)
+
+
+def parse_summary(
+    body: object, *, status_limit: int, members_limit: int | None = None
+) -> UsageSummary:
+    """`/usage/summary`; `by_email` is read only when members_limit is given."""
+    obj = _body_object(body, "summary")
+    credits = _field_number(obj, "total_neo_credits", required=True)
+    assert credits is not None
+    byok = obj.get("byok")
+    if not isinstance(byok, dict):
+        byok = {}
+    return UsageSummary(
+        credits=credits,
+        tasks_by_status=_statuses(obj.get("by_status"), status_limit),
+        byok_llm_cost=_field_number(byok, "total_llm_cost"),
+        byok_neo_cost=_field_number(byok, "total_neo_cost"),
+        byok_streams=_field_count(byok, "total_streams"),
+        byok_tasks=_field_count(byok, "total_tasks"),
+        available_credits=_field_number(obj, "total_available_neo_credits"),
+        issued_credits=_field_number(obj, "total_issued_neo_credits"),
+        credits_expire_at=_field_time(obj, "neo_credits_expires_at"),
+        last_credit_reset=_field_time(obj, "last_credit_reset"),
+        members=() if members_limit is None else _members(obj.get("by_email"), members_limit),
+    )
+
+
+def parse_summary_credits(body: object) -> float:
+    """`total_neo_credits` of a `/usage/summary` body (the self-audit's one figure)."""
+    credits = _field_number(_body_object(body, "summary"), "total_neo_credits", required=True)
+    assert credits is not None
+    return credits
+
+
+def parse_cap(body: object) -> SpendingCap | None:
+    """The `cap` of `/user`: None when there is none (null or absent)."""
+    cap = _body_object(body, "user").get("cap")
+    if cap is None:
+        return None
+    cap = _body_object(cap, "cap")
+    limit = _field_number(cap, "limit", required=True)
+    used = _field_number(cap, "used", required=True)
+    assert limit is not None and used is not None
+    remaining = _field_number(cap, "remaining")
+    return SpendingCap(limit, used, max(0.0, limit - used) if remaining is None else remaining)
+
+
+def parse_credits(body: object) -> CreditBalance:
+    obj = _body_object(body, "credits")
+    balance = CreditBalance(
+        available=_field_number(obj, "available_credits"),
+        issued=_field_number(obj, "issued_credits"),
+        used=_field_number(obj, "used_credits"),
+        expires_at=_field_time(obj, "expires_at"),
+    )
+    if balance.available is None and balance.issued is None and balance.used is None:
+        raise BodyError("none of available_credits, issued_credits, used_credits is a number")
+    return balance
+
+
+def clean_title(value: object) -> str:
+    """A task title fit for a label: control characters gone, spaces collapsed, truncated."""
+    if not isinstance(value, str):
+        return ""
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in value)
+    text = " ".join(text.split())
+    return text if len(text) <= TITLE_MAX else text[: TITLE_MAX - 1] + "\u2026"

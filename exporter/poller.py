@@ -37,30 +37,44 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from exporter.account_info import (
+from exporter.client import (
+    STREAMS_PATH,
     SUMMARY_PATH,
+    TASKS_PATH,
     UNAVAILABLE_STATUSES,
-    BodyError,
-    TopTasks,
-    parse_summary_credits,
+    ApiError,
+    Listing,
+    NeoClient,
+    PageProgress,
+    ReadOutcome,
+    Stopped,
 )
-from exporter.client import ApiError, Listing, NeoClient, PageProgress, ReadOutcome, Stopped
 from exporter.config import AccountConfig, PollingConfig
+from exporter.counting import TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
+    BodyError,
     RowError,
     StreamRecord,
     TaskRecord,
     format_timestamp,
     parse_stream,
+    parse_summary_credits,
     parse_task,
     raw_digest,
     raw_stream_id,
     row_value,
 )
-from exporter.snapshot import AuditResult, EndpointHealth, ReadProgress, SnapshotStore
+from exporter.snapshot import (
+    AccountChange,
+    AccountSnapshot,
+    AuditResult,
+    EndpointHealth,
+    ReadProgress,
+    SnapshotStore,
+)
 from exporter.state import (
     WATERMARK_RECONCILE,
     WATERMARK_STREAMS,
@@ -72,8 +86,6 @@ from exporter.state import (
 
 log = logging.getLogger(__name__)
 
-STREAMS_PATH = "/api/v1/usage/streams"
-TASKS_PATH = "/api/v1/usage/tasks"
 BATCH_ROWS = 2000  # rows per transaction: bounded memory, few commits
 # Full reads of all accounts at once (see FullReads): two per core of a small machine.
 FULL_READS_AT_ONCE = 4
@@ -257,7 +269,7 @@ class AccountPoller:
                 self.audit()
                 next_audit = self._clock() + self._audit_interval
             if self._settled:
-                self._store.update(self.name, first_poll_done=True)
+                self._store.update(self.name, _first_poll_done)
             due = [next_streams, next_tasks]
             if self._audit_interval > 0:
                 due.append(next_audit)
@@ -266,7 +278,7 @@ class AccountPoller:
     def poll_once(self) -> bool:
         """Read the whole window of streams and the tasks once; True if both succeeded."""
         ok = self.poll_both(force_reconcile=True)
-        self._store.update(self.name, first_poll_done=True)
+        self._store.update(self.name, _first_poll_done)
         return ok
 
     def poll_both(self, *, force_reconcile: bool = False, until: float | None = None) -> bool:
@@ -424,7 +436,10 @@ class AccountPoller:
         """One streams read of [start, end], counted into the state as pages arrive."""
         started = time.monotonic()
         progress = ProgressLog(
-            self.name, kind, self._clock, lambda p: self._store.update(self.name, progress=p)
+            self.name,
+            kind,
+            self._clock,
+            lambda p: self._store.update(self.name, lambda a: replace(a, progress=p)),
         )
         listing = self._client.listing(
             STREAMS_PATH, "streams", start, end, {"sort": "created_at"}, on_progress=progress
@@ -474,7 +489,8 @@ class AccountPoller:
             tally.changed,
             time.monotonic() - started,
         )
-        self._publish(last_poll_duration=time.monotonic() - started, progress=None)
+        took = time.monotonic() - started
+        self._publish(lambda a: replace(a, last_poll_duration=took, progress=None))
         return outcome
 
     def _ingest(self, batch: list[StreamRecord], tally: _Tally) -> None:
@@ -589,7 +605,8 @@ class AccountPoller:
         self._note_outcome("tasks", "tasks", outcome, listing.start, listing.end)
         self._succeeded("tasks", "tasks")
         if outcome.complete:
-            self._publish(tasks=window, top_tasks=top.ranked())
+            ranked = top.ranked()
+            self._publish(lambda a: replace(a, tasks=window, top_tasks=ranked))
         else:
             self._publish()  # the gauges keep the last complete read's figures
         return True
@@ -642,13 +659,14 @@ class AccountPoller:
             missing,
             "?" if drift is None else f"{drift:.6f}",
         )
-        self._publish(audit=result)
+        self._publish(lambda a: replace(a, audit=result))
         return result
 
     # --- health and publishing -----------------------------------------------------------
 
     def _set_catching_up(self) -> None:
-        self._publish(catching_up=self._backlog)
+        backlog = self._backlog
+        self._publish(lambda a: replace(a, catching_up=backlog))
 
     def _succeeded(self, endpoint: str, kind: str) -> None:
         self._metrics.polls.labels(self.name, kind, "success").inc()
@@ -664,26 +682,48 @@ class AccountPoller:
             previous = self._endpoints.get(endpoint, EndpointHealth())
             self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
             self._settled = True
-            self._publish(progress=None)
+            self._publish(_progress_done)
 
-    def _publish(self, *, window: bool = False, **changes: object) -> None:
-        """Put committed state into the snapshot; `window` also recounts window gauges."""
+    def _publish(self, change: AccountChange | None = None, *, window: bool = False) -> None:
+        """Put committed state into the snapshot, then `change`; `window` also recounts the
+        window gauges."""
         with self._publishing:
+            endpoints, missing = dict(self._endpoints), dict(self._missing)
+            watermark = self._state.watermark(self.name, WATERMARK_STREAMS)
+            last_catch_up = self._last_catch_up
+            in_window: tuple[dict[str, int], int] | None = None
             if window:
                 since = self._clock() - self._polling.window
-                changes["window_streams"] = self._state.window_streams(self.name, since)
-                changes["seen_streams"] = self._state.seen_streams(self.name)
-            if self.live:
-                changes["counts"] = self._state.counts(self.name)
-            self._store.update(
-                self.name,
-                state_bytes=self._state.size_bytes() if window else None,
-                endpoints=dict(self._endpoints),
-                watermark=self._state.watermark(self.name, WATERMARK_STREAMS),
-                last_catch_up=self._last_catch_up,
-                missing_rows=dict(self._missing),
-                **changes,
-            )
+                in_window = (
+                    self._state.window_streams(self.name, since),
+                    self._state.seen_streams(self.name),
+                )
+            counts = self._state.counts(self.name) if self.live else None
+
+            def publish(a: AccountSnapshot) -> AccountSnapshot:
+                a = replace(
+                    a,
+                    endpoints=endpoints,
+                    watermark=watermark,
+                    last_catch_up=last_catch_up,
+                    missing_rows=missing,
+                )
+                if in_window is not None:
+                    a = replace(a, window_streams=in_window[0], seen_streams=in_window[1])
+                if counts is not None:
+                    a = replace(a, counts=counts)
+                return a if change is None else change(a)
+
+            size = self._state.size_bytes() if window else None
+            self._store.update(self.name, publish, state_bytes=size)
+
+
+def _first_poll_done(a: AccountSnapshot) -> AccountSnapshot:
+    return replace(a, first_poll_done=True)
+
+
+def _progress_done(a: AccountSnapshot) -> AccountSnapshot:
+    return replace(a, progress=None)
 
 
 class _KnownRows:

@@ -7,10 +7,11 @@ A poller builds a new `AccountSnapshot` after each commit and swaps it into the
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter.counting import Counts, TaskWindow
+from exporter.counting import Counts, TaskWindow, TopTask
+from exporter.models import CreditBalance, SpendingCap, UsageSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,66 +63,6 @@ ACCOUNT_ENDPOINTS = ("summary", "user", "credits")
 
 
 @dataclass(frozen=True, slots=True)
-class MemberSpend:
-    """One member's spend over the window (`by_email` of the summary), or `other`."""
-
-    email: str
-    credits: float
-    tasks: int
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSummary:
-    """`/usage/summary` over the window, and the account's credit balance as it reports it.
-
-    Optional fields are None when the API leaves them out (they are not documented for sure).
-    """
-
-    credits: float
-    tasks_by_status: Mapping[str, int]
-    byok_llm_cost: float | None = None
-    byok_neo_cost: float | None = None
-    byok_streams: int | None = None
-    byok_tasks: int | None = None
-    available_credits: float | None = None
-    issued_credits: float | None = None
-    credits_expire_at: float | None = None
-    last_credit_reset: float | None = None
-    credits_since_reset: float | None = None
-    members: tuple[MemberSpend, ...] = ()  # empty unless metrics.members.enabled
-
-
-@dataclass(frozen=True, slots=True)
-class SpendingCap:
-    """`cap` of `/user`, in USD."""
-
-    limit: float
-    used: float
-    remaining: float
-
-
-@dataclass(frozen=True, slots=True)
-class CreditBalance:
-    """`/billing/credits`; a field the API leaves out is None."""
-
-    available: float | None
-    issued: float | None
-    used: float | None
-    expires_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class TopTask:
-    """One of the window's most expensive tasks; `email` is "" unless members are enabled."""
-
-    rank: int
-    task_id: str
-    title: str
-    email: str
-    credits: float
-
-
-@dataclass(frozen=True, slots=True)
 class AccountInfo:
     """What the account-level endpoints (summary, user, credits) said last."""
 
@@ -167,6 +108,9 @@ class Snapshot:
         return all(account.first_poll_done for account in self.accounts)
 
 
+AccountChange = Callable[[AccountSnapshot], AccountSnapshot]
+
+
 class SnapshotStore:
     """Holds the latest snapshot; an account's part is replaced atomically."""
 
@@ -185,14 +129,20 @@ class SnapshotStore:
         with self._lock:
             return next(a for a in self._snapshot.accounts if a.name == name)
 
-    def update(self, name: str, state_bytes: int | None = None, **changes: object) -> None:
-        """Replace fields of one account's snapshot (and the state size if given)."""
+    def update(
+        self,
+        name: str,
+        change: AccountChange,
+        *,
+        state_bytes: int | None = None,
+    ) -> None:
+        """Replace one account's snapshot by `change` of it (and the state size if given).
+
+        `change` is usually `lambda a: replace(a, field=value)`: mypy checks the fields.
+        """
         with self._lock:
             snap = self._snapshot
-            accounts = tuple(
-                replace(a, **changes) if a.name == name else a  # type: ignore[arg-type]
-                for a in snap.accounts
-            )
+            accounts = tuple(change(a) if a.name == name else a for a in snap.accounts)
             self._snapshot = replace(
                 snap,
                 accounts=accounts,

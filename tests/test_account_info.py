@@ -19,20 +19,19 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from exporter.account_info import (
-    CREDITS_PATH,
-    SUMMARY_PATH,
-    USER_PATH,
+from exporter.client import CREDITS_PATH, SUMMARY_PATH, USER_PATH
+from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
+from exporter.counting import TopTasks
+from exporter.fakeapi import FakeNeo, FakeNeoServer
+from exporter.models import (
     BodyError,
-    TopTasks,
     clean_title,
     parse_cap,
     parse_credits,
     parse_summary,
+    parse_task,
+    parse_timestamp,
 )
-from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
-from exporter.fakeapi import FakeNeo, FakeNeoServer
-from exporter.models import parse_task, parse_timestamp
 from exporter.server import landing_page
 from tests.conftest import ManualClock, parse_exposition, sample, scrape, select
 from tests.processes import ROOT, fake_api

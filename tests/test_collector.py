@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,14 +30,17 @@ def build_registry(model: str = "gpt-5") -> tuple[CollectorRegistry, SnapshotSto
     store = SnapshotStore(("acme",), 86400.0)
     store.update(
         "acme",
+        lambda a: replace(
+            a,
+            counts=state.counts("acme"),
+            window_streams={"completed": 2},
+            tasks=TaskWindow({"completed": 1}, 0.2, 0.0, 0.0),
+            endpoints={"streams": EndpointHealth(True, 1000.0, None)},
+            seen_streams=2,
+            watermark=1000.0,
+            last_poll_duration=0.5,
+        ),
         state_bytes=4096,
-        counts=state.counts("acme"),
-        window_streams={"completed": 2},
-        tasks=TaskWindow({"completed": 1}, 0.2, 0.0, 0.0),
-        endpoints={"streams": EndpointHealth(True, 1000.0, None)},
-        seen_streams=2,
-        watermark=1000.0,
-        last_poll_duration=0.5,
     )
     registry = CollectorRegistry()
     ExporterMetrics(registry, ("acme",))
@@ -104,7 +108,7 @@ def test_label_values_with_quotes_backslashes_newlines_and_unicode_round_trip() 
 def test_a_scrape_reflects_a_new_snapshot_without_touching_the_old_one() -> None:
     registry, store = build_registry()
     before = store.get()
-    store.update("acme", window_streams={"completed": 5})
+    store.update("acme", lambda a: replace(a, window_streams={"completed": 5}))
     samples = parse_exposition(generate_latest(registry).decode())
     assert sample(samples, "neo_window_streams", account="acme", status="completed") == 5
     assert dict(before.accounts[0].window_streams) == {"completed": 2}

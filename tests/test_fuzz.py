@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -204,7 +205,7 @@ def new_state() -> State:
 
 def exposition_of(state: State) -> CollectorRegistry:
     store = SnapshotStore(("acme",), 86400.0)
-    store.update("acme", counts=state.counts("acme"))
+    store.update("acme", lambda a: replace(a, counts=state.counts("acme")))
     registry = CollectorRegistry()
     registry.register(NeoCollector(store))
     return registry

@@ -10,6 +10,7 @@ import os
 import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,15 +163,16 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
     renders = Renders(live, per_snapshot, store, clock, per_counts=per_counts)
     labels = ("gpt-5", "completed", "false")
     counts = Counts({("neo_credits_total", labels): CounterValue(1.5, 50.0)}, {})
-    store.update("acme", counts=counts)
+    store.update("acme", lambda a: replace(a, counts=counts))
     assert render()["neo_credits"].samples[0].value == 1.5
-    store.update("acme", seen_streams=7, counts=counts)  # a poll that counted nothing new
+    store.update(
+        "acme", lambda a: replace(a, seen_streams=7, counts=counts)
+    )  # a poll that counted nothing new
     families = render()
     assert families["neo_exporter_seen_streams"].samples[0].value == 7
     assert (rendered.count(per_counts), rendered.count(per_snapshot)) == (1, 2)
-    store.update(
-        "beta", counts=Counts({("neo_credits_total", labels): CounterValue(2.0, 50.0)}, {})
-    )
+    beta = Counts({("neo_credits_total", labels): CounterValue(2.0, 50.0)}, {})
+    store.update("beta", lambda a: replace(a, counts=beta))
     families = render()
     assert sorted(
         s.value for s in families["neo_credits"].samples if s.name.endswith("_total")
@@ -211,7 +213,7 @@ def test_neo_metrics_render_once_per_snapshot_and_exporter_metrics_at_each_rende
         assert families["polls"].samples[0].value == step + 1  # current at each render
         assert "neo_up" in families
     assert rendered.count(per_snapshot) == 1
-    store.update("acme", seen_streams=7)
+    store.update("acme", lambda a: replace(a, seen_streams=7))
     clock.advance(RENDER_TTL)
     body = renders.get(encoder, kind, False).decode()
     assert 'neo_exporter_seen_streams{account="acme"} 7.0' in body

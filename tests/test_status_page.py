@@ -8,21 +8,20 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.account_info import TopTasks
 from exporter.config import AlertThresholds, Config, config_from_mapping
+from exporter.counting import TopTask, TopTasks
 from exporter.instrumentation import ExporterMetrics
-from exporter.models import parse_task
+from exporter.models import SpendingCap, parse_task
 from exporter.server import Cell, PageContext, headline, landing_page, status_rows
 from exporter.snapshot import (
     AccountInfo,
     AuditResult,
     EndpointHealth,
     SnapshotStore,
-    SpendingCap,
-    TopTask,
 )
 from exporter.state import StateHealth
 from tests.conftest import parse_exposition, sample
@@ -38,9 +37,12 @@ def store(*names: str) -> SnapshotStore:
     for name in names:
         made.update(
             name,
-            first_poll_done=True,
-            endpoints={"streams": UP, "tasks": UP},
-            info=AccountInfo(endpoints={e: UP for e in ("summary", "user", "credits")}),
+            lambda a: replace(
+                a,
+                first_poll_done=True,
+                endpoints={"streams": UP, "tasks": UP},
+                info=AccountInfo(endpoints={e: UP for e in ("summary", "user", "credits")}),
+            ),
         )
     return made
 
@@ -66,7 +68,7 @@ def test_every_read_up_is_healthy() -> None:
 def test_a_failing_read_is_degraded_naming_the_account_the_endpoint_and_since_when() -> None:
     snapshots = store("a", "b")
     failing = EndpointHealth(False, NOW - 600, "tasks: gave up after 6 attempts (last: ...)")
-    snapshots.update("b", endpoints={"streams": UP, "tasks": failing})
+    snapshots.update("b", lambda a: replace(a, endpoints={"streams": UP, "tasks": failing}))
     level, text = headline(snapshots.get(), None, NOW, STARTED)
     assert level == "degraded"
     assert text == (
@@ -78,7 +80,10 @@ def test_every_streams_read_failing_is_down_and_a_read_that_never_worked_dates_f
     None
 ):
     snapshots = store("a")
-    snapshots.update("a", endpoints={"streams": EndpointHealth(False, None, "x"), "tasks": UP})
+    snapshots.update(
+        "a",
+        lambda a: replace(a, endpoints={"streams": EndpointHealth(False, None, "x"), "tasks": UP}),
+    )
     level, text = headline(snapshots.get(), None, NOW, STARTED)
     assert level == "down"
     assert text.startswith("no account's usage can be read: a: streams (since 2027-01-15 07:00")
@@ -101,7 +106,7 @@ def test_an_endpoint_the_token_may_not_read_is_not_a_failure() -> None:
         endpoints={"summary": forbidden, "user": UP, "credits": UP},
         unavailable_until={"summary": NOW + 1800},
     )
-    snapshots.update("a", info=info)
+    snapshots.update("a", lambda a: replace(a, info=info))
     assert headline(snapshots.get(), None, NOW, STARTED)[0] == "healthy"
     page = landing_page(snapshots.get(), NOW)
     assert (
@@ -120,9 +125,12 @@ def test_the_page_shows_spend_top_tasks_state_and_configuration_without_a_secret
     cap = SpendingCap(limit=500.0, used=450.0, remaining=50.0)
     snapshots.update(
         "acme",
-        info=AccountInfo(cap=cap, endpoints={e: UP for e in ("summary", "user", "credits")}),
-        top_tasks=(TopTask(1, "t-1", "Recon of app.example.com", "", 41.5),),
-        watermark=NOW - 30,
+        lambda a: replace(
+            a,
+            info=AccountInfo(cap=cap, endpoints={e: UP for e in ("summary", "user", "credits")}),
+            top_tasks=(TopTask(1, "t-1", "Recon of app.example.com", "", 41.5),),
+            watermark=NOW - 30,
+        ),
     )
     context = PageContext(
         config(
@@ -144,7 +152,9 @@ def test_the_page_shows_spend_top_tasks_state_and_configuration_without_a_secret
 
 def test_status_rows_are_where_per_account_lines_are_added() -> None:
     snapshots = store("a")
-    snapshots.update("a", watermark=NOW - 90, last_poll_duration=1.25, seen_streams=7)
+    snapshots.update(
+        "a", lambda a: replace(a, watermark=NOW - 90, last_poll_duration=1.25, seen_streams=7)
+    )
     rows = {label: cell.text for label, cell in status_rows(snapshots.account("a"), NOW)}
     assert rows == {
         "current read": "none (idle)",
@@ -161,7 +171,12 @@ def test_status_rows_are_where_per_account_lines_are_added() -> None:
 def test_catching_up_short_reads_and_the_audit_show_in_the_status_rows() -> None:
     snapshots = store("a")
     exact = AuditResult(NOW - 60, NOW - 86400.5, NOW - 3600.5, 120, 120, 15.5, 15.5)
-    snapshots.update("a", catching_up=True, missing_rows={"streams": 0, "tasks": 3}, audit=exact)
+    snapshots.update(
+        "a",
+        lambda a: replace(
+            a, catching_up=True, missing_rows={"streams": 0, "tasks": 3}, audit=exact
+        ),
+    )
     cells = dict(status_rows(snapshots.account("a"), NOW))
     assert cells["catching up"].level == "pending"
     assert cells["last reads"] == Cell(
@@ -172,7 +187,7 @@ def test_catching_up_short_reads_and_the_audit_show_in_the_status_rows() -> None
         "exact: Neo 120 streams, counted 120; credits drift +0.0000 of 15.50"
     )
     short = AuditResult(NOW - 60, NOW - 86400.5, NOW - 3600.5, 120, 117, None, 15.0)
-    snapshots.update("a", catching_up=False, audit=short)
+    snapshots.update("a", lambda a: replace(a, catching_up=False, audit=short))
     cells = dict(status_rows(snapshots.account("a"), NOW))
     assert "catching up" not in cells
     assert cells["self-audit"].level == "warn"
