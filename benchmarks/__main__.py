@@ -42,7 +42,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from exporter.cli import Exporter, build
+from exporter.app import Exporter, build
 from exporter.client import JSON_DECODER, STREAMS_PATH, TASKS_PATH
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping

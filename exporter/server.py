@@ -38,7 +38,7 @@ from exporter.snapshot import (
     SnapshotStore,
 )
 from exporter.state import StateHealth
-from exporter.webconfig import HANDSHAKE_TIMEOUT, BasicAuth, TLSWrapper, WebConfig
+from exporter.webconfig import HANDSHAKE_TIMEOUT, BasicAuth, TLSWrapper, WebConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class ExporterServer(ThreadingHTTPServer):
         per_snapshot: CollectorRegistry | None = None,
         per_counts: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
-        web: WebConfig | None = None,
+        web: WebConfigFile | None = None,
         listener: socket.socket | None = None,
         max_connections: int = 64,
         read_header_timeout: float = 10.0,
@@ -228,7 +228,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.registry = registry
         self.store = store
         self.clock = clock
-        web = web or WebConfig()
+        web = web or WebConfigFile()
         self.tls = None if web.tls is None else TLSWrapper(web.tls)
         self.auth = BasicAuth(web.users) if web.users else None
         self.extra_headers = web.headers

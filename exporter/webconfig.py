@@ -124,7 +124,7 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
-class WebConfig:
+class WebConfigFile:
     """What `--web.config.file` asks for; an empty file means plain HTTP, no auth."""
 
     tls: TLSSettings | None = None
@@ -135,13 +135,13 @@ class WebConfig:
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_web_config(path: str) -> WebConfig:
+def load_web_config(path: str) -> WebConfigFile:
     """Read and check the file; ConfigError lists every problem, each naming its key."""
     data = read_yaml_file(path, "--web.config.file")
     return web_config_from_mapping(data, os.path.dirname(os.path.abspath(path)), path)
 
 
-def web_config_from_mapping(data: object, base_dir: str, name: str = "web config") -> WebConfig:
+def web_config_from_mapping(data: object, base_dir: str, name: str = "web config") -> WebConfigFile:
     problems: list[str] = []
 
     def problem(key: str, message: str) -> None:
@@ -153,7 +153,7 @@ def web_config_from_mapping(data: object, base_dir: str, name: str = "web config
     users = _users(top.get("basic_auth_users"), problem)
     if problems:
         raise ConfigError(problems)
-    config = WebConfig(tls, users, headers)
+    config = WebConfigFile(tls, users, headers)
     if tls is not None:
         # Load once now, so that a bad certificate or key stops the start with a clear error.
         try:

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import Exporter, build
+from exporter.app import Exporter, build
 from exporter.config import Config
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from exporter.cli import build
+from exporter.app import build
 from exporter.config import Config, config_from_mapping
 from exporter.fakeapi import INSERTED_PER_FAULT, FakeNeo, FakeNeoServer
 from exporter.models import format_timestamp

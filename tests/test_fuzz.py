@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 
-from exporter.cli import build
+from exporter.app import build
 from exporter.collector import NeoCollector
 from exporter.config import LabelLimits, config_from_mapping
 from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION

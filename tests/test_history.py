@@ -38,7 +38,8 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import catalogue, history
-from exporter.cli import build, parse_history_args
+from exporter.app import build
+from exporter.cli import parse_history_args
 from exporter.config import Config, config_from_mapping, load_config, parse_duration
 from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.history import (

@@ -12,7 +12,7 @@ import requests
 from prometheus_client import generate_latest
 
 from exporter import poller as poller_module
-from exporter.cli import Exporter
+from exporter.app import Exporter
 from exporter.client import PageProgress
 from exporter.config import Config, config_from_mapping
 from exporter.fakeapi import FakeNeo, FakeNeoServer

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.cli import build
+from exporter.app import build
 from exporter.config import config_from_mapping
 from tests.conftest import SampleKey, sample, scrape, truth_mismatches
 from tests.processes import fake_api, start_exporter, wait_until

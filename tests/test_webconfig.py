@@ -27,7 +27,7 @@ from exporter.server import ExporterServer
 from exporter.snapshot import SnapshotStore
 from exporter.webconfig import (
     BasicAuth,
-    WebConfig,
+    WebConfigFile,
     load_web_config,
     web_config_from_mapping,
 )
@@ -158,7 +158,7 @@ def test_any_web_config_gives_settings_or_a_config_error(data: object) -> None:
     except ConfigError as error:
         assert error.problems and all(": " in p for p in error.problems)
     else:
-        assert isinstance(web, WebConfig)
+        assert isinstance(web, WebConfigFile)
 
 
 def test_the_cli_exits_2_on_a_bad_web_config_naming_the_key(tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ def test_basic_auth_accepts_only_the_right_password_and_remembers_it() -> None:
 def serve() -> Iterator[object]:
     servers: list[ExporterServer] = []
 
-    def start(web: WebConfig) -> str:
+    def start(web: WebConfigFile) -> str:
         server = ExporterServer(
             ("127.0.0.1", 0), CollectorRegistry(), SnapshotStore(("acme",), 60.0), web=web
         )
