@@ -354,9 +354,9 @@ class Tally:
     def add(self, record: StreamRecord) -> tuple[str, tuple[float, ...], bytes]:
         """Add one new stream's values; returns its (folded) status, its amounts and what
         was counted for it as stored (`Counted`'s JSON, written without building one)."""
-        fold = self._fold
-        model = fold("model", record.model)
-        status = fold("status", record.status)
+        fold_label = self._fold
+        model = fold_label("model", record.model)
+        status = fold_label("status", record.status)
         labels = (model, status, record.byok)
         slots = self._stream_slots.get(labels)
         if slots is None:
@@ -366,7 +366,7 @@ class Tally:
         for slot, amount in zip(slots, amounts, strict=True):
             slot[0] += amount
         for agent, count in record.agent_breakdown:
-            self.bump(_BY_AGENT, (fold("agent", agent),), float(count))
+            self.bump(_BY_AGENT, (fold_label("agent", agent),), float(count))
         tool_slots = self._tool_slots
         for tool, calls, seconds in record.tool_usage:
             found = tool_slots.get(tool) or self._tool(tool)

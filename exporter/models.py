@@ -777,7 +777,7 @@ def _field_time(obj: Mapping[str, Any], key: str) -> float | None:
         return None
 
 
-def fold(values: Mapping[str, float], limit: int) -> dict[str, float]:
+def _largest_and_other(values: Mapping[str, float], limit: int) -> dict[str, float]:
     """The `limit` largest values by key, the rest summed under `other`."""
     ranked = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))
     kept = dict(ranked[:limit])
@@ -797,7 +797,7 @@ def _statuses(value: object, limit: int) -> dict[str, int]:
         if isinstance(status, str) and isinstance(count, int) and count >= 0:
             label = clean_label(status).lower()
             counts[label] = counts.get(label, 0) + count
-    return {k: int(v) for k, v in fold(counts, limit).items()}
+    return {k: int(v) for k, v in _largest_and_other(counts, limit).items()}
 
 
 def _members(value: object, limit: int) -> tuple[MemberSpend, ...]:
