@@ -31,10 +31,10 @@ from exporter.account_info import (
     parse_summary,
 )
 from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import parse_task, parse_timestamp
 from exporter.server import landing_page
 from tests.conftest import ManualClock, parse_exposition, sample, scrape, select
+from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, fake_api
 
 DAY = 86400.0

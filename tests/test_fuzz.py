@@ -24,7 +24,6 @@ from prometheus_client.openmetrics.parser import (
 from exporter.cli import build
 from exporter.collector import NeoCollector
 from exporter.config import config_from_mapping
-from exporter.fakeapi import STREAMS_PATH, FakeNeo, FakeNeoServer
 from exporter.models import (
     MAX_LABEL_LENGTH,
     ROW_REASONS,
@@ -44,6 +43,7 @@ from exporter.state import (
     State,
 )
 from tests.conftest import ManualClock, parse_exposition, scrape, select
+from tests.fakeneo import STREAMS_PATH, FakeNeo, FakeNeoServer
 from tests.test_process import assert_promtool_lint_clean, promtool
 
 T0 = 1_795_000_000.0

@@ -40,7 +40,6 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from exporter import history
 from exporter.cli import build, parse_history_args
 from exporter.config import Config, config_from_mapping, load_config, parse_duration
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.history import (
     HistoryError,
     HistoryOptions,
@@ -62,6 +61,7 @@ from tests.conftest import (
     SampleKey,
     parse_exposition,
 )
+from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
 from tests.test_dashboards import dashboard_exprs
 from tests.test_deploy import (
