@@ -424,18 +424,12 @@ class Traffic:
         return spike_streams(self.rng, count, at_ms, multiplier, self.people)
 
     def start_live(
-        self,
-        rate_per_hour: float,
-        now: float,
-        *,
-        late_fraction: float = 0.1,
-        max_late: float = 3600.0,
-        spike_every: float | None = 1800.0,
+        self, rate: float, now: float, late: tuple[float, float], spikes: float | None
     ) -> None:
-        """New streams from now on, at rate_per_hour; every spike_every seconds (aligned to the
-        epoch; None for never) a burst of expensive streams too."""
+        """New streams from now on, `rate` an hour, `late` = (late_fraction, max_late) of them
+        late; every `spikes` seconds (aligned to the epoch; None: never) expensive ones too."""
         bucket = math.floor(now / LIVE_BUCKET)
-        self._live = _Live(rate_per_hour, to_us(now), bucket, late_fraction, max_late, spike_every)
+        self._live = _Live(rate, to_us(now), bucket, *late, spikes)
 
     def due(self, now: float) -> list[Stream]:
         """The live streams of every minute that has started by now and was not yet due.
@@ -653,7 +647,7 @@ class DemoNeo:
         with self._lock:
             now = self._clock()
             self._add(self._traffic.history(history_count, now - history, now, 0.1, 3600.0))
-            self._traffic.start_live(rate_per_hour, now)
+            self._traffic.start_live(rate_per_hour, now, (0.1, 3600.0), 1800.0)
 
     def _add(self, streams: Iterable[Stream]) -> None:
         self._rows.extend(streams)

@@ -341,13 +341,7 @@ class FakeNeo:
             self._insert(
                 self._traffic.history(history_count, now - history, now, late_fraction, max_late)
             )
-            self._traffic.start_live(
-                rate_per_hour,
-                now,
-                late_fraction=late_fraction,
-                max_late=max_late,
-                spike_every=spike_every,
-            )
+            self._traffic.start_live(rate_per_hour, now, (late_fraction, max_late), spike_every)
 
     def set_cap(self, cap: float | None) -> None:
         """Change the user's spending cap in USD (None: no cap applies)."""
