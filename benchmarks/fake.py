@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.fakeapi import FakeNeo
+from tests.fakeneo import FakeNeo
 
 TOKEN = "fake-admin-token"
 DAY = 86400.0

@@ -340,12 +340,12 @@ def once_state(config: Config, mode: str) -> Iterator[Config]:
 @contextmanager
 def demo_config(listen_address: str | None) -> Iterator[Config]:
     """A fake Neo API on loopback with a day of history and live traffic, and its config."""
-    # Imported here: only the demo needs the fake (a fifth of the package's code).
-    from exporter.fakeapi import FakeNeo, FakeNeoServer  # noqa: PLC0415
+    # Imported here: only the demo needs its data generator and server.
+    from exporter.demo import DemoNeo, DemoServer  # noqa: PLC0415
 
-    neo = FakeNeo(seed=7)
+    neo = DemoNeo(seed=7)
     neo.start_live(rate_per_hour=600.0, history=86400.0, history_count=3000)
-    with FakeNeoServer(neo) as fake:
+    with DemoServer(neo) as fake:
         yield config_from_mapping(
             {
                 "web": {"listen_address": listen_address or ":9636"},

@@ -131,7 +131,7 @@ def spawn(args: list[str], env: dict[str, str] | None = None, merge_stderr: bool
 
 @contextmanager
 def fake_api(*args: str) -> Iterator[tuple[Proc, str]]:
-    proc = spawn(["-m", "exporter.fakeapi", "--listen", "127.0.0.1:0", *args])
+    proc = spawn(["-m", "tests.fakeneo", "--listen", "127.0.0.1:0", *args])
     try:
         url = proc.wait_for_line(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
         yield proc, url

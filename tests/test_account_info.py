@@ -22,7 +22,6 @@ from prometheus_client import generate_latest
 from exporter.client import CREDITS_PATH, SUMMARY_PATH, USER_PATH
 from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
 from exporter.counting import TopTasks
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import (
     BodyError,
     clean_title,
@@ -34,6 +33,7 @@ from exporter.models import (
 )
 from exporter.server import landing_page
 from tests.conftest import ManualClock, parse_exposition, sample, scrape, select
+from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, fake_api
 
 DAY = 86400.0

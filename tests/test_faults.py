@@ -20,9 +20,9 @@ import pytest
 
 from exporter.app import build
 from exporter.config import Config, config_from_mapping
-from exporter.fakeapi import INSERTED_PER_FAULT, FakeNeo, FakeNeoServer
 from exporter.models import format_timestamp
 from tests.conftest import ManualClock, SampleKey, sample, scrape, select, truth_mismatches
+from tests.fakeneo import INSERTED_PER_FAULT, FakeNeo, FakeNeoServer
 
 DAY = 86400.0
 T0 = 1_795_000_000.0

@@ -26,7 +26,6 @@ from exporter.app import build
 from exporter.collector import NeoCollector
 from exporter.config import LabelLimits, config_from_mapping
 from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
-from exporter.fakeapi import STREAMS_PATH, FakeNeo, FakeNeoServer
 from exporter.models import (
     MAX_LABEL_LENGTH,
     ROW_REASONS,
@@ -40,6 +39,7 @@ from exporter.models import (
 from exporter.snapshot import SnapshotStore
 from exporter.state import State
 from tests.conftest import ManualClock, parse_exposition, scrape, select
+from tests.fakeneo import STREAMS_PATH, FakeNeo, FakeNeoServer
 from tests.test_process import assert_promtool_lint_clean, promtool
 
 T0 = 1_795_000_000.0

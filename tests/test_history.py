@@ -41,7 +41,6 @@ from exporter import catalogue, history
 from exporter.app import build
 from exporter.cli import parse_history_args
 from exporter.config import Config, config_from_mapping, load_config, parse_duration
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.history import (
     HistoryError,
     HistoryOptions,
@@ -63,6 +62,7 @@ from tests.conftest import (
     SampleKey,
     parse_exposition,
 )
+from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
 from tests.test_dashboards import dashboard_exprs
 from tests.test_deploy import (

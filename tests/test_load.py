@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.fakeapi import FakeNeo
 from tests.conftest import ManualClock, parse_exposition, sample
+from tests.fakeneo import FakeNeo
 from tests.processes import fake_api, start_exporter, wait_until
 from tests.test_process import ENV, metrics, write_config
 

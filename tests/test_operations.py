@@ -22,8 +22,8 @@ import pytest
 import requests
 import yaml
 
-from exporter.fakeapi import FakeNeo
 from tests.conftest import parse_exposition, sample, truth_mismatches
+from tests.fakeneo import FakeNeo
 from tests.processes import ROOT, fake_api, free_port, start_exporter, wait_until
 from tests.processes import screenshot as take_screenshot
 from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config

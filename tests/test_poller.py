@@ -15,11 +15,11 @@ from exporter import poller as poller_module
 from exporter.app import Exporter
 from exporter.client import PageProgress
 from exporter.config import Config, config_from_mapping
-from exporter.fakeapi import FakeNeo, FakeNeoServer
 from exporter.models import format_timestamp
 from exporter.poller import ProgressLog, incremental_span
 from exporter.snapshot import ReadProgress
 from tests.conftest import ManualClock, sample, scrape, select, truth_mismatches
+from tests.fakeneo import FakeNeo, FakeNeoServer
 
 DAY = 86400.0
 T0 = 1_795_000_000.0  # a fixed "now" for the fake and the exporter

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.fakeapi import ODD_KINDS, FakeNeo, FakeNeoServer, _fake_of, _parse_args
 from tests.conftest import ManualClock
+from tests.fakeneo import ODD_KINDS, FakeNeo, FakeNeoServer
+from tests.fakeneo.cli import _fake_of, _parse_args
 from tests.processes import fake_api
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
@@ -790,7 +791,7 @@ def test_many_concurrent_clients_and_hangups_leave_no_tracebacks(
 
     threads = [threading.Thread(target=reader) for _ in range(12)]
     threads += [threading.Thread(target=quitter) for _ in range(4)]
-    with caplog.at_level(logging.ERROR, logger="exporter.fakeapi"):
+    with caplog.at_level(logging.ERROR, logger="tests.fakeneo"):
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -827,9 +828,9 @@ def test_paging_20000_streams_costs_the_fake_little(
 FAKE_ARGS = ("--seed", "2", "--streams", "60", "--history", "2h", "--late-fraction", "0")
 
 
-def test_python_m_exporter_fakeapi_prints_its_url_and_serves_until_sigterm() -> None:
+def test_python_m_tests_fakeneo_prints_its_url_and_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.fakeapi", "--listen", "127.0.0.1:0", *FAKE_ARGS],
+        [sys.executable, "-m", "tests.fakeneo", "--listen", "127.0.0.1:0", *FAKE_ARGS],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -1391,7 +1392,7 @@ def test_the_command_line_reaches_every_switch() -> None:
         with pytest.raises(SystemExit):
             _parse_args(bad)
     helped = subprocess.run(
-        [sys.executable, "-m", "exporter.fakeapi", "--help"],
+        [sys.executable, "-m", "tests.fakeneo", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
