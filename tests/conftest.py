@@ -84,6 +84,15 @@ def select(
     return {k[1]: v for k, v in samples.items() if k[0] == name and wanted <= k[1]}
 
 
+def counters_of(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
+    """The durable Neo counters; the exporter's own process metrics restart from zero."""
+    return {
+        k: v
+        for k, v in samples.items()
+        if k[0].endswith(("_total", "_count", "_sum")) and not k[0].startswith("neo_exporter_")
+    }
+
+
 def truth_mismatches(samples: Mapping[SampleKey, float], truth: Any, account: str) -> list[str]:
     """Every exported business value compared with the fake's ground truth; [] if equal."""
     problems: list[str] = []

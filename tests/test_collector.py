@@ -21,7 +21,7 @@ from exporter.state import (
     State,
 )
 from tests.conftest import parse_exposition, sample
-from tests.test_state import BOUNDS, record
+from tests.records import BOUNDS, record
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 

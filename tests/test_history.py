@@ -62,18 +62,27 @@ from tests.conftest import (
     SampleKey,
     parse_exposition,
 )
-from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
-from tests.test_dashboards import dashboard_exprs
-from tests.test_deploy import (
+from tests.processes import (
+    ROOT,
+    Proc,
+    fake_api,
+    free_port,
+    require_module,
+    require_tool,
+    screenshot,
+    start_exporter,
+    wait_until,
+)
+from tests.repo_files import (
     CHART,
     COMPOSE_DIR,
     KUBERNETES_VERSIONS,
     compose,
+    dashboard_exprs,
+    metric_names,
     one,
     render,
-    require_module,
 )
-from tests.test_rules import metric_names, require_tool
 
 DAY = 86400.0
 T0 = 1_795_000_000.0 + 123.456  # 2026-11-18T07:08:43Z: not on a step

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from exporter.models import StreamRecord, TaskRecord
+from exporter.models import TaskRecord
 from exporter.state import (
     CHANGED_RECORDS,
     OTHER,
@@ -20,7 +19,6 @@ from exporter.state import (
     STREAM_DURATION,
     TOOL_CALL_DURATION,
     TOOL_CALLS,
-    LabelLimitsView,
     State,
     StateError,
     StateLockedError,
@@ -28,38 +26,7 @@ from exporter.state import (
     StateWriteError,
     check_state_path,
 )
-
-BOUNDS = {
-    TOOL_CALL_DURATION: (0.5, 1.0, 5.0),
-    STREAM_DURATION: (10.0, 60.0),
-    STEP_LATENCY: (1.0, 2.0),
-}
-LIMITS = LabelLimitsView(model=50, status=20, tool=100, agent=50)
-
-
-def record(stream_id: str, **changes: Any) -> StreamRecord:
-    # Built whole (not replaced) so that its fingerprint is of these values.
-    values: dict[str, Any] = dict(
-        stream_id=stream_id,
-        created_ts=1000.0,
-        model="gpt-5",
-        status="completed",
-        byok="false",
-        credits=0.1,
-        llm_cost=0.0,
-        neo_cost=0.0,
-        steps=3,
-        tool_calls=1,
-        agent_triggers=1,
-        llm_time=1.0,
-        tool_time=0.5,
-        execution_time=20.0,
-        step_latency=1.5,
-        agent_breakdown=(("recon", 1),),
-        tool_usage=(("nuclei", 1, 0.5),),
-        tool_durations=(("nuclei", 0.5),),
-    )
-    return StreamRecord(**{**values, **changes})
+from tests.records import BOUNDS, LIMITS, record
 
 
 def open_state(path: Path | str = ":memory:", **kwargs: object) -> State:

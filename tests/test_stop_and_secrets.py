@@ -16,9 +16,17 @@ import requests
 
 from exporter.cli import build
 from exporter.config import config_from_mapping
-from tests.conftest import SampleKey, sample, scrape, truth_mismatches
-from tests.processes import fake_api, start_exporter, wait_until
-from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config
+from tests.conftest import SampleKey, counters_of, sample, scrape, truth_mismatches
+from tests.processes import (
+    ENV,
+    fake_api,
+    metrics,
+    run_cli,
+    start_exporter,
+    truth,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,7 @@ from exporter.webconfig import (
     load_web_config,
     web_config_from_mapping,
 )
-from tests.processes import fake_api, spawn
-from tests.test_process import ENV, run_cli, write_config
+from tests.processes import ENV, fake_api, run_cli, spawn, write_config
 from tests.tls_helpers import Pki, make_pki
 
 PASSWORD = "correct horse battery staple"
