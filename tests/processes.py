@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import SampleKey, parse_exposition
+from tests.conftest import MissingSeries, SampleKey, parse_exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -157,17 +157,20 @@ def start_exporter(*args: str, env: dict[str, str] | None = None) -> tuple[Proc,
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check` until it returns a truthy value, with a deadline."""
+    """Poll `check` until it returns a truthy value, with a deadline. A connection error or
+    a series missing from a scrape (MissingSeries) means "not yet" and is polled again."""
     deadline = time.monotonic() + timeout
+    why_not = ""
     while True:
         try:
             result = check()
-        except requests.RequestException:
-            result = None
+        except (requests.RequestException, MissingSeries) as error:
+            # Not up yet, or a series not exported yet (conftest.sample): not yet, not wrong.
+            result, why_not = None, f" (last: {error})"
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{why_not}")
         time.sleep(0.1)
 
 

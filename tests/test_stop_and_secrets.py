@@ -16,7 +16,14 @@ import requests
 
 from exporter.cli import build
 from exporter.config import config_from_mapping
-from tests.conftest import SampleKey, counters_of, sample, scrape, truth_mismatches
+from tests.conftest import (
+    SampleKey,
+    assert_never_down,
+    counters_of,
+    sample,
+    scrape,
+    truth_mismatches,
+)
 from tests.processes import (
     ENV,
     fake_api,
@@ -94,8 +101,7 @@ def test_sigterm_during_a_poll_exits_0_quickly_and_the_state_stays_exact(
         proc, url = start_exporter("--config.file", str(config), env=ENV)
         try:
             restarted = counters_of(metrics(url))
-            for key, value in before.items():
-                assert restarted.get(key, 0.0) >= value - 1e-9, key
+            assert_never_down(before, restarted)
             final = wait_until(lambda: completed_read(url), 60, "a complete read")
         finally:
             assert proc.stop() == 0
