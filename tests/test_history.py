@@ -208,6 +208,9 @@ def totals_mismatches(samples: dict[SampleKey, float], truth: Any) -> list[str]:
         pairs += [(f"{name}_count", float(sum(c for c, _ in values)))]
         pairs += [(f"{name}_sum", math.fsum(s for _, s in values))]
     for name, want in pairs:
+        if not any(n == name for n, _ in samples):
+            problems.append(f"{name}: missing from the exposition, truth {want!r}")
+            continue
         got = math.fsum(v for (n, labels), v in samples.items() if n == name)
         if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
             problems.append(f"{name}: exported {got!r}, truth {want!r}")
