@@ -19,8 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.processes import ROOT
 from tests.records import numbered_stream, open_default_state
+
+pytestmark = pytest.mark.e2e  # child processes, killed at random
 
 TOTAL, BATCH = 30_000, 1000
 KILLS = 24

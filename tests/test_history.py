@@ -1094,6 +1094,7 @@ def test_compose_history_joins_the_stack_s_own_scrape_and_state(tmp_path: Path) 
     assert rules == ["/etc/prometheus/rules/neo-recording.rules.yml"]
 
 
+@pytest.mark.e2e
 def test_compose_backfill_command_runs_as_the_service_would(
     fake: FakeNeoServer, clock: ManualClock, tmp_path: Path
 ) -> None:

@@ -160,6 +160,7 @@ def test_any_web_config_gives_settings_or_a_config_error(data: object) -> None:
         assert isinstance(web, WebConfig)
 
 
+@pytest.mark.e2e
 def test_the_cli_exits_2_on_a_bad_web_config_naming_the_key(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:1", tmp_path / "s.db")
     web = write_web_config(tmp_path / "web.yml", {"basic_auth_users": {"me": "plain"}})
@@ -268,6 +269,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
 # --- the real process -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_exporter_serves_metrics_over_tls_with_basic_auth(pki: Pki, tmp_path: Path) -> None:
     web = write_web_config(
         tmp_path / "web.yml",
@@ -316,6 +318,7 @@ def test_the_exporter_serves_metrics_over_tls_with_basic_auth(pki: Pki, tmp_path
     assert "Traceback" not in proc.output
 
 
+@pytest.mark.e2e
 def test_openssl_completes_a_verified_handshake_and_is_refused_below_min_version(
     pki: Pki,
 ) -> None:
