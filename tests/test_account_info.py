@@ -32,7 +32,7 @@ from exporter.models import (
     parse_timestamp,
 )
 from exporter.server import landing_page
-from tests.conftest import ManualClock, parse_exposition, sample, scrape, select
+from tests.conftest import ManualClock, assert_absent, parse_exposition, sample, scrape, select
 from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, fake_api
 
@@ -215,7 +215,7 @@ def test_a_cap_that_goes_away_takes_its_series_with_it(
     assert select(scrape(exporter.registry), "neo_spending_cap_limit_usd")
     neo.set_cap(None)
     assert poller.poll("user") == "success"
-    assert not select(scrape(exporter.registry), "neo_spending_cap_limit_usd")
+    assert_absent(scrape(exporter.registry), "neo_spending_cap_limit_usd")
 
 
 # --- 403, 404 and failures ----------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_no_billing_plan_404_is_unavailable_not_a_failure_and_recovers(
     assert poller.poll_due() == {"summary": "success", "user": "success", "credits": "unavailable"}
     assert poller.poll_once()  # --once succeeds without a billing plan
     # What the endpoint said before the 404 is dropped, not left standing.
-    assert not select(scrape(exporter.registry), "neo_billing_available_credits")
+    assert_absent(scrape(exporter.registry), "neo_billing_available_credits")
     clock.advance(2 * 3600)
     assert poller.poll_due()["credits"] == "success"
     assert select(scrape(exporter.registry), "neo_billing_available_credits")
@@ -421,7 +421,7 @@ def test_top_tasks_are_the_windows_most_expensive_tasks_in_rank_order(
 def test_top_tasks_zero_turns_them_off(fake: FakeNeoServer, make_exporter: Any) -> None:
     exporter = make_exporter(make_config(fake.url, metrics={"top_tasks": 0}))
     assert exporter.pollers[0].poll_tasks()
-    assert not select(scrape(exporter.registry), "neo_top_task_credits")
+    assert_absent(scrape(exporter.registry), "neo_top_task_credits")
 
 
 def test_each_tasks_read_replaces_the_whole_top_set(
@@ -622,7 +622,7 @@ def test_once_with_a_member_list_and_no_billing_plan_exits_0_with_member_gauges(
     assert len(select(samples, "neo_member_window_credits")) == 6
     assert len(select(samples, "neo_top_task_credits")) == 3
     assert sample(samples, "neo_up", account="acme", endpoint="credits") == 0
-    assert not select(samples, "neo_billing_available_credits")
+    assert_absent(samples, "neo_billing_available_credits")
     assert select(samples, "neo_spending_cap_limit_usd")
     assert "/api/v1/billing/credits is unavailable" in result.stderr
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 
 
+@pytest.mark.e2e
 def test_the_benchmark_suite_runs_in_smoke_mode_and_reports_every_scenario() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
 from exporter.instrumentation import ExporterMetrics
 from exporter.snapshot import EndpointHealth, SnapshotStore, TaskWindow
 from exporter.state import State
-from tests.conftest import parse_exposition, sample
-from tests.test_state import BOUNDS, record
+from tests.conftest import parse_exposition, sample, select
+from tests.records import BOUNDS, LIMITS, record
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
@@ -71,6 +72,71 @@ def test_counters_histograms_and_gauges_carry_committed_values() -> None:
         )
     assert sample(samples, f"{STREAM_DURATION}_sum", account="acme", model="gpt-5") == 40.0
     assert sample(samples, f"{STEP_LATENCY}_count", account="acme", model="gpt-5") == 2
+
+
+HISTOGRAMS = (TOOL_CALL_DURATION, STREAM_DURATION, STEP_LATENCY)
+
+
+def expositions_of(state: State) -> tuple[str, str]:
+    """(Prometheus text, OpenMetrics) of a collector over the state's committed counts."""
+    store = SnapshotStore(("acme",), 86400.0)
+    store.update("acme", lambda a: replace(a, counts=state.counts("acme")))
+    registry = CollectorRegistry()
+    registry.register(NeoCollector(store))
+    return generate_latest(registry).decode(), generate_openmetrics(registry).decode()
+
+
+def om_histogram_created(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The `_created` samples that OpenMetrics carries inside each histogram family."""
+    found = {}
+    for family in parse_om(text):
+        if family.type == "histogram":
+            for s in family.samples:
+                if s.name == f"{family.name}_created":
+                    found[(family.name, frozenset(s.labels.items()))] = s.value
+    return found
+
+
+def test_each_histogram_series_is_created_when_its_label_set_was_first_counted(
+    tmp_path: Path,
+) -> None:
+    # The collector writes a histogram's `_created` sample by hand (prometheus_client's
+    # HistogramMetricFamily has no `created`): it is the ingest time at which the state
+    # first counted that label set, kept when later streams are observed and across restarts.
+    state = State(str(tmp_path / "state.db"), bounds=BOUNDS, limits=LIMITS)
+    state.ingest("acme", [record("s1"), record("s2")], now=1000.0)
+    httpx = {"tool_durations": (("httpx", 2.0),), "tool_usage": (("httpx", 1, 2.0),)}
+    state.ingest("acme", [record("s3"), record("s4", model="claude-x", **httpx)], now=5000.0)
+    want = {
+        (STREAM_DURATION, ("model", "gpt-5")): 1000.0,  # observed again at 5000: kept
+        (STREAM_DURATION, ("model", "claude-x")): 5000.0,
+        (STEP_LATENCY, ("model", "gpt-5")): 1000.0,
+        (STEP_LATENCY, ("model", "claude-x")): 5000.0,
+        (TOOL_CALL_DURATION, ("tool", "nuclei")): 1000.0,
+        (TOOL_CALL_DURATION, ("tool", "httpx")): 5000.0,
+    }
+    first = expositions_of(state)
+    state.close()
+    reopened = State(str(tmp_path / "state.db"), bounds=BOUNDS, limits=LIMITS)
+    try:
+        after_restart = expositions_of(reopened)
+    finally:
+        reopened.close()
+    for text, openmetrics in (first, after_restart):
+        samples = parse_exposition(text)
+        for (metric, (label, value)), created in want.items():
+            labels: Mapping[str, str] = {"account": "acme", label: value}
+            assert sample(samples, f"{metric}_created", **labels) == created
+            assert sample(samples, f"{metric}_count", **labels) >= 1
+        for metric in HISTOGRAMS:  # one `_created` per series, no more, no fewer
+            assert set(select(samples, f"{metric}_created")) == set(
+                select(samples, f"{metric}_count")
+            ), metric
+        # OpenMetrics carries the same values as part of each histogram.
+        assert om_histogram_created(openmetrics) == {
+            (metric, frozenset({("account", "acme"), pair})): created
+            for (metric, pair), created in want.items()
+        }
 
 
 def test_every_family_has_help_and_the_documented_type() -> None:

@@ -19,8 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.crash_child import open_state, record
+import pytest
+
 from tests.processes import ROOT
+from tests.records import numbered_stream, open_default_state
+
+pytestmark = pytest.mark.e2e  # child processes, killed at random
 
 TOTAL, BATCH = 30_000, 1000
 KILLS = 24
@@ -30,7 +34,8 @@ def spawn_child(state: Path, version: int = 1) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "tests" / "crash_child.py"),
+            "-m",
+            "tests.crash_child",
             str(state),
             str(TOTAL),
             str(BATCH),
@@ -44,7 +49,7 @@ def spawn_child(state: Path, version: int = 1) -> subprocess.Popen[str]:
 
 def committed(state: Path) -> tuple[float, float, int, float]:
     """(counter streams, counter credits, seen rows, seen credits) as a restart sees them."""
-    reopened = open_state(str(state))
+    reopened = open_default_state(str(state))
     try:
         counts = reopened.counts("acme")
         streams = sum(v.value for (m, _), v in counts.counters.items() if m == "neo_streams_total")
@@ -59,7 +64,7 @@ def committed(state: Path) -> tuple[float, float, int, float]:
 def assert_every_stream_counted_once(state: Path) -> None:
     streams, credits, rows, _ = committed(state)
     assert streams == rows == TOTAL
-    want = math.fsum(record(n).credits for n in range(TOTAL))
+    want = math.fsum(numbered_stream(n).credits for n in range(TOTAL))
     assert math.isclose(credits, want, rel_tol=1e-9)
 
 
@@ -149,7 +154,7 @@ def test_sigkill_while_revisions_commit_keeps_counters_equal_to_the_counted_valu
     assert spawn_child(state, version=2).wait(120) == 0
     streams, credits, rows, _ = committed(state)
     assert streams == rows == TOTAL
-    want = math.fsum(record(n, 2).credits for n in range(TOTAL))
+    want = math.fsum(numbered_stream(n, 2).credits for n in range(TOTAL))
     assert math.isclose(credits, want, rel_tol=1e-9)
     figures(
         f"crash revisions: {kills} SIGKILLs while {TOTAL} revisions committed, "

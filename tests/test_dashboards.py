@@ -10,17 +10,22 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.processes import ROOT
-from tests.test_rules import documented_metrics, metric_names
+from tests.repo_files import (
+    DASHBOARD_DIR,
+    DASHBOARD_FILES,
+    dashboard_exprs,
+    documented_metrics,
+    load_dashboard,
+    metric_names,
+    panels,
+    queries,
+)
 
-DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
-DASHBOARD_FILES = sorted(DASHBOARD_DIR.glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Range selectors allowed in panels: Grafana's own, and the fixed day of the projection.
 RANGES = {"$__range", "$__rate_interval", "1d"}
@@ -32,35 +37,9 @@ UNLABELLED = {
 }
 
 
-def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # panels inside collapsed rows
-
-
-def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for panel in panels(dashboard):
-        for target in panel.get("targets", []):
-            yield panel["title"], target
-
-
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every query; the e2e test runs them."""
-    return [
-        (path.name, title, target["expr"])
-        for path in DASHBOARD_FILES
-        for title, target in queries(load(path))
-    ]
-
-
 @pytest.fixture(params=DASHBOARD_FILES, ids=lambda p: p.stem)
 def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return load(request.param)
+    return load_dashboard(request.param)
 
 
 def test_committed_dashboards_match_the_generator() -> None:
@@ -74,7 +53,7 @@ def test_committed_dashboards_match_the_generator() -> None:
 
 
 def test_both_dashboards_are_shipped_with_stable_uids() -> None:
-    uids = {load(path)["uid"] for path in DASHBOARD_FILES}
+    uids = {load_dashboard(path)["uid"] for path in DASHBOARD_FILES}
     assert uids == {"neo-spend-overview", "neo-exporter-health"}
 
 
@@ -104,7 +83,7 @@ def test_datasource_variable_is_used_everywhere(dashboard: dict[str, Any]) -> No
 
 
 def test_spend_overview_filters_by_account_and_model() -> None:
-    overview = load(DASHBOARD_DIR / "neo-spend-overview.json")
+    overview = load_dashboard(DASHBOARD_DIR / "neo-spend-overview.json")
     names = [v["name"] for v in overview["templating"]["list"]]
     assert names == ["datasource", "account", "model"]
     for title, target in queries(overview):
@@ -188,7 +167,7 @@ def test_queries_only_use_documented_metric_names() -> None:
 
 
 def test_overview_has_the_sections_the_issue_asks_for() -> None:
-    overview = load(DASHBOARD_DIR / "neo-spend-overview.json")
+    overview = load_dashboard(DASHBOARD_DIR / "neo-spend-overview.json")
     titles = " | ".join(p["title"] for p in panels(overview))
     for wanted in (
         "Credits today",
@@ -214,7 +193,7 @@ def test_overview_has_the_sections_the_issue_asks_for() -> None:
     ):
         assert wanted in titles, wanted
     health = " | ".join(
-        p["title"] for p in panels(load(DASHBOARD_DIR / "neo-exporter-health.json"))
+        p["title"] for p in panels(load_dashboard(DASHBOARD_DIR / "neo-exporter-health.json"))
     )
     for wanted in (
         "Data lag",

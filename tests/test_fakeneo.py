@@ -828,6 +828,7 @@ def test_paging_20000_streams_costs_the_fake_little(
 FAKE_ARGS = ("--seed", "2", "--streams", "60", "--history", "2h", "--late-fraction", "0")
 
 
+@pytest.mark.e2e
 def test_python_m_tests_fakeneo_prints_its_url_and_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakeneo", "--listen", "127.0.0.1:0", *FAKE_ARGS],
@@ -1413,6 +1414,7 @@ def test_the_command_line_reaches_every_switch() -> None:
         assert flag in helped.stdout, flag
 
 
+@pytest.mark.e2e
 def test_the_process_serves_the_switches_and_the_truth_of_a_period() -> None:
     switches = ("--page-cap", "7", "--ties", "--hide", "0.3", "--odd-fields", "0.2")
     with fake_api(*FAKE_ARGS, *switches) as (_, url):

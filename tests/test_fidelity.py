@@ -29,8 +29,7 @@ import yaml
 
 from exporter.models import format_timestamp
 from tests.conftest import SampleKey, sample, select, truth_mismatches
-from tests.processes import fake_api, start_exporter, wait_until
-from tests.test_process import ENV, metrics, truth_from_json
+from tests.processes import ENV, fake_api, metrics, start_exporter, truth_from_json, wait_until
 
 pytestmark = pytest.mark.e2e
 

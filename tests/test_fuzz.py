@@ -40,7 +40,7 @@ from exporter.snapshot import SnapshotStore
 from exporter.state import State
 from tests.conftest import ManualClock, parse_exposition, scrape, select
 from tests.fakeneo import STREAMS_PATH, FakeNeo, FakeNeoServer
-from tests.test_process import assert_promtool_lint_clean, promtool
+from tests.processes import assert_promtool_lint_clean, require_tool
 
 T0 = 1_795_000_000.0
 DAY = 86400.0
@@ -255,7 +255,7 @@ def test_any_label_value_renders_an_exposition_that_parses_back_to_it(
 
 
 def test_promtool_accepts_an_exposition_full_of_hostile_label_values() -> None:
-    tool = promtool()
+    tool = require_tool("promtool")
     state = new_state()
     records = [
         parse_stream(

@@ -63,18 +63,27 @@ from tests.conftest import (
     parse_exposition,
 )
 from tests.fakeneo import FakeNeo, FakeNeoServer
-from tests.processes import ROOT, Proc, fake_api, free_port, screenshot, start_exporter, wait_until
-from tests.test_dashboards import dashboard_exprs
-from tests.test_deploy import (
+from tests.processes import (
+    ROOT,
+    Proc,
+    fake_api,
+    free_port,
+    require_module,
+    require_tool,
+    screenshot,
+    start_exporter,
+    wait_until,
+)
+from tests.repo_files import (
     CHART,
     COMPOSE_DIR,
     KUBERNETES_VERSIONS,
     compose,
+    dashboard_exprs,
+    metric_names,
     one,
     render,
-    require_module,
 )
-from tests.test_rules import metric_names, require_tool
 
 DAY = 86400.0
 T0 = 1_795_000_000.0 + 123.456  # 2026-11-18T07:08:43Z: not on a step
@@ -200,6 +209,9 @@ def totals_mismatches(samples: dict[SampleKey, float], truth: Any) -> list[str]:
         pairs += [(f"{name}_count", float(sum(c for c, _ in values)))]
         pairs += [(f"{name}_sum", math.fsum(s for _, s in values))]
     for name, want in pairs:
+        if not any(n == name for n, _ in samples):
+            problems.append(f"{name}: missing from the exposition, truth {want!r}")
+            continue
         got = math.fsum(v for (n, labels), v in samples.items() if n == name)
         if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
             problems.append(f"{name}: exported {got!r}, truth {want!r}")
@@ -1083,6 +1095,7 @@ def test_compose_history_joins_the_stack_s_own_scrape_and_state(tmp_path: Path) 
     assert rules == ["/etc/prometheus/rules/neo-recording.rules.yml"]
 
 
+@pytest.mark.e2e
 def test_compose_backfill_command_runs_as_the_service_would(
     fake: FakeNeoServer, clock: ManualClock, tmp_path: Path
 ) -> None:

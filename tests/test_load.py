@@ -19,8 +19,7 @@ import requests
 
 from tests.conftest import ManualClock, parse_exposition, sample
 from tests.fakeneo import FakeNeo
-from tests.processes import fake_api, start_exporter, wait_until
-from tests.test_process import ENV, metrics, write_config
+from tests.processes import ENV, fake_api, metrics, start_exporter, wait_until, write_config
 
 pytestmark = pytest.mark.e2e
 

@@ -22,12 +22,22 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import parse_exposition, sample, truth_mismatches
+from tests.conftest import counters_of, parse_exposition, sample, truth_mismatches
 from tests.fakeneo import FakeNeo
-from tests.processes import ROOT, fake_api, free_port, start_exporter, wait_until
+from tests.processes import (
+    ENV,
+    ROOT,
+    fake_api,
+    free_port,
+    metrics,
+    require_tool,
+    run_cli,
+    start_exporter,
+    truth,
+    wait_until,
+    write_config,
+)
 from tests.processes import screenshot as take_screenshot
-from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config
-from tests.test_rules import require_tool
 
 pytestmark = pytest.mark.e2e
 

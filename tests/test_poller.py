@@ -18,7 +18,7 @@ from exporter.config import Config, config_from_mapping
 from exporter.models import format_timestamp
 from exporter.poller import ProgressLog, incremental_span
 from exporter.snapshot import ReadProgress
-from tests.conftest import ManualClock, sample, scrape, select, truth_mismatches
+from tests.conftest import ManualClock, assert_absent, sample, scrape, select, truth_mismatches
 from tests.fakeneo import FakeNeo, FakeNeoServer
 
 DAY = 86400.0
@@ -118,7 +118,7 @@ def test_a_restart_resumes_from_the_watermark_reads_the_downtime_and_says_it_cau
     first = make_exporter(make_config(fake.url, state))
     assert poll(first)
     # A first start's counters appear whole: no catch-up of published counters.
-    assert select(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds") == {}
+    assert_absent(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds")
     first.close()
     # Three hours of downtime with new streams, then a restart on the same state file.
     neo.generate(150, T0, T0 + 3 * 3600, late_fraction=0.0)
@@ -432,17 +432,17 @@ def test_counters_are_published_only_once_the_first_window_read_is_complete(
     monkeypatch.setattr(poller_module, "SLICE_ROWS", 100)
     assert poller.poll_streams(until=clock())
     samples = scrape(exporter.registry)
-    assert select(samples, "neo_streams_total") == {}
+    assert_absent(samples, "neo_streams_total")
     assert sample(samples, "neo_exporter_catching_up", account="acme") == 1
     for _ in range(2):  # three slices read, none published yet
         assert poller.poll_streams(until=clock())
-    assert select(scrape(exporter.registry), "neo_streams_total") == {}
+    assert_absent(scrape(exporter.registry), "neo_streams_total")
     assert poller.poll_streams()
     samples = scrape(exporter.registry)
     assert truth_mismatches(samples, neo.truth(), "acme") == []
     assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
     # The first window's counters appear whole: not a catch-up of live counters.
-    assert select(samples, "neo_exporter_last_catch_up_timestamp_seconds") == {}
+    assert_absent(samples, "neo_exporter_last_catch_up_timestamp_seconds")
 
 
 def failing_slice(neo: FakeNeo, start: str, times: int) -> list[int]:
@@ -586,5 +586,5 @@ def test_an_audit_whose_token_may_not_read_the_summary_compares_streams_only(
     assert result is not None and result.neo_credits is None
     samples = scrape(exporter.registry)
     assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 0
-    assert select(samples, "neo_exporter_audit_credits_drift") == {}  # left out, not 0
-    assert select(samples, "neo_exporter_audit_neo_credits") == {}
+    assert_absent(samples, "neo_exporter_audit_credits_drift")  # left out, not 0
+    assert_absent(samples, "neo_exporter_audit_neo_credits")

@@ -2,78 +2,38 @@
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
-from tests.conftest import SampleKey, parse_exposition, sample, select, truth_mismatches
-from tests.processes import ROOT, fake_api, start_exporter, wait_until
+from tests.conftest import (
+    SampleKey,
+    assert_never_down,
+    counters_of,
+    parse_exposition,
+    sample,
+    select,
+    truth_mismatches,
+)
+from tests.processes import (
+    ENV,
+    assert_promtool_lint_clean,
+    fake_api,
+    metrics,
+    require_tool,
+    run_cli,
+    start_exporter,
+    truth,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def write_config(path: Path, url: str, state: Path, **extra: Any) -> Path:
-    config = {
-        "accounts": [{"name": "acme", "base_url": url, "token": "${NEO_TEST_TOKEN}"}],
-        "polling": {
-            "interval": "2s",
-            "lookback": "1h",
-            "window": "2d",
-            "reconcile_interval": "6h",
-        },
-        "http": {"page_size": 20, "concurrency": 4, "backoff_base": "50ms", "backoff_max": "1s"},
-        "state": {"path": str(state)},
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-ENV = {"NEO_TEST_TOKEN": "fake-admin-token"}
-
-
-def metrics(url: str) -> dict[SampleKey, float]:
-    response = requests.get(f"{url}/metrics", timeout=5)
-    response.raise_for_status()
-    return parse_exposition(response.text)
-
-
-def truth(fake_url: str) -> SimpleNamespace:
-    data = requests.get(f"{fake_url}/_fake/truth", timeout=10).json()
-    return truth_from_json(data)
-
-
-def truth_from_json(data: dict[str, Any]) -> SimpleNamespace:
-    """The fake's Truth.to_json() back into tuple-keyed dicts like conftest expects."""
-
-    def keyed(value: Any) -> Any:
-        if isinstance(value, list):  # [[key parts..., value], ...]
-            return {tuple(item[:-1]) if len(item) > 2 else item[0]: item[-1] for item in value}
-        if isinstance(value, dict):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        return value
-
-    return SimpleNamespace(**{k: keyed(v) for k, v in data.items()})
-
-
-def counters_of(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
-    """The durable Neo counters; the exporter's own process metrics restart from zero."""
-    return {
-        k: v
-        for k, v in samples.items()
-        if k[0].endswith(("_total", "_count", "_sum")) and not k[0].startswith("neo_exporter_")
-    }
 
 
 KILLS = 10
@@ -109,8 +69,7 @@ def test_sigkill_at_random_points_of_a_backfill_never_loses_or_double_counts(
                 while time.monotonic() < deadline:
                     now = counters_of(metrics(url))
                     scrapes += 1
-                    for key, value in previous.items():
-                        assert now.get(key, 0.0) >= value - 1e-9, key
+                    assert_never_down(previous, now)
                     previous = now
                     time.sleep(0.05)
             finally:
@@ -137,8 +96,7 @@ def test_sigkill_at_random_points_of_a_backfill_never_loses_or_double_counts(
         assert kills == KILLS
         assert truth_mismatches(final, expected, "acme") == []
         assert sum(select(final, "neo_streams_total").values()) == 3000
-        for key, value in previous.items():
-            assert counters_of(final).get(key, 0.0) >= value - 1e-9, key
+        assert_never_down(previous, counters_of(final))
     figures(
         f"crash exporter: {kills} SIGKILLs during a 3000-stream backfill, {scrapes} scrapes, "
         "no counter ever went down; final counters equal the truth"
@@ -183,37 +141,8 @@ def test_endpoints_serve_metrics_landing_page_health_and_readiness(tmp_path: Pat
             proc.stop()
 
 
-def assert_promtool_lint_clean(tool: str, text: str) -> None:
-    """`promtool check metrics` finds nothing to say about the exposition."""
-    lint = subprocess.run(
-        [tool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if _tools_required():
-            pytest.fail("promtool is required here (NEO_EXPORTER_REQUIRE_TOOLS is set)")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
-
-
-def _tools_required() -> bool:
-    import os
-
-    return bool(os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"))
-
-
 def test_promtool_finds_nothing_to_complain_about_in_metrics(tmp_path: Path) -> None:
-    tool = promtool()
+    tool = require_tool("promtool")
     with fake_api("--seed", "9", "--streams", "400") as (_, fake_url):
         config = write_config(tmp_path / "config.yaml", fake_url, tmp_path / "state.db")
         proc, url = start_exporter("--config.file", str(config), env=ENV)
@@ -226,18 +155,6 @@ def test_promtool_finds_nothing_to_complain_about_in_metrics(tmp_path: Path) -> 
             proc.stop()
     assert "neo_credits_total" in text
     assert_promtool_lint_clean(tool, text)
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        cwd=ROOT,
-        env={**{k: v for k, v in os.environ.items() if k != "NEO_API_TOKEN"}, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_a_config_error_exits_2_naming_every_key_without_a_traceback(tmp_path: Path) -> None:

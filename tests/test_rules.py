@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -12,18 +11,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 
 from exporter.config import AlertThresholds
-from tests.processes import ROOT
+from tests.processes import ROOT, require_tool
+from tests.repo_files import RULE_FILES, documented_metrics, metric_names, rule_groups, rules
 
-RULES_DIR = ROOT / "prometheus" / "rules"
-RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))
 UNIT_TESTS = ROOT / "prometheus" / "tests" / "neo-alerts.test.yml"
 EXAMPLE_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 DOCS = ROOT / "docs" / "dashboards.md"
-METRICS_DOC = ROOT / "docs" / "metrics.md"
 THRESHOLD_PREFIX = "neo:threshold:"
 RUNBOOK_SCRIPT = ROOT / "prometheus" / "set_runbook_base.py"
 
@@ -36,43 +32,8 @@ def runbook_script() -> ModuleType:
     return module
 
 
-def require_tool(name: str) -> str:
-    """The tool's path; skip without it, unless CI said the tools must be there."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install prometheus / chromium)"
-        if os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def rule_groups() -> list[dict[str, Any]]:
-    groups: list[dict[str, Any]] = []
-    for path in RULE_FILES:
-        groups.extend(yaml.safe_load(path.read_text())["groups"])
-    return groups
-
-
-def rules() -> list[dict[str, Any]]:
-    return [rule for group in rule_groups() for rule in group["rules"]]
-
-
 def alerts() -> list[dict[str, Any]]:
     return [rule for rule in rules() if "alert" in rule]
-
-
-def documented_metrics() -> set[str]:
-    """Metric names from the tables of docs/metrics.md, with the series of each histogram."""
-    rows = re.findall(r"^\| `(neo_[a-z0-9_]+)` \| (\w+) \|", METRICS_DOC.read_text(), re.MULTILINE)
-    names = {name for name, _ in rows}
-    histograms = {name for name, kind in rows if kind == "histogram"}
-    return names | {f"{n}_{suffix}" for n in histograms for suffix in ("bucket", "sum", "count")}
-
-
-def metric_names(expr: str) -> set[str]:
-    # Recorded series (account:neo_credits:rate15m) are rules' outputs, not exported metrics.
-    return set(re.findall(r"(?<![\w:])(neo_[a-z0-9_]+)(?![\w:])", expr))
 
 
 def run_promtool(*args: str, cwd: Path | None = None) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exporter import catalogue
 from exporter.catalogue import OTHER
-from exporter.config import LabelLimits
 from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
-from exporter.models import StreamRecord, TaskRecord
+from exporter.models import TaskRecord
 from exporter.state import (
     SCHEMA_VERSION,
     State,
@@ -23,42 +21,12 @@ from exporter.state import (
     StateWriteError,
     check_state_path,
 )
+from tests.records import BOUNDS, LIMITS, record
 
-BOUNDS = {
-    TOOL_CALL_DURATION: (0.5, 1.0, 5.0),
-    STREAM_DURATION: (10.0, 60.0),
-    STEP_LATENCY: (1.0, 2.0),
-}
-LIMITS = LabelLimits(model=50, status=20, tool=100, agent=50)
 CHANGED_RECORDS = catalogue.CHANGED_RECORDS.name
 REVISED_DOWN = catalogue.REVISED_DOWN.name
 REVISIONS = catalogue.REVISIONS.name
 TOOL_CALLS = catalogue.TOOL_CALLS_BY_TOOL.name
-
-
-def record(stream_id: str, **changes: Any) -> StreamRecord:
-    # Built whole (not replaced) so that its fingerprint is of these values.
-    values: dict[str, Any] = dict(
-        stream_id=stream_id,
-        created_ts=1000.0,
-        model="gpt-5",
-        status="completed",
-        byok="false",
-        credits=0.1,
-        llm_cost=0.0,
-        neo_cost=0.0,
-        steps=3,
-        tool_calls=1,
-        agent_triggers=1,
-        llm_time=1.0,
-        tool_time=0.5,
-        execution_time=20.0,
-        step_latency=1.5,
-        agent_breakdown=(("recon", 1),),
-        tool_usage=(("nuclei", 1, 0.5),),
-        tool_durations=(("nuclei", 0.5),),
-    )
-    return StreamRecord(**{**values, **changes})
 
 
 def open_state(path: Path | str = ":memory:", **kwargs: object) -> State:
@@ -67,8 +35,10 @@ def open_state(path: Path | str = ":memory:", **kwargs: object) -> State:
 
 
 def value(state: State, metric: str, labels: tuple[str, ...], account: str = "a") -> float:
-    counter = state.counts(account).counters.get((metric, labels))
-    return 0.0 if counter is None else counter.value
+    """A committed counter's value; a missing series fails the test rather than reading 0."""
+    counters = state.counts(account).counters
+    assert (metric, labels) in counters, f"no series {metric}{labels} in account {account}"
+    return counters[(metric, labels)].value
 
 
 LABELS = ("gpt-5", "completed", "false")
@@ -99,13 +69,6 @@ def test_accounts_are_counted_apart() -> None:
     assert value(state, "neo_streams_total", LABELS, "b") == 1
 
 
-def strict(state: State, metric: str, labels: tuple[str, ...], account: str = "a") -> float:
-    """A committed counter's value; a missing series fails the test rather than reading 0."""
-    counters = state.counts(account).counters
-    assert (metric, labels) in counters, f"no series {metric}{labels}"
-    return counters[(metric, labels)].value
-
-
 def test_a_revised_stream_adds_its_increases_under_the_labels_first_counted() -> None:
     state = open_state()
     state.ingest("a", [record("s1")], now=2000.0)
@@ -115,14 +78,14 @@ def test_a_revised_stream_adds_its_increases_under_the_labels_first_counted() ->
     assert (first.changed, again.changed, again.duplicates) == (1, 0, 1)
     assert first.changed_ids == ["s1"]
     # Converged to the revised figures, still under status "completed".
-    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(0.25)
-    assert strict(state, "neo_steps_total", LABELS) == 5
-    assert strict(state, "neo_tool_calls_total", LABELS) == 3
-    assert strict(state, "neo_streams_total", LABELS) == 1
+    assert value(state, "neo_credits_total", LABELS) == pytest.approx(0.25)
+    assert value(state, "neo_steps_total", LABELS) == 5
+    assert value(state, "neo_tool_calls_total", LABELS) == 3
+    assert value(state, "neo_streams_total", LABELS) == 1
     assert value(state, "neo_credits_total", ("gpt-5", "error", "false")) == 0.0
-    assert strict(state, CHANGED_RECORDS, ()) == 1
-    assert strict(state, REVISIONS, ("neo_credits", "up")) == 1
-    assert strict(state, REVISIONS, ("status", "changed")) == 1
+    assert value(state, CHANGED_RECORDS, ()) == 1
+    assert value(state, REVISIONS, ("neo_credits", "up")) == 1
+    assert value(state, REVISIONS, ("status", "changed")) == 1
     assert first.decreased_ids == ["s1"]  # the status change could not be applied
 
 
@@ -134,9 +97,10 @@ def test_a_row_whose_bytes_changed_but_no_counted_value_is_not_a_revision() -> N
     first = state.ingest("a", [rewritten], now=2001.0)
     again = state.ingest("a", [rewritten], now=2002.0)
     assert (first.changed, first.duplicates, again.duplicates) == (0, 0, 1)
-    assert value(state, CHANGED_RECORDS, ()) == 0  # never created: nothing changed
-    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(0.1)
-    assert strict(state, "neo_streams_total", LABELS) == 1
+    # Never created: nothing changed (the collector shows it as 0; the state has no series).
+    assert (CHANGED_RECORDS, ()) not in state.counts("a").counters
+    assert value(state, "neo_credits_total", LABELS) == pytest.approx(0.1)
+    assert value(state, "neo_streams_total", LABELS) == 1
 
 
 def test_a_decrease_is_counted_by_field_and_a_later_rise_adds_only_what_goes_beyond() -> None:
@@ -144,11 +108,11 @@ def test_a_decrease_is_counted_by_field_and_a_later_rise_adds_only_what_goes_bey
     state.ingest("a", [record("s1", credits=1.0)], now=2000.0)
     lowered = state.ingest("a", [record("s1", credits=0.75)], now=2001.0)
     assert lowered.decreased_ids == ["s1"]
-    assert strict(state, "neo_credits_total", LABELS) == 1.0
-    assert strict(state, REVISED_DOWN, ("neo_credits",)) == pytest.approx(0.25)
-    assert strict(state, REVISIONS, ("neo_credits", "down")) == 1
+    assert value(state, "neo_credits_total", LABELS) == 1.0
+    assert value(state, REVISED_DOWN, ("neo_credits",)) == pytest.approx(0.25)
+    assert value(state, REVISIONS, ("neo_credits", "down")) == 1
     state.ingest("a", [record("s1", credits=1.5)], now=2002.0)
-    assert strict(state, "neo_credits_total", LABELS) == pytest.approx(1.5)
+    assert value(state, "neo_credits_total", LABELS) == pytest.approx(1.5)
     assert state.counted_in("a", 0.0, 5000.0) == (1, 1.5)  # what the audit compares
 
 
@@ -167,9 +131,9 @@ def test_a_revision_observes_new_tool_calls_and_adds_to_the_breakdowns() -> None
         ],
         now=2001.0,
     )
-    assert strict(state, TOOL_CALLS, ("httpx",)) == 1
-    assert strict(state, TOOL_CALLS, ("nuclei",)) == 1
-    assert strict(state, "neo_agent_triggers_by_agent_total", ("recon",)) == 3
+    assert value(state, TOOL_CALLS, ("httpx",)) == 1
+    assert value(state, TOOL_CALLS, ("nuclei",)) == 1
+    assert value(state, "neo_agent_triggers_by_agent_total", ("recon",)) == 3
     hist = state.counts("a").histograms
     assert hist[(TOOL_CALL_DURATION, ("httpx",))].count == 1
     assert hist[(TOOL_CALL_DURATION, ("nuclei",))].count == 1
@@ -188,9 +152,9 @@ def test_step_latency_counters_cover_only_streams_with_both_steps_and_latency() 
         ],
         now=2000.0,
     )
-    assert strict(state, "neo_step_latency_seconds_total", LABELS) == 6.0
-    assert strict(state, "neo_step_latency_steps_total", LABELS) == 4.0
-    assert strict(state, "neo_steps_total", LABELS) == 14.0
+    assert value(state, "neo_step_latency_seconds_total", LABELS) == 6.0
+    assert value(state, "neo_step_latency_steps_total", LABELS) == 4.0
+    assert value(state, "neo_steps_total", LABELS) == 14.0
 
 
 def test_a_revision_and_its_fingerprint_survive_a_restart_together(tmp_path: Path) -> None:
@@ -200,11 +164,11 @@ def test_a_revision_and_its_fingerprint_survive_a_restart_together(tmp_path: Pat
     state.ingest("a", [record("s1", credits=0.4)], now=2001.0)
     state.close()
     reopened = open_state(path)
-    assert strict(reopened, "neo_credits_total", LABELS) == pytest.approx(0.4)
+    assert value(reopened, "neo_credits_total", LABELS) == pytest.approx(0.4)
     again = reopened.ingest("a", [record("s1", credits=0.4)], now=3000.0)
     assert (again.changed, again.duplicates) == (0, 1)
     reopened.ingest("a", [record("s1", credits=0.5)], now=3001.0)
-    assert strict(reopened, "neo_credits_total", LABELS) == pytest.approx(0.5)
+    assert value(reopened, "neo_credits_total", LABELS) == pytest.approx(0.5)
 
 
 def test_a_version_1_state_is_upgraded_and_its_rows_take_their_next_version_as_baseline(
@@ -222,9 +186,9 @@ def test_a_version_1_state_is_upgraded_and_its_rows_take_their_next_version_as_b
     upgraded = open_state(path)
     result = upgraded.ingest("a", [record("s1", credits=0.3)], now=3000.0)
     assert (result.new, result.changed) == (0, 0)
-    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.1)
+    assert value(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.1)
     upgraded.ingest("a", [record("s1", credits=0.5)], now=3001.0)
-    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.3)
+    assert value(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.3)
 
 
 def test_a_version_2_state_is_upgraded_and_a_row_with_a_new_fingerprint_is_not_revised(
@@ -257,7 +221,7 @@ def test_a_version_2_state_is_upgraded_and_a_row_with_a_new_fingerprint_is_not_r
     assert (same.new, same.changed) == (0, 0)
     raised = upgraded.ingest("a", [record("s2", credits=0.75)], now=3001.0)
     assert raised.changed == 1
-    assert strict(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.85)
+    assert value(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.85)
     with sqlite3.connect(str(path)) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'streams'").fetchone()

@@ -16,9 +16,24 @@ import requests
 
 from exporter.app import build
 from exporter.config import config_from_mapping
-from tests.conftest import SampleKey, sample, scrape, truth_mismatches
-from tests.processes import fake_api, start_exporter, wait_until
-from tests.test_process import ENV, counters_of, metrics, run_cli, truth, write_config
+from tests.conftest import (
+    SampleKey,
+    assert_never_down,
+    counters_of,
+    sample,
+    scrape,
+    truth_mismatches,
+)
+from tests.processes import (
+    ENV,
+    fake_api,
+    metrics,
+    run_cli,
+    start_exporter,
+    truth,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,8 +101,7 @@ def test_sigterm_during_a_poll_exits_0_quickly_and_the_state_stays_exact(
         proc, url = start_exporter("--config.file", str(config), env=ENV)
         try:
             restarted = counters_of(metrics(url))
-            for key, value in before.items():
-                assert restarted.get(key, 0.0) >= value - 1e-9, key
+            assert_never_down(before, restarted)
             final = wait_until(lambda: completed_read(url), 60, "a complete read")
         finally:
             assert proc.stop() == 0

@@ -31,8 +31,7 @@ from exporter.webconfig import (
     load_web_config,
     web_config_from_mapping,
 )
-from tests.processes import fake_api, spawn
-from tests.test_process import ENV, run_cli, write_config
+from tests.processes import ENV, fake_api, run_cli, spawn, write_config
 from tests.tls_helpers import Pki, make_pki
 
 PASSWORD = "correct horse battery staple"
@@ -161,6 +160,7 @@ def test_any_web_config_gives_settings_or_a_config_error(data: object) -> None:
         assert isinstance(web, WebConfigFile)
 
 
+@pytest.mark.e2e
 def test_the_cli_exits_2_on_a_bad_web_config_naming_the_key(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:1", tmp_path / "s.db")
     web = write_web_config(tmp_path / "web.yml", {"basic_auth_users": {"me": "plain"}})
@@ -269,6 +269,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
 # --- the real process -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_exporter_serves_metrics_over_tls_with_basic_auth(pki: Pki, tmp_path: Path) -> None:
     web = write_web_config(
         tmp_path / "web.yml",
@@ -317,6 +318,7 @@ def test_the_exporter_serves_metrics_over_tls_with_basic_auth(pki: Pki, tmp_path
     assert "Traceback" not in proc.output
 
 
+@pytest.mark.e2e
 def test_openssl_completes_a_verified_handshake_and_is_refused_below_min_version(
     pki: Pki,
 ) -> None:
