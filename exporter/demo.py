@@ -33,11 +33,8 @@ from itertools import accumulate
 from typing import Any, NamedTuple, Protocol, Self
 from urllib.parse import parse_qs, urlsplit
 
-STREAMS_PATH = "/api/v1/usage/streams"
-TASKS_PATH = "/api/v1/usage/tasks"
-SUMMARY_PATH = "/api/v1/usage/summary"
-USER_PATH = "/api/v1/user"
-CREDITS_PATH = "/api/v1/billing/credits"
+from exporter.client import CREDITS_PATH, STREAMS_PATH, SUMMARY_PATH, TASKS_PATH, USER_PATH
+
 ADMIN_TOKEN = "fake-admin-token"  # noqa: S105 (the fake's own)
 ADMIN_EMAIL = "admin@example.com"
 TEAM = "acme"
