@@ -1053,7 +1053,6 @@ COLLECTED: tuple[Metric, ...] = (
 )
 """What the collector emits, from the snapshot."""
 ALL: tuple[Metric, ...] = COLLECTED + PROCESS
-BY_NAME = {metric.name: metric for metric in ALL}
 
 # The tables of docs/metrics.md, in order: (section heading, its metrics).
 DOC_TABLES: tuple[tuple[str, tuple[Metric, ...]], ...] = (

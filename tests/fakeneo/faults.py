@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from exporter.demo import STREAMS_PATH
+from exporter.client import STREAMS_PATH
 
 FAULT_KINDS = frozenset(
     {
