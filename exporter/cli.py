@@ -15,13 +15,11 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from types import FrameType
 
 from exporter import __version__
 from exporter.app import ONCE_STATES, ONCE_TIMEOUT, demo_config, once_state, run, run_once
@@ -45,6 +43,7 @@ from exporter.history import (
 )
 from exporter.history import run as run_history
 from exporter.server import ListenError
+from exporter.signals import stop_on_signals
 from exporter.state import (
     StateError,
     StateLockedError,
@@ -299,7 +298,7 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-def _leave_requests_in_flight() -> None:
+def _leave_requests_in_flight(code: int) -> None:
     """Exit now if threads still wait on the API (up to http.read_timeout otherwise).
 
     The state is closed by now, so nothing uncommitted can be lost; Python would otherwise
@@ -311,22 +310,24 @@ def _leave_requests_in_flight() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_OK)
+        os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()  # --once.timeout counts from here
     argv = sys.argv[1:] if argv is None else list(argv)
     stop = threading.Event()
+    with stop_on_signals(stop):
+        if argv[:1] == ["history"]:
+            return history_main(argv[1:], stop)
+        code, leave = _main(argv, stop, started)
+    if leave:
+        _leave_requests_in_flight(code)
+    return code
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if argv[:1] == ["history"]:
-        return history_main(argv[1:], stop)
+def _main(argv: list[str], stop: threading.Event, started: float) -> tuple[int, bool]:
+    """The exit status, and whether to leave threads still in a request behind."""
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with demo_config(args.listen_address) as config:
                 log.info("demo mode: fake Neo API at %s", config.accounts[0].base_url)
                 run(config, stop)
-            return EXIT_OK
+            return EXIT_OK, False
         config = _load(args)
         web = load_web_config(args.web_config_file) if args.web_config_file else None
         for warning in config.warnings:
@@ -344,31 +345,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check_config:
             check_state_path(config.state.path)
             print(f"config OK: {len(config.accounts)} account(s), state {config.state.path}")
-            return EXIT_OK
+            return EXIT_OK, False
         if args.once:
             with once_state(config, args.once_state) as once_config:
                 result = run_once(once_config, stop, timeout=args.once_timeout, started=started)
             sys.stdout.buffer.write(result.exposition)
             sys.stdout.flush()
-            code = EXIT_OK if result.ok else EXIT_FAILURE
-            if result.stuck:
-                log.info("not waiting for %d read(s) still in a request", result.stuck)
-                logging.shutdown()
-                sys.stderr.flush()
-                os._exit(code)
-            return code
+            return (EXIT_OK if result.ok else EXIT_FAILURE), bool(result.stuck)
         run(config, stop, web=web)
-        _leave_requests_in_flight()
-        return EXIT_OK
+        return EXIT_OK, True
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG, False
     except StateError as exc:
         log.error("%s", exc)
-        return state_exit_code(exc)
+        return state_exit_code(exc), False
     except ListenError as exc:
         log.error("%s", exc)
-        return EXIT_LISTEN
+        return EXIT_LISTEN, False
     except OSError as exc:
         log.error("cannot start: %s", exc)
-        return EXIT_FAILURE
+        return EXIT_FAILURE, False

@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("instrumentation", "collector", "server"),
     ("poller", "account_info"),
     ("history", "demo"),
-    ("app",),
+    ("app", "signals"),
     ("cli",),
     ("__main__",),
 )
