@@ -13,11 +13,15 @@ still says `has_more` (rows arrived meanwhile) paging goes on until it does not.
 
 A read is complete only when the caller holds at least as many rows of the span as the
 API's `total` said (rows sliding between pages, ties in `created_at` returned in a different
-order by each request, a smaller page somewhere can all make offset paging miss rows). When
-it holds fewer, the span is halved and each half asked for again, one page each: a half
-that fits in one page is then read whole, a half whose `total` the caller already holds is
-done, and the rest is halved again, until no row is missing or the read's repair budget is
-spent; the outcome says which. Duplicates across pages are expected; the caller drops them.
+order by each request, a smaller page somewhere can all make offset paging miss rows). Rows
+go missing only where two pages meet, so when it holds fewer, each seam (from the last row
+of a page to the first of the next, by `created_at`) is read again whole: one request for a
+seam that fits in a page, a few passes in order for a longer one. If rows are still missing
+(they slid further), the span is halved at the median of the row times seen, and each half
+asked for again, one page each: a half that fits in one page is then read whole, a half
+whose `total` the caller already holds is done, and the rest is halved again, until no row
+is missing or the read's repair budget is spent; the outcome says which. Duplicates across
+pages are expected; the caller drops them.
 
 Concurrency: at most `http.concurrency` requests of one account are in flight at once,
 whichever reads they belong to (the streams and tasks reads run side by side).
@@ -25,6 +29,8 @@ whichever reads they belong to (the streams and tasks reads run side by side).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import math
@@ -34,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -47,7 +53,7 @@ from urllib3.exceptions import NameResolutionError, ReadTimeoutError
 
 from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig, format_duration
-from exporter.models import Page, PageError, decode_page, format_timestamp
+from exporter.models import Page, PageError, decode_page, format_timestamp, row_created_ts
 
 JSON_DECODER = f"msgspec {msgspec.__version__}"
 
@@ -420,6 +426,8 @@ class Listing:
         self._rows_done = 0
         self._pages_total: int | None = None
         self._rows_total: int | None = None
+        # The main pass's pages by offset: the created_at of their first and last rows.
+        self._edges: dict[int, tuple[float, float]] = {}
         self.outcome: ReadOutcome | None = None
 
     def pages(self, found: Callable[[float, float], int]) -> Iterator[Page]:
@@ -438,7 +446,7 @@ class Listing:
             return
         log.info(
             "%s: the read of %s..%s holds %d of the %d rows the API counts; "
-            "reading the span again in halves",
+            "reading again where its pages meet",
             self._endpoint,
             self._params.get("from", self.start),
             self._params.get("to", self.end),
@@ -446,7 +454,9 @@ class Listing:
             reported,
         )
         budget = max(MIN_REPAIR_REQUESTS, REPAIR_FACTOR * self._pages_done)
-        spent = yield from self._repair(found, budget)
+        spent = yield from self._repair_seams(found, budget)
+        if found(self.start, self.end) < reported:
+            spent += yield from self._repair(found, budget - spent)
         # Complete only if nothing is missing now: a span read whole whose `total` still
         # counts rows it never lists (or rows without an id or a time) stays short.
         held = found(self.start, self.end)
@@ -487,6 +497,7 @@ class Listing:
         self._rows_total = reported
         if reported is not None:
             self._pages_total = max(1, math.ceil(reported / size))
+        self._note_edges(0, first)
         yield self._done(first)
         if not first.has_more:
             return reported
@@ -499,6 +510,7 @@ class Listing:
                 reported = max(reported, page.total or 0)
                 if offset == offsets[-1]:
                     last = page
+                self._note_edges(offset, page)
                 yield self._done(page)
             next_offset = offsets[-1] + len(last.rows)
         # Rows that arrived while paging push the end further out: follow has_more by what
@@ -508,9 +520,16 @@ class Listing:
             last = self._fetch(span, next_offset, asked)
             if reported is not None and last.total is not None:
                 reported = max(reported, last.total)
+            self._note_edges(next_offset, last)
             next_offset += len(last.rows)
             yield self._done(last)
         return reported
+
+    def _note_edges(self, offset: int, page: Page) -> None:
+        if page.rows:
+            first, last = row_created_ts(page.rows[0]), row_created_ts(page.rows[-1])
+            if first is not None and last is not None:
+                self._edges[offset] = (first, last)
 
     def _check_cap(self, pages: int) -> None:
         if pages > self._http.max_pages:
@@ -519,15 +538,67 @@ class Listing:
                 f"http.max_pages={self._http.max_pages}"
             )
 
-    # --- the repair: halves of the span, one page each -----------------------------------
+    # --- the repair: where pages meet first, then halves of what still misses rows -------
+
+    def _seams(self) -> list[tuple[float, float]]:
+        """The spans where the main pass's pages meet, widened by a millisecond, merged.
+
+        Offset paging loses or repeats rows only across a page's edge: a run of rows with
+        the same created_at that two pages share (whose order each request may change), or
+        rows that slid from one page to the next while the read went on. The rows at risk
+        lie between the last row of one page and the first row of the next.
+        """
+        spans: list[tuple[float, float]] = []
+        offsets = sorted(self._edges)
+        for before, after in itertools.pairwise(offsets):
+            last, first = self._edges[before][1], self._edges[after][0]
+            low = max(self.start, min(last, first) - MIN_SLICE)
+            high = min(self.end, max(last, first) + MIN_SLICE)
+            if low < high:
+                spans.append((low, high))
+        merged: list[tuple[float, float]] = []
+        for low, high in sorted(spans):
+            if merged and low <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+            else:
+                merged.append((low, high))
+        return merged
+
+    def _repair_seams(
+        self, found: Callable[[float, float], int], budget: int
+    ) -> Generator[Page, None, int]:
+        """Read each seam whole (a page for most); the requests spent."""
+        asked = self._http.page_size
+        seams = self._seams()
+        if len(seams) > budget:
+            return 0  # too many to afford: the halving finds where rows are missing
+        fetch = lambda span: self._fetch(span, 0, asked)  # noqa: E731
+        spent = 0
+        longer: list[tuple[tuple[float, float], int | None]] = []
+        for span, page in self._client._fetch_all(fetch, seams):
+            spent += 1
+            yield self._done(page)
+            if page.has_more:  # a seam of more rows than a page: page through it in order
+                longer.append((span, page.total))
+        for span, total in sorted(longer):
+            if spent >= budget:
+                break
+            if total is None or found(*span) < total:
+                spent += yield from self._in_order(span, found, asked)
+        return spent
 
     def _repair(
         self, found: Callable[[float, float], int], budget: int
     ) -> Generator[Page, None, int]:
         """Read the halves of the span that miss rows, down to halves of one page; the
-        requests spent. Whether anything is still missing is for the caller to count."""
+        requests spent. Whether anything is still missing is for the caller to count.
+
+        A span is halved at the median of the row times the main pass saw in it, so that
+        each half holds about as many rows, rather than at its clock middle (a burst of rows
+        in one minute of a day would otherwise take a dozen halvings to reach)."""
         asked = self._http.page_size
-        open_spans = _halves((self.start, self.end))
+        times = sorted({t for edge in self._edges.values() for t in edge})
+        open_spans = _halves((self.start, self.end), times)
         spent = 0
         while open_spans:
             if spent + len(open_spans) > budget:
@@ -557,7 +628,7 @@ class Listing:
                 if span[1] - span[0] <= MIN_SLICE:
                     narrow.append(span)
                 else:
-                    open_spans.extend(_halves(span))
+                    open_spans.extend(_halves(span, times))
             for span in narrow:
                 spent += yield from self._in_order(span, found, asked)
         return spent
@@ -585,10 +656,13 @@ class Listing:
         return spent
 
 
-def _halves(span: tuple[float, float]) -> list[tuple[float, float]]:
-    """Two spans that together cover `span`, split at a whole millisecond."""
+def _halves(span: tuple[float, float], times: Sequence[float] = ()) -> list[tuple[float, float]]:
+    """Two spans that together cover `span`, split at a whole millisecond: at the median of
+    the sorted `times` strictly inside it, or at its middle when none is."""
     start, end = span
-    middle = math.floor((start + end) / 2 * 1000) / 1000
+    inside = times[bisect.bisect_right(times, start) : bisect.bisect_left(times, end)]
+    middle = inside[len(inside) // 2] if inside else (start + end) / 2
+    middle = math.floor(middle * 1000) / 1000
     if middle <= start:
         middle = start + MIN_SLICE / 2  # too narrow to split on a millisecond
     return [(start, middle), (middle, end)]

@@ -246,6 +246,19 @@ def raw_stream_id(row: object) -> str | None:
         return None
 
 
+def row_created_ts(row: object) -> float | None:
+    """A row's `created_at` in Unix seconds, raw or decoded, without decoding the rest of it;
+    None for a row without a parsable one (parsing the row says why)."""
+    try:
+        if type(row) is msgspec.Raw:
+            value: object = _CREATED_DECODER.decode(row).created_at
+        else:
+            value = row.get("created_at") if isinstance(row, dict) else None
+        return parse_timestamp(value)
+    except (msgspec.ValidationError, msgspec.DecodeError, RowError):
+        return None
+
+
 def parse_stream(row: object, fingerprint: str = "") -> StreamRecord:
     """Turn one `/usage/streams` row into a record, or raise RowError (no id or no time).
 
@@ -356,6 +369,10 @@ class _StreamId(msgspec.Struct, gc=False):
     stream_id: str
 
 
+class _CreatedAt(msgspec.Struct, gc=False):
+    created_at: str
+
+
 class _TaskRow(msgspec.Struct, gc=False):
     task_id: str
     created_at: str
@@ -369,6 +386,7 @@ class _TaskRow(msgspec.Struct, gc=False):
 _STREAM_DECODER = msgspec.json.Decoder(_StreamRow)
 _TASK_DECODER = msgspec.json.Decoder(_TaskRow)
 _ID_DECODER = msgspec.json.Decoder(_StreamId)
+_CREATED_DECODER = msgspec.json.Decoder(_CreatedAt)
 
 
 def row_value(row: object) -> object:

@@ -1223,6 +1223,27 @@ def test_tied_times_come_at_whole_seconds_in_bursts_and_in_a_fresh_order_each_re
         assert len({t["task_id"] for t in naive_tasks}) < len(tasks)
 
 
+def test_dense_ties_add_a_task_a_stream_in_each_second_of_the_burst_in_any_order(
+    clock: ManualClock,
+) -> None:
+    neo = FakeNeo(seed=5, clock=clock, tie_seconds=True)
+    start = math.floor(T0 - HOUR)
+    assert neo.dense_ties(32, 40, at=start) == 1280
+    with FakeNeoServer(neo) as server:
+        api = Api(server.url)
+        tasks = api.all_pages(TASKS)
+        per_second = Counter(t["created_at"] for t in tasks)
+        assert sorted(per_second.values()) == [32] * 40
+        assert min(per_second) == iso(start).replace(".000", "")
+        first = per_second.most_common(1)[0][0]
+        orders = {
+            tuple(t["task_id"] for t in api.ok(TASKS, **{"from": first, "to": first})["data"])
+            for _ in range(4)
+        }
+        assert len(orders) > 1  # shuffled per request
+    assert sum(neo.truth().streams.values()) == 1280
+
+
 def test_tie_orders_are_reproducible_from_the_seed(clock: ManualClock) -> None:
     def pages() -> list[tuple[str, ...]]:
         neo = FakeNeo(seed=8, clock=clock, tie_seconds=True)

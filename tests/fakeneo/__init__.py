@@ -26,7 +26,9 @@ command-line flag; quirks.py) that makes it behave otherwise, so that tests can 
   (streams sorted by created_at, and tasks by their first stream's) in a fresh random order,
   so that naive offset
   paging misses and repeats rows across page boundaries. The shuffle's RNG is seeded from the
-  seed and a count of list requests, so a run is reproducible.
+  seed and a count of list requests, so a run is reproducible. `dense_ties(rate, seconds)` /
+  `--dense-ties RATE --dense-seconds 40` adds a burst of single-stream tasks, RATE created in
+  each second (scans cron starts at the same second), an hour ago.
 - Whether `from` and `to` are inclusive. Default: both are. `from_inclusive=False` /
   `--from-exclusive` and `to_inclusive=False` / `--to-exclusive` make either exclusive.
 - Which fields can be null or come in other forms than the docs' example. Default: the

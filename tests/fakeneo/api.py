@@ -320,6 +320,21 @@ class FakeNeo:
             now = self._now_at()
             return [_stream_row(g, now) for g in streams]
 
+    def dense_ties(self, per_second: int, seconds: int, *, at: float | None = None) -> int:
+        """Add `per_second` single-stream tasks created and visible in each whole second of
+        `seconds` from `at` (default: an hour ago): a burst of scans that cron starts at the
+        same second. With tie_seconds, the ties of each second are shuffled per request.
+        Returns how many streams were added."""
+        if per_second < 1 or seconds < 1:
+            raise ValueError("dense ties need per_second >= 1 and seconds >= 1")
+        with self._lock:
+            start = math.floor(self._clock() - 3600.0 if at is None else at)
+            added = 0
+            for second in range(seconds):
+                streams = self._traffic.spike(per_second, (start + second) * 1000, 1.0)
+                added += len(self._insert(streams))
+            return added
+
     def start_live(
         self,
         rate_per_hour: float,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
 
+from exporter.signals import stop_on_signals
 from tests.fakeneo.api import FakeNeo
 from tests.fakeneo.server import FakeNeoServer
 
@@ -120,6 +120,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SHARE",
         help="share of streams counted in totals and the summary but never listed",
     )
+    parser.add_argument(
+        "--dense-ties",
+        type=int,
+        default=0,
+        metavar="RATE",
+        help="with --ties, RATE single-stream tasks created in each second of a burst an hour "
+        "ago (0: none)",
+    )
+    parser.add_argument(
+        "--dense-seconds", type=int, default=40, help="how many seconds the dense burst lasts"
+    )
     parser.add_argument("--no-cap", action="store_true", help="the user has no spending cap")
     parser.add_argument("--members", type=int, default=None, help="team members creating tasks")
     parser.add_argument(
@@ -170,19 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             late_fraction=args.late_fraction,
             max_late=args.max_late,
         )
+    if args.dense_ties:
+        neo.dense_ties(args.dense_ties, args.dense_seconds)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     host, port = args.listen
-    server = FakeNeoServer(neo, host=host, port=port).start()
-    try:
-        print(f"listening on {server.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
+    with stop_on_signals(stop):
+        server = FakeNeoServer(neo, host=host, port=port).start()
+        try:
+            print(f"listening on {server.url}", flush=True)
+            stop.wait()
+        finally:
+            server.stop()
     return 0
