@@ -3,7 +3,8 @@
 The real API renders pages on its own machines; here the fake shares our two cores. So that
 its CPU does not decide the figures, each response body is rendered once and kept (the data
 does not change during a run: no live traffic, no late rows), and a warm-up read fills the
-cache before anything is timed. `GET /_bench/requests` tells how many API requests came in.
+cache before anything is timed. `GET /_bench/requests` tells how many API requests came in,
+and how many rows each list endpoint served in pages (a count's one-row request aside).
 
     python -m benchmarks.fake --streams 20000 --latency-ms 60
 """
@@ -13,16 +14,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from urllib.parse import parse_qs, urlsplit
 
+from exporter.signals import stop_on_signals
 from tests.fakeneo import FakeNeo
 
 TOKEN = "fake-admin-token"
@@ -39,8 +39,9 @@ class BenchServer(ThreadingHTTPServer):
         self.neo = neo
         self.latency = latency
         self.cache_left = cache_bytes
-        self.cache: dict[str, bytes] = {}
+        self.cache: dict[str, tuple[bytes, int]] = {}
         self.requests = 0
+        self.rows: dict[str, int] = {}  # rows served, by path
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         super().__init__(address, _Handler)
@@ -56,15 +57,21 @@ class BenchServer(ThreadingHTTPServer):
         key = f"{path}?{sorted(query.items())}"  # the same page, whatever the parameter order
         with self.lock:
             cached = self.cache.get(key)
-        if cached is not None:
-            return 200, cached
-        status, payload = self.neo.handle("GET", path, query, token)
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        if status == 200:
-            with self.lock:
-                if len(body) <= self.cache_left:
-                    self.cache[key] = body
-                    self.cache_left -= len(body)
+        if cached is None:
+            status, payload = self.neo.handle("GET", path, query, token)
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            data = payload.get("data") if isinstance(payload, dict) else None
+            # A request for one row asks for the `total`: its row is not a page's.
+            rows = len(data) if isinstance(data, list) and query.get("limit") != "1" else 0
+            if status == 200:
+                with self.lock:
+                    if len(body) <= self.cache_left:
+                        self.cache[key] = (body, rows)
+                        self.cache_left -= len(body)
+        else:
+            status, (body, rows) = 200, cached
+        with self.lock:
+            self.rows[path] = self.rows.get(path, 0) + rows
         return status, body
 
 
@@ -86,8 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = split.path
         if path == "/_bench/requests":
             with self.server.lock:
-                count = self.server.requests
-            self._send(200, json.dumps({"requests": count}).encode())
+                count, rows = self.server.requests, dict(self.server.rows)
+            self._send(200, json.dumps({"requests": count, "rows": rows}).encode())
             return
         with self.server.lock:
             self.server.requests += 1
@@ -129,24 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("127.0.0.1", 0), neo, args.latency_ms / 1000, int(args.cache_mb * 1024 * 1024)
     )
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    host, port = server.server_address[:2]
-    print(f"listening on http://{host}:{port} generated {generated:.2f}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with stop_on_signals(stop):
+        thread.start()
+        host, port = server.server_address[:2]
+        print(f"listening on http://{host}:{port} generated {generated:.2f}", flush=True)
+        try:
+            stop.wait()
+        finally:
+            server.stopping.set()
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
     return 0
 
 

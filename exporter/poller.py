@@ -303,17 +303,36 @@ class AccountPoller:
     def poll_streams(self, *, force_reconcile: bool = False, until: float | None = None) -> bool:
         """The incremental read, then the sweep if one is due or under way (until `until`).
 
-        When the incremental read fails the API is most likely down: the sweep waits.
+        When the incremental read fails the API is most likely down: the sweep waits. A
+        read of the whole window that starts now (a first start, `--once`) reads the
+        lookback as its last slice, so the incremental read is left out: each row is
+        fetched once.
         """
-        ok = self._incremental() and self._sweep(force=force_reconcile, until=until)
+        if force_reconcile or self._first_sweep_starts_now():
+            ok = self._sweep(force=True, until=until)
+        else:
+            ok = self._incremental() and self._sweep(force=force_reconcile, until=until)
         self._publish(window=True)
         return ok
+
+    def _first_sweep_starts_now(self) -> bool:
+        """Nothing was ever read into the state: the first read is the window's."""
+        state, name = self._state, self.name
+        return not self.live and all(
+            state.watermark(name, mark) is None
+            for mark in (WATERMARK_STREAMS, WATERMARK_SWEEP_TO, WATERMARK_SWEEP_CURSOR)
+        )
 
     def _incremental(self) -> bool:
         now = self._clock()
         span = incremental_span(
             now, self._polling, self._state.watermark(self.name, WATERMARK_STREAMS)
         )
+        first_sweep_to = None if self.live else self._state.watermark(self.name, WATERMARK_SWEEP_TO)
+        if first_sweep_to is not None and span.start < first_sweep_to:
+            # The first sweep, still under way, reads everything up to its end: the
+            # incremental read takes only what came after, so no row is fetched twice.
+            span = replace(span, start=min(first_sweep_to, span.end))
         if span.catching_up:
             self._backlog = True
             # Older rows of the gap than the catch-up reaches are left to a sweep, now.
@@ -370,8 +389,8 @@ class AccountPoller:
                 if slice_length is None:
                     slice_length = self._slice_length(cursor, sweep_to)
                 end = min(sweep_to, cursor + slice_length)
-                with self._full_reads.slot(self._stop):
-                    self._read("reconcile", cursor, end)  # an incomplete slice is counted there
+                with self._full_reads.slot(self._stop):  # an incomplete slice is counted
+                    self._after_slice(self._read("reconcile", cursor, end), end, sweep_to)
             except Stopped:
                 return False
             except StateError as exc:  # the state cannot be written: reported, not a traceback
@@ -410,6 +429,14 @@ class AccountPoller:
         self._backlog = False
         self._set_catching_up()
         return True
+
+    def _after_slice(self, outcome: ReadOutcome, end: float, sweep_to: float) -> None:
+        if end >= sweep_to and outcome.complete:
+            # The last slice is a complete read up to sweep_to, as an incremental read's
+            # would be: the incremental reads go on from there.
+            mark = self._state.watermark(self.name, WATERMARK_STREAMS)
+            if mark is None or mark < sweep_to:
+                self._state.save_marks(self.name, {WATERMARK_STREAMS: sweep_to})
 
     def _slice_length(self, start: float, end: float) -> float:
         """Slices of about SLICE_ROWS rows, from the API's count of the span's rows."""

@@ -27,6 +27,8 @@ def test_the_benchmark_suite_runs_in_smoke_mode_and_reports_every_scenario() -> 
         "backfill wall time, pages rendered afresh: against the floor",
         "backfill CPU, cached pages",
         "backfill CPU, pages rendered afresh",
+        "first start, cached pages: stream rows fetched | 600 |",
+        "first start, pages rendered afresh: stream rows fetched | 600 |",
         "3 accounts x 200 streams: all exact | 3 of 3",
         "3 accounts: idle CPU at a 2 s interval, no scrapes",
         "3 accounts: one scrape of /metrics (gzip)",

@@ -266,12 +266,12 @@ def test_only_rows_without_an_id_or_a_time_are_skipped_and_odd_fields_are_repair
         ).items()
     }
     # Counted once per read that returned them, however often a read fetched them: the
-    # first start reads the lookback, then the window.
+    # first start reads the window once (the lookback is its last slice).
     reads = sum(
         sample(samples, "neo_exporter_polls_total", account="acme", kind=kind, result="success")
         for kind in ("incremental", "reconcile")
     )
-    assert reads == 2
+    assert reads == 1
     assert skipped == {
         "missing_field": reads,
         "bad_timestamp": reads,
@@ -337,13 +337,40 @@ def test_a_full_read_reads_streams_and_tasks_side_by_side_to_the_exact_truth(
     paths = [r.path for r in fake.neo.requests_log]
     streams = [i for i, p in enumerate(paths) if p.endswith("/streams")]
     tasks = [i for i, p in enumerate(paths) if p.endswith("/tasks")]
-    # The lookback (1 page), the window's count (1 row) and its 600 rows in pages of 50.
-    assert len(streams) == 1 + 1 + 12
+    # The window's count (1 row) and its 600 rows in pages of 50: the lookback is its end.
+    assert len(streams) == 1 + 12
     assert tasks and tasks[0] < streams[-1]  # not one read after the other
     samples = scrape(exporter.registry)
     assert truth_mismatches(samples, neo.truth(T0 - 2 * DAY, T0), "acme") == []
     task_ids = {r["task_id"] for r in rows}
     assert sum(select(samples, "neo_window_tasks", account="acme").values()) == len(task_ids)
+
+
+@pytest.mark.parametrize("first_read", ["once", "first_poll"])
+def test_a_first_start_and_once_fetch_each_stream_page_of_the_window_once(
+    first_read: str, neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any
+) -> None:
+    neo.generate(600, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    poller = exporter.pollers[0]
+    neo.clear_log()
+    assert poller.poll_once() if first_read == "once" else poller.poll_both()
+    pages = [
+        (r.query["from"], r.query["to"], int(r.query["offset"]))
+        for r in neo.requests_log
+        if r.path.endswith("/streams") and r.query.get("limit") != "1"
+    ]
+    assert len(pages) == len(set(pages)), "a stream page was fetched twice"
+    assert {(start, end) for start, end, _ in pages} == {
+        (format_timestamp(T0 - 2 * DAY), format_timestamp(T0))
+    }  # one read: the window's, whose end is the lookback
+    assert sorted(offset for *_, offset in pages) == list(range(0, 600, 50))  # 600 rows, once
+    samples = scrape(exporter.registry)
+    assert truth_mismatches(samples, neo.truth(), "acme") == []
+    # Later polls are as before: the lookback, read from where the window's read ended.
+    neo.clear_log()
+    assert poller.poll_streams()
+    assert sweep_froms(neo) == [format_timestamp(T0 - 3600)]
 
 
 def test_tasks_repeated_by_paging_count_once_in_the_window_gauges(
@@ -487,23 +514,25 @@ def test_a_failing_window_read_resumes_at_its_slice_while_the_lookback_reads_go_
     third = format_timestamp(T0 - 2 * DAY + 2 * (2 * DAY / 6))
     failures = failing_slice(neo, third, times=2)
     assert not poller.poll_streams()
-    lookback = format_timestamp(T0 - 3600)
     first_poll = sweep_froms(neo)
-    assert first_poll[0] == lookback and first_poll[-1] == third
+    # A first start reads the window alone, from its oldest end (the lookback is its last).
+    assert first_poll[0] == format_timestamp(T0 - 2 * DAY) and first_poll[-1] == third
+    assert format_timestamp(T0 - 3600) not in first_poll
     for poll_number in (2, 3):
         neo.clear_log()
         clock.advance(60)
         assert poller.poll_streams() is (poll_number == 3)
         froms = sweep_froms(neo)
-        # The lookback is read every time, then the window from the failed slice on.
-        assert froms[0] == format_timestamp(clock() - 3600)
+        # What came after the first sweep's end is read every time (the sweep reads the
+        # rest), then the window from the failed slice on.
+        assert froms[0] == format_timestamp(T0)
         assert froms[1] == third
         assert format_timestamp(T0 - 2 * DAY) not in froms
     assert failures == [2]
     samples = scrape(exporter.registry)
     assert truth_mismatches(samples, neo.truth(), "acme") == []
     assert sample(samples, "neo_exporter_polls_total", account="acme", kind="incremental",
-                  result="success") == 3  # fmt: skip
+                  result="success") == 2  # fmt: skip
 
 
 def test_a_slice_that_keeps_failing_is_skipped_and_counted_incomplete(
