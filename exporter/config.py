@@ -13,6 +13,7 @@ read is blanked out of every message before it leaves this module.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hmac
 import ipaddress
 import math
@@ -24,6 +25,8 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+
+from exporter.periods import PERIODS
 
 DEFAULT_BASE_URL: Final = "https://neo.api.projectdiscovery.io"
 AUTH_HEADERS: Final = ("bearer", "x-api-key")
@@ -103,6 +106,13 @@ class AlertThresholds:
     credits_expiry_horizon_seconds: float = 259200.0
     # NeoExporterAuditDrift: the self-audit's difference from Neo, as a share of Neo's figure.
     audit_drift_ratio: float = 0.005
+    # NeoBudgetForecastOverrun: the forecast spend at the period's end, as a share of the
+    # budget's limit; it waits until this share of the period has passed (no paging on a
+    # period's first hours for a small spend).
+    budget_forecast_ratio: float = 1.0
+    budget_forecast_min_elapsed_ratio: float = 0.1
+    # NeoBudgetExceeded: spend as a share of the limit.
+    budget_exceeded_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,67 @@ class AuditConfig:
     interval: float = 3600.0  # 0 turns it off
 
 
+UNASSIGNED_TEAM: Final = "unassigned"  # streams of no team's address, and with no email
+BUDGET_UNITS: Final = ("credits", "usd")
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    """One team: the addresses, or shell-style globs of them, whose streams it owns."""
+
+    name: str
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TeamsConfig:
+    """`teams:`, in config order: the first team with a matching pattern owns a stream."""
+
+    teams: tuple[TeamConfig, ...] = ()
+    _compiled: tuple[tuple[str, re.Pattern[str]], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        # Addresses compare without case, as mail systems do; globs are fnmatch's.
+        compiled = tuple(
+            (team.name, re.compile("|".join(_glob(p) for p in team.patterns)))
+            for team in self.teams
+            if team.patterns
+        )
+        object.__setattr__(self, "_compiled", compiled)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(team.name for team in self.teams)
+
+    def team_of(self, email: str | None) -> str:
+        """The team that owns a stream of this address; `unassigned` if none does."""
+        if email:
+            address = email.strip().casefold()
+            for name, pattern in self._compiled:
+                if pattern.fullmatch(address):
+                    return name
+        return UNASSIGNED_TEAM
+
+
+def _glob(pattern: str) -> str:
+    return fnmatch.translate(pattern.casefold())
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """One budget: the spend of an account (of one team, or one model) over a UTC period."""
+
+    name: str
+    account: str
+    period: str  # "day" | "week" (from Monday) | "month"
+    unit: str  # "credits" (neo_credits) | "usd" (BYOK llm_cost)
+    limit: float
+    team: str | None = None
+    model: str | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     web: WebConfig
@@ -222,6 +293,8 @@ class Config:
     state: StateConfig
     audit: AuditConfig = field(default_factory=AuditConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    teams: TeamsConfig = field(default_factory=TeamsConfig)
+    budgets: tuple[BudgetConfig, ...] = ()
     warnings: tuple[str, ...] = ()
 
 
@@ -243,6 +316,7 @@ LABEL_LIMIT_KEYS: Final = _keys(LabelLimits)
 BUCKET_KEYS: Final = _keys(Buckets)
 MEMBERS_KEYS: Final = _keys(MembersConfig)
 STATE_KEYS: Final = _keys(StateConfig)
+BUDGET_KEYS: Final = ("name", "account", "period", "credits", "usd", "team", "model")
 AUDIT_KEYS: Final = _keys(AuditConfig)
 
 MAX_PAGE_SIZE: Final = 200  # the API's limit
@@ -1080,6 +1154,92 @@ def _accounts(
     return tuple(account for account in accounts if account is not None)
 
 
+def _teams(reader: _Reader, value: object) -> TeamsConfig:
+    expected = "expected a mapping of team names to lists of email addresses or globs"
+    if value is None:
+        return TeamsConfig()
+    if not isinstance(value, Mapping):
+        reader.problem("teams", f"{expected}, got {_describe(value)}")
+        return TeamsConfig()
+    teams: list[TeamConfig] = []
+    for key, patterns in value.items():
+        path = _join("teams", str(key))
+        try:
+            name = _to_name(key)
+        except ValueError as exc:
+            reader.problem(path, str(exc))
+            continue
+        if name == UNASSIGNED_TEAM:
+            reader.problem(path, f"{name!r} is the team of streams no team owns: pick another name")
+            continue
+        if isinstance(patterns, str) or not isinstance(patterns, list | tuple) or not patterns:
+            reader.problem(path, f"expected a non-empty list of addresses or globs, got "
+                           f"{_describe(patterns)}")  # fmt: skip
+            continue
+        kept: list[str] = []
+        for i, pattern in enumerate(patterns):
+            if not isinstance(pattern, str) or not pattern.strip():
+                reader.problem(f"{path}[{i}]", f"expected an address or a glob like "
+                               f"'*@example.com', got {_describe(pattern)}")  # fmt: skip
+                continue
+            kept.append(pattern.strip())
+        teams.append(TeamConfig(name, tuple(kept)))
+    return TeamsConfig(tuple(teams))
+
+
+def _budgets(
+    reader: _Reader,
+    value: object,
+    accounts: tuple[AccountConfig, ...],
+    teams: TeamsConfig,
+) -> tuple[BudgetConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        reader.problem("budgets", f"expected a list of budgets, got {_describe(value)}")
+        return ()
+    account_names = {account.name for account in accounts}
+    budgets: list[BudgetConfig] = []
+    names: set[str] = set()
+    for i, item in enumerate(value):
+        path = f"budgets[{i}]"
+        section = reader.section(item, path, BUDGET_KEYS)
+        if not isinstance(item, Mapping):
+            continue
+        problems = len(reader.problems)
+        for key in ("name", "account", "period"):
+            if key not in section:
+                reader.problem(_join(path, key), "missing (every budget needs name, account, "
+                               "period and credits or usd)")  # fmt: skip
+        name = reader.get(section, path, "name", _to_name, "")
+        if name and name in names:
+            reader.problem(_join(path, "name"), f"{name!r} is the name of an earlier budget")
+        names.add(name)
+        account = reader.get(section, path, "account", _to_str, "")
+        if account and account not in account_names:
+            reader.problem(_join(path, "account"), f"no account is named {account!r} "
+                           f"(accounts: {', '.join(sorted(account_names))})")  # fmt: skip
+        period = reader.get(section, path, "period", _to_str, "")
+        if period and period not in PERIODS:
+            reader.problem(_join(path, "period"), f"expected one of {', '.join(PERIODS)}, got "
+                           f"{_describe(period)}")  # fmt: skip
+        units = [unit for unit in BUDGET_UNITS if unit in section]
+        if len(units) != 1:
+            reader.problem(path, "give the limit as exactly one of credits: or usd:")
+        unit = units[0] if units else "credits"
+        limit = reader.get(section, path, unit, _to_number, 0.0)
+        if unit in section and limit <= 0:
+            reader.problem(_join(path, unit), f"{limit:g} is not a limit (expected a number > 0)")
+        team = reader.get(section, path, "team", _to_str, "") or None
+        if team is not None and team not in teams.names:
+            known = ", ".join(teams.names) or "none configured"
+            reader.problem(_join(path, "team"), f"no team is named {team!r} (teams: {known})")
+        model = reader.get(section, path, "model", _to_str, "") or None
+        if len(reader.problems) == problems:
+            budgets.append(BudgetConfig(name, account, period, unit, limit, team, model))
+    return tuple(budgets)
+
+
 # --- entry points ---------------------------------------------------------------------------
 
 
@@ -1092,15 +1252,19 @@ def config_from_mapping(data: object, environ: Mapping[str, str], *, base_dir: s
         )
     top = reader.section(data, "", TOP_KEYS)
     alerts = _alerts(reader, top.get("alerts"))
+    accounts = _accounts(reader, top.get("accounts"), alerts.thresholds)
+    teams = _teams(reader, top.get("teams"))
     config = Config(
         web=_web(reader, top.get("web")),
-        accounts=_accounts(reader, top.get("accounts"), alerts.thresholds),
+        accounts=accounts,
         polling=_polling(reader, top.get("polling")),
         http=_http(reader, top.get("http")),
         metrics=_metrics(reader, top.get("metrics")),
         state=_state(reader, top.get("state")),
         audit=_audit(reader, top.get("audit")),
         alerts=alerts,
+        teams=teams,
+        budgets=_budgets(reader, top.get("budgets"), accounts, teams),
     )
     return reader.finish(config)
 

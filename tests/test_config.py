@@ -136,6 +136,16 @@ ONE_MISTAKE = {
     "task_titles_not_a_boolean": ("metrics.task_titles", "expected true or false"),
     "max_connections_out_of_range": ("web.max_connections", "from 1 to 10000"),
     "zero_read_header_timeout": ("web.read_header_timeout", "must be greater than 0"),
+    "team_not_a_list": ("teams.red", "expected a non-empty list of addresses or globs"),
+    "team_named_unassigned": ("teams.unassigned", "the team of streams no team owns"),
+    "team_pattern_not_a_string": ("teams.red[1]", "expected an address or a glob"),
+    "budget_unknown_account": ("budgets[0].account", "no account is named 'acne'"),
+    "budget_bad_period": ("budgets[0].period", "expected one of day, week, month"),
+    "budget_credits_and_usd": ("budgets[0]", "exactly one of credits: or usd:"),
+    "budget_zero_limit": ("budgets[0].usd", "expected a number > 0"),
+    "budget_unknown_team": ("budgets[0].team", "no team is named 'blue' (teams: red)"),
+    "budget_duplicate_name": ("budgets[1].name", "the name of an earlier budget"),
+    "budget_missing_period": ("budgets[0].period", "missing"),
 }
 SEVERAL_MISTAKES = {
     "web.listen_address",
@@ -355,6 +365,22 @@ def test_example_commented_second_account_is_valid(tmp_path: Path) -> None:
     assert [a.name for a in config.accounts] == ["default", "team-b"]
     assert config.accounts[1].auth_header == "x-api-key"
     assert config.accounts[1].token.reveal() == "team-b-token-1234"
+
+
+def test_example_commented_teams_and_budgets_are_valid() -> None:
+    text = EXAMPLE.read_text()
+    start = text.index("# Who spent it")
+    # Keys and list items are commented with "# "; the prose comments above them stay.
+    uncommented = text[:start] + re.sub(
+        r"^# (?=[a-z]+:|\s)", "", text[start:], flags=re.MULTILINE
+    )
+    config = config_from_mapping(yaml.safe_load(uncommented), {"NEO_API_TOKEN": TOKEN})
+    assert config.teams.names == ("red", "blue")
+    assert config.teams.team_of("x@red.example.com") == "red"
+    assert [(b.name, b.team, b.unit) for b in config.budgets] == [
+        ("default-month", None, "credits"),
+        ("red-week", "red", "usd"),
+    ]
 
 
 def test_example_config_without_the_token_names_the_variable() -> None:
@@ -760,10 +786,10 @@ def test_any_input_gives_a_config_or_a_config_error(data: object) -> None:
 # --- the documentation cannot drift -------------------------------------------------------------
 
 # YAML keys that are not dataclass fields, and fields that are not YAML keys.
-YAML_ONLY_KEYS = {"accounts[].token_file"}
-NOT_YAML_KEYS = {"warnings"}
-# A mapping documented as one key (its keys are those of alerts.thresholds).
-MAPPING_KEYS = {"accounts[].alert_thresholds"}
+YAML_ONLY_KEYS = {"accounts[].token_file", "budgets[].credits", "budgets[].usd"}
+NOT_YAML_KEYS = {"warnings", "budgets[].unit", "budgets[].limit"}
+# Mappings documented as one key (the keys of alerts.thresholds; team names).
+MAPPING_KEYS = {"accounts[].alert_thresholds", "teams"}
 DOTTED_KEY = re.compile(r"[a-z_]+(?:\[\])?(?:\.[a-z_]+)+")
 
 
@@ -772,10 +798,10 @@ def dataclass_keys(cls: type, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.name in NOT_YAML_KEYS:
+        path = f"{prefix}{field.name}"
+        if field.name.startswith("_") or field.name in NOT_YAML_KEYS or path in NOT_YAML_KEYS:
             continue
         kind = hints[field.name]
-        path = f"{prefix}{field.name}"
         if path in MAPPING_KEYS:
             keys.add(path)
             continue
@@ -806,7 +832,7 @@ def example_keys() -> set[str]:
 
 def documented_keys() -> set[str]:
     cells = re.findall(r"^\|\s*`([^`]+)`\s*\|", DOC.read_text(), flags=re.MULTILINE)
-    return {cell for cell in cells if DOTTED_KEY.fullmatch(cell)}
+    return {cell for cell in cells if DOTTED_KEY.fullmatch(cell) or cell in MAPPING_KEYS}
 
 
 def test_configuration_doc_lists_every_key() -> None:
@@ -818,8 +844,11 @@ def test_configuration_doc_lists_every_key() -> None:
     assert documented - keys == set(), "docs/configuration.md lists keys the code does not have"
     in_example = example_keys()
     assert in_example <= keys, "config.example.yaml has keys the code does not have"
-    # The only keys not set in the example are in the commented-out account.
-    assert keys - in_example == {"accounts[].token_file", "accounts[].alert_thresholds"}
+    # The only keys not set in the example are in the commented-out account, teams and
+    # budgets (the example is the defaults).
+    assert keys - in_example == {"accounts[].token_file", "accounts[].alert_thresholds"} | {
+        key for key in keys if key.startswith(("teams", "budgets"))
+    }
     assert re.search(r"^\s*#\s+token_file:", EXAMPLE.read_text(), flags=re.MULTILINE)
     assert re.search(r"^\s*#\s+alert_thresholds:", EXAMPLE.read_text(), flags=re.MULTILINE)
 
@@ -843,3 +872,54 @@ def test_configuration_doc_lists_every_cli_flag() -> None:
     # Every flag the command line defines, whatever the list above says.
     defined = set(re.findall(r'"(--[a-z][a-z.-]+)"', (ROOT / "exporter" / "cli.py").read_text()))
     assert defined and {f for f in defined if f"| `{f}" not in text} == set()
+
+
+# --- teams and budgets ----------------------------------------------------------------------
+
+
+def test_the_first_matching_team_owns_an_address_whatever_its_case() -> None:
+    config = config_from_mapping(
+        minimal(
+            teams={
+                "red": ["ana@example.com", "*@exämple.org"],
+                "blue": ["bo@example.com", "*@example.com"],
+            }
+        ),
+        ENV,
+    )
+    teams = config.teams
+    assert teams.names == ("red", "blue")
+    assert teams.team_of("ana@example.com") == "red"  # in both, red comes first
+    assert teams.team_of("Ana@Example.COM") == "red"
+    assert teams.team_of("zoë@exämple.org") == "red"  # a glob over a non-ASCII domain
+    assert teams.team_of("cy@example.com") == "blue"
+    assert teams.team_of("dee@elsewhere.net") == "unassigned"
+    assert teams.team_of(None) == "unassigned"
+    assert teams.team_of("") == "unassigned"
+
+
+def test_budgets_are_read_with_their_unit_and_scopes() -> None:
+    config = config_from_mapping(
+        minimal(
+            teams={"red": ["ana@example.com"]},
+            budgets=[
+                {"name": "acme-month", "account": "acme", "period": "month", "credits": 100000},
+                {"name": "red-week", "account": "acme", "team": "red", "period": "week",
+                 "usd": "12.5"},
+                {"name": "sonnet-day", "account": "acme", "model": "claude-sonnet-4-5",
+                 "period": "day", "credits": 50},
+            ],
+        ),
+        ENV,
+    )  # fmt: skip
+    assert [(b.name, b.period, b.unit, b.limit, b.team, b.model) for b in config.budgets] == [
+        ("acme-month", "month", "credits", 100000.0, None, None),
+        ("red-week", "week", "usd", 12.5, "red", None),
+        ("sonnet-day", "day", "credits", 50.0, None, "claude-sonnet-4-5"),
+    ]
+
+
+def test_no_teams_and_no_budgets_is_the_default() -> None:
+    config = config_from_mapping(minimal(), ENV)
+    assert config.teams.names == () and config.budgets == ()
+    assert config.teams.team_of("ana@example.com") == "unassigned"
