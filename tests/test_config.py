@@ -371,9 +371,7 @@ def test_example_commented_teams_and_budgets_are_valid() -> None:
     text = EXAMPLE.read_text()
     start = text.index("# Who spent it")
     # Keys and list items are commented with "# "; the prose comments above them stay.
-    uncommented = text[:start] + re.sub(
-        r"^# (?=[a-z]+:|\s)", "", text[start:], flags=re.MULTILINE
-    )
+    uncommented = text[:start] + re.sub(r"^# (?=[a-z]+:|\s)", "", text[start:], flags=re.MULTILINE)
     config = config_from_mapping(yaml.safe_load(uncommented), {"NEO_API_TOKEN": TOKEN})
     assert config.teams.names == ("red", "blue")
     assert config.teams.team_of("x@red.example.com") == "red"
