@@ -83,6 +83,7 @@ REPAIR_FIELDS = (
 # Long label values would bloat every scrape; no real model or tool name comes close.
 MAX_LABEL_LENGTH = 120
 MAX_ID_LENGTH = 256
+MAX_TITLE_LENGTH = 200  # a task title kept for an alert's culprits, not a label
 # No single stream costs anywhere near this; a larger value is a broken field, and summing it
 # would wreck the counter's precision (or overflow it to +Inf) for good.
 MAX_AMOUNT = 1e12
@@ -139,6 +140,16 @@ class StreamRecord(msgspec.Struct, frozen=True, gc=False):
     tool_durations: tuple[tuple[str, float], ...]  # (tool, seconds), one per history entry
     repairs: tuple[str, ...] = ()
     fingerprint: str = ""
+    # Who and what spent it (for culprits, teams and budgets; never labels): the task, its
+    # title and the member's email, each None when the row has none.
+    task_id: str | None = None
+    task_title: str | None = None
+    email: str | None = None
+
+    @property
+    def ended_ts(self) -> float:
+        """When the stream ended: created_at + total_execution_ms (created_at without one)."""
+        return self.created_ts + (self.execution_time or 0.0)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:  # built in code rather than parsed: its values' digest
@@ -298,7 +309,18 @@ def parse_stream(row: object, fingerprint: str = "") -> StreamRecord:
         tool_durations=history,
         repairs=tuple(fix.fields),
         fingerprint=fingerprint or row_digest(obj),
+        task_id=_text(obj.get("task_id"), MAX_ID_LENGTH),
+        task_title=_text(obj.get("task_title"), MAX_TITLE_LENGTH),
+        email=_text(obj.get("email"), MAX_ID_LENGTH),
     )
+
+
+def _text(value: object, limit: int) -> str | None:
+    """A string field kept as text (trimmed, at most `limit` characters); None otherwise."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    return text[:limit] if text else None
 
 
 def parse_task(row: object) -> TaskRecord:
@@ -363,6 +385,9 @@ class _StreamRow(msgspec.Struct, gc=False):
     agent_breakdown: dict[str, _Whole]
     tool_call_history: list[_ToolCall]
     is_byok: bool | msgspec.UnsetType = msgspec.UNSET
+    task_id: str | None = None
+    task_title: str | None = None
+    email: str | None = None
 
 
 class _StreamId(msgspec.Struct, gc=False):
@@ -454,6 +479,9 @@ def _fast_stream(row: _StreamRow, fingerprint: str) -> StreamRecord:
         tool_usage=tuple([(slot[0], slot[1], slot[2]) for _, slot in sorted(usage.items())]),
         tool_durations=tuple(durations),
         fingerprint=fingerprint,
+        task_id=_text(row.task_id, MAX_ID_LENGTH),
+        task_title=_text(row.task_title, MAX_TITLE_LENGTH),
+        email=_text(row.email, MAX_ID_LENGTH),
     )
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from exporter import catalogue as m
-from exporter.config import Config, LabelLimits
+from exporter.config import Config, LabelLimits, TeamsConfig
 from exporter.counting import (
     Counted,
     CounterValue,
@@ -46,20 +46,39 @@ from exporter.models import StreamRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # A rowid table with a unique index: inserting a stream costs half what it did in a WITHOUT
-# ROWID table keyed by its id, whose B-tree pages held few of these wide rows.
+# ROWID table keyed by its id, whose B-tree pages held few of these wide rows. Version 4
+# added who and what spent each stream (for culprits, teams and budgets): its task and
+# title, its model as sent, its team (fixed at first count), its member (only when member
+# metrics are on) and when it ended.
 _STREAMS_TABLE = """
     CREATE TABLE IF NOT EXISTS {name} (
         account TEXT NOT NULL, stream_id TEXT NOT NULL, created_ts REAL NOT NULL,
         status TEXT NOT NULL, credits REAL NOT NULL, llm_cost REAL NOT NULL,
         neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, counted TEXT,
+        task_id TEXT, task_title TEXT, model TEXT, team TEXT, member TEXT, ended_ts REAL,
         UNIQUE (account, stream_id));
 """
+_V3_COLUMNS = (
+    "account, stream_id, created_ts, status, credits, llm_cost, neo_cost, fingerprint, counted"
+)
+_V4_COLUMNS = (
+    ("task_id", "TEXT"),
+    ("task_title", "TEXT"),
+    ("model", "TEXT"),
+    ("team", "TEXT"),
+    ("member", "TEXT"),
+    ("ended_ts", "REAL"),
+)
 # Covers the window gauge (count by status since a time), the completeness counts of a
 # read and pruning by time, so none of them reads the table itself.
 _STREAMS_INDEX = """
     CREATE INDEX IF NOT EXISTS streams_by_time_status ON streams (account, created_ts, status);
+"""
+# The spend that ended lately (spike culprits) is found without reading older rows.
+_ENDED_INDEX = """
+    CREATE INDEX IF NOT EXISTS streams_by_end ON streams (account, ended_ts);
 """
 WATERMARK_STREAMS = "streams_to"  # `to` of the last complete streams read
 WATERMARK_RECONCILE = "reconcile_to"  # `to` of the last complete read of the whole window
@@ -238,6 +257,15 @@ class _Account(Totals):
     published: Counts | None = None
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """What the state keeps of who and what spent each stream, beside its money."""
+
+    teams: TeamsConfig = field(default_factory=TeamsConfig)
+    titles: bool = True  # metrics.task_titles: titles may name scan targets
+    members: bool = False  # metrics.members.enabled: emails are personal data
+
+
 class State:
     """One SQLite file (or `:memory:`) shared by all accounts; every write is serialised."""
 
@@ -247,9 +275,11 @@ class State:
         *,
         bounds: Mapping[str, tuple[float, ...]],
         limits: LabelLimits,
+        attribution: Attribution | None = None,
     ) -> None:
         self._bounds = dict(bounds)
         self._limits = limits
+        self._attribution = attribution or Attribution()
         self._lock = threading.RLock()
         self._accounts: dict[str, _Account] = {}
         self._path = path
@@ -297,13 +327,14 @@ class State:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = SCHEMA_VERSION if row is None else int(row[0])
-        if version not in (1, 2, SCHEMA_VERSION):
+        if version not in (1, 2, 3, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
                 f"schema version {version}, this exporter reads version {SCHEMA_VERSION}"
             )
         if version == SCHEMA_VERSION:
             db.execute(_STREAMS_TABLE.format(name="streams"))
             db.execute(_STREAMS_INDEX)
+            db.execute(_ENDED_INDEX)
         db.executescript(
             """
             CREATE TABLE IF NOT EXISTS counters (
@@ -336,21 +367,28 @@ class State:
         version); fingerprints are now digests of the row's raw bytes. So the first re-read
         of an older row finds a new fingerprint: a version 1 row adopts what it sees as its
         baseline, a version 2 row is compared with what was counted, and only a real change
-        counts as a revision (see `ingest`).
+        counts as a revision (see `ingest`). Version 3 lacked who and what spent each stream:
+        the columns are added, NULL for the rows counted before.
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            counted = "NULL" if version == 1 else "counted"
-            db.execute(_STREAMS_TABLE.format(name="streams_next"))
-            db.execute(
-                "INSERT INTO streams_next SELECT account, stream_id, created_ts, status, "  # noqa: S608
-                f"credits, llm_cost, neo_cost, fingerprint, {counted} FROM streams "
-                "ORDER BY account, created_ts"
-            )
-            db.execute("DROP TABLE streams")
-            db.execute("ALTER TABLE streams_next RENAME TO streams")
-            db.execute(_STREAMS_INDEX)
+            if version == 3:
+                # Who and what spent a stream counted before: unknown (NULL) for good.
+                for column, kind in _V4_COLUMNS:
+                    db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
+            else:
+                counted = "NULL" if version == 1 else "counted"
+                db.execute(_STREAMS_TABLE.format(name="streams_next"))
+                db.execute(
+                    f"INSERT INTO streams_next ({_V3_COLUMNS}) SELECT account, stream_id, "  # noqa: S608
+                    "created_ts, status, credits, llm_cost, neo_cost, fingerprint, "
+                    f"{counted} FROM streams ORDER BY account, created_ts"
+                )
+                db.execute("DROP TABLE streams")
+                db.execute("ALTER TABLE streams_next RENAME TO streams")
+                db.execute(_STREAMS_INDEX)
+            db.execute(_ENDED_INDEX)
             db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -558,6 +596,7 @@ class State:
             new_rows: list[tuple[object, ...]] = []
             changed_rows: list[tuple[object, ...]] = []
             revised: list[StreamRecord] = []
+            who = self._attribution
             for stream_id, record in batch.items():
                 known = existing.get(stream_id)
                 if known is None:
@@ -573,6 +612,12 @@ class State:
                             amounts[3],
                             record.fingerprint,
                             counted_json,
+                            record.task_id,
+                            record.task_title if who.titles else None,
+                            record.model,
+                            who.teams.team_of(record.email),
+                            record.email if who.members else None,
+                            record.ended_ts,
                         )
                     )
                     result.repairs.update(record.repairs)
@@ -652,7 +697,8 @@ class State:
         try:
             db.executemany(
                 "INSERT INTO streams (account, stream_id, created_ts, status, credits, llm_cost, "
-                "neo_cost, fingerprint, counted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "neo_cost, fingerprint, counted, task_id, task_title, model, team, member, "
+                "ended_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows,
             )
             # A revision's new fingerprint and counted values commit with its increments.
@@ -765,5 +811,12 @@ def histogram_bounds(config: Config) -> dict[str, tuple[float, ...]]:
 
 
 def open_state(config: Config, path: str) -> State:
-    """The state as the exporter opens it: its buckets and label budget from the config."""
-    return State(path, bounds=histogram_bounds(config), limits=config.metrics.label_limits)
+    """The state as the exporter opens it: its buckets, label budget and what it keeps of
+    who spent each stream, from the config."""
+    metrics = config.metrics
+    return State(
+        path,
+        bounds=histogram_bounds(config),
+        limits=metrics.label_limits,
+        attribution=Attribution(config.teams, metrics.task_titles, metrics.members.enabled),
+    )

@@ -10,10 +10,12 @@ import pytest
 
 from exporter import catalogue
 from exporter.catalogue import OTHER
+from exporter.config import TeamConfig, TeamsConfig
 from exporter.counting import STEP_LATENCY, STREAM_DURATION, TOOL_CALL_DURATION
 from exporter.models import TaskRecord
 from exporter.state import (
     SCHEMA_VERSION,
+    Attribution,
     State,
     StateError,
     StateLockedError,
@@ -191,6 +193,62 @@ def test_a_version_1_state_is_upgraded_and_its_rows_take_their_next_version_as_b
     assert value(upgraded, "neo_credits_total", LABELS) == pytest.approx(0.3)
 
 
+V4_COLUMNS = ("task_id", "task_title", "model", "team", "member", "ended_ts")
+
+
+def who_spent(path: Path, stream_id: str) -> tuple[object, ...]:
+    with sqlite3.connect(str(path)) as db:
+        row = db.execute(
+            f"SELECT {', '.join(V4_COLUMNS)} FROM streams WHERE stream_id = ?",
+            (stream_id,),
+        ).fetchone()
+    assert row is not None, f"no stream {stream_id} in the state"
+    return tuple(row)
+
+
+def test_each_stream_keeps_its_task_title_model_team_and_end_but_emails_only_if_asked(
+    tmp_path: Path,
+) -> None:
+    teams = TeamsConfig((TeamConfig("red", ("*@exämple.org",)),))
+    spent = {"task_id": "t-1", "task_title": "Scan ünïcode.example", "email": "Zoë@Exämple.org"}
+    for members, titles in ((False, True), (True, False)):
+        path = tmp_path / f"{members}-{titles}.db"
+        state = open_state(path, attribution=Attribution(teams, titles=titles, members=members))
+        state.ingest("a", [record("s1", **spent), record("s2")], now=2000.0)
+        # A revision keeps the team the stream was first counted under.
+        state.ingest("a", [record("s1", credits=0.4, **{**spent, "email": "bo@x.com"})], 2001.0)
+        state.close()
+        title = "Scan ünïcode.example" if titles else None
+        member = "Zoë@Exämple.org" if members else None
+        assert who_spent(path, "s1") == ("t-1", title, "gpt-5", "red", member, 1020.0)
+        assert who_spent(path, "s2") == (None, None, "gpt-5", "unassigned", None, 1020.0)
+
+
+def test_a_version_3_state_is_upgraded_and_its_streams_spent_by_no_one_known(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = open_state(path)
+    state.ingest("a", [record("s1"), record("s2", credits=0.5)], now=2000.0)
+    before = state.counts("a")
+    state.close()
+    with sqlite3.connect(str(path)) as db:  # back to the table version 3 wrote
+        db.execute("DROP INDEX streams_by_end")
+        for column in V4_COLUMNS:
+            db.execute(f"ALTER TABLE streams DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    upgraded = open_state(path)
+    assert upgraded.counts("a") == before
+    same = upgraded.ingest("a", [record("s1"), record("s2", credits=0.5), record("s3")], 3000.0)
+    assert (same.new, same.changed, same.duplicates) == (1, 0, 2)
+    upgraded.close()
+    assert who_spent(path, "s1") == (None,) * len(V4_COLUMNS)
+    assert who_spent(path, "s3")[2:4] == ("gpt-5", "unassigned")
+    with sqlite3.connect(str(path)) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+
+
 def test_a_version_2_state_is_upgraded_and_a_row_with_a_new_fingerprint_is_not_revised(
     tmp_path: Path,
 ) -> None:
@@ -203,13 +261,17 @@ def test_a_version_2_state_is_upgraded_and_a_row_with_a_new_fingerprint_is_not_r
     with sqlite3.connect(str(path)) as db:  # back to the table version 2 wrote
         db.execute("ALTER TABLE streams RENAME TO streams_old")
         db.execute("DROP INDEX streams_by_time_status")
+        db.execute("DROP INDEX streams_by_end")
         db.execute(
             "CREATE TABLE streams (account TEXT NOT NULL, stream_id TEXT NOT NULL, "
             "created_ts REAL NOT NULL, status TEXT NOT NULL, credits REAL NOT NULL, "
             "llm_cost REAL NOT NULL, neo_cost REAL NOT NULL, fingerprint TEXT NOT NULL, "
             "counted TEXT, PRIMARY KEY (account, stream_id)) WITHOUT ROWID"
         )
-        db.execute("INSERT INTO streams SELECT * FROM streams_old")
+        db.execute(
+            "INSERT INTO streams SELECT account, stream_id, created_ts, status, credits, "
+            "llm_cost, neo_cost, fingerprint, counted FROM streams_old"
+        )
         db.execute("DROP TABLE streams_old")
         db.execute("CREATE INDEX streams_by_time_status ON streams (account, created_ts, status)")
         db.execute("UPDATE streams SET fingerprint = 'a digest of the parsed values'")
