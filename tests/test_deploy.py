@@ -34,6 +34,7 @@ import yaml
 from exporter.config import load_config
 from tests.processes import ROOT, free_port, require_module, require_tool, wait_until
 from tests.repo_files import (
+    ALERTMANAGER_CONFIG,
     CHART,
     COMPOSE_DIR,
     COMPOSE_FILE,
@@ -322,6 +323,29 @@ def test_compose_prometheus_config_with_its_mounted_rules_passes_promtool(tmp_pa
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "neo-exporter"  # the alert NeoExporterDown matches it
     assert job["static_configs"][0]["targets"] == [f"neo-exporter:{EXPORTER_PORT}"]
+
+
+def test_compose_alertmanager_runs_the_shipped_config_and_prometheus_sends_to_it(
+    tmp_path: Path,
+) -> None:
+    amtool = require_tool("amtool")
+    services = compose()["services"]
+    service = services["alertmanager"]
+    root = mount_tree("alertmanager", tmp_path)
+    (config_flag,) = [arg for arg in service["command"] if arg.startswith("--config.file=")]
+    config_path = root / PurePosixPath(config_flag.partition("=")[2]).relative_to("/")
+    # The mounted file is the shipped one, and the template it loads sits beside it.
+    assert config_path.resolve() == ALERTMANAGER_CONFIG.resolve()
+    result = run([amtool, "check-config", str(config_path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 templates" in result.stdout, result.stdout
+    assert any(port.endswith(":9093") for port in service["ports"])
+
+    prometheus = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+    (alertmanagers,) = prometheus["alerting"]["alertmanagers"]
+    # Alertmanager's default listen address is :9093, on the compose service's name.
+    assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
 
 
 def test_compose_grafana_provisions_prometheus_and_the_mounted_dashboards(
