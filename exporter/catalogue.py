@@ -659,6 +659,115 @@ TOP_TASK_CREDITS = Metric(
 )
 TOP_TASKS = (TOP_TASK_CREDITS,)
 
+# --- recent spend, by when the streams ended (the spend alerts and their culprits)
+
+_RECENT = (
+    "streams that ended within the trailing `window` (15m, 1h), counted by when they ended "
+    "(created_at + total_execution_ms): a backlog Neo lists late, of streams that ended long "
+    "ago, adds nothing; a long stream that ends now adds its whole cost"
+)
+_RECENT_RANKED = "ranks 1 to 3, the whole set replaced at each poll; empty groups left out"
+_RECENT_FROM = "From the state's counted streams (fields {}). Refreshed every poll of the streams."
+RECENT_CREDITS = Metric(
+    "neo_recent_credits",
+    GAUGE,
+    ("account", "window"),
+    f"Neo credits of the {_RECENT}. 0 until the first whole read of the window."
+    + " "
+    + _RECENT_FROM.format("neo_credits"),
+    unit="credits",
+    source="`neo_credits`",
+    meaning="credits of the streams that ended within the last 15 minutes or hour",
+)
+RECENT_COST_USD = Metric(
+    "neo_recent_cost_usd",
+    GAUGE,
+    ("account", "window"),
+    f"BYOK USD (llm_cost + neo_cost) of the {_RECENT}. 0 until the first whole read."
+    + " "
+    + _RECENT_FROM.format("llm_cost + neo_cost"),
+    unit="USD",
+    source="`llm_cost` + `neo_cost`",
+    meaning="BYOK USD of the streams that ended within the last 15 minutes or hour",
+)
+RECENT_TOP_TASK_CREDITS = Metric(
+    "neo_recent_top_task_credits",
+    GAUGE,
+    ("account", "window", "rank", "task_id", "task_title"),
+    f"Neo credits of the tasks that spent the most in the {_RECENT}; {_RECENT_RANKED}. "
+    "task_title is empty when metrics.task_titles is false."
+    + " "
+    + _RECENT_FROM.format("neo_credits, task_id, task_title"),
+    unit="credits",
+    source="`neo_credits`, `task_id`, `task_title`",
+    meaning="the spend alerts' culprits: the tasks behind the last 15 minutes' or hour's credits",
+)
+RECENT_TOP_TASK_COST_USD = Metric(
+    "neo_recent_top_task_cost_usd",
+    GAUGE,
+    ("account", "window", "rank", "task_id", "task_title"),
+    f"BYOK USD of the tasks that spent the most in the {_RECENT}; {_RECENT_RANKED}."
+    + " "
+    + _RECENT_FROM.format("llm_cost + neo_cost, task_id, task_title"),
+    unit="USD",
+    source="`llm_cost` + `neo_cost`, `task_id`, `task_title`",
+    meaning="the USD spend alerts' culprits: the tasks behind the recent BYOK USD",
+)
+RECENT_TOP_MODEL_CREDITS = Metric(
+    "neo_recent_top_model_credits",
+    GAUGE,
+    ("account", "window", "rank", "model"),
+    f"Neo credits of the models that spent the most in the {_RECENT}; {_RECENT_RANKED}."
+    + " "
+    + _RECENT_FROM.format("neo_credits, model"),
+    unit="credits",
+    source="`neo_credits`, `model`",
+    meaning="the models behind the last 15 minutes' or hour's credits",
+)
+RECENT_TOP_MODEL_COST_USD = Metric(
+    "neo_recent_top_model_cost_usd",
+    GAUGE,
+    ("account", "window", "rank", "model"),
+    f"BYOK USD of the models that spent the most in the {_RECENT}; {_RECENT_RANKED}."
+    + " "
+    + _RECENT_FROM.format("llm_cost + neo_cost, model"),
+    unit="USD",
+    source="`llm_cost` + `neo_cost`, `model`",
+    meaning="the models behind the recent BYOK USD",
+)
+RECENT_TOP_MEMBER_CREDITS = Metric(
+    "neo_recent_top_member_credits",
+    GAUGE,
+    ("account", "window", "rank", "email"),
+    f"Neo credits of the members who spent the most in the {_RECENT}; {_RECENT_RANKED}. "
+    "Only with metrics.members.enabled (emails are personal data)."
+    + " "
+    + _RECENT_FROM.format("neo_credits, email"),
+    unit="credits",
+    source="`neo_credits`, `email`",
+    meaning="the members behind the last 15 minutes' or hour's credits (members enabled)",
+)
+RECENT_TOP_MEMBER_COST_USD = Metric(
+    "neo_recent_top_member_cost_usd",
+    GAUGE,
+    ("account", "window", "rank", "email"),
+    f"BYOK USD of the members who spent the most in the {_RECENT}; {_RECENT_RANKED}. "
+    "Only with metrics.members.enabled." + " " + _RECENT_FROM.format("llm_cost + neo_cost, email"),
+    unit="USD",
+    source="`llm_cost` + `neo_cost`, `email`",
+    meaning="the members behind the recent BYOK USD (members enabled)",
+)
+RECENT = (
+    RECENT_CREDITS,
+    RECENT_COST_USD,
+    RECENT_TOP_TASK_CREDITS,
+    RECENT_TOP_TASK_COST_USD,
+    RECENT_TOP_MODEL_CREDITS,
+    RECENT_TOP_MODEL_COST_USD,
+    RECENT_TOP_MEMBER_CREDITS,
+    RECENT_TOP_MEMBER_COST_USD,
+)
+
 # --- health
 
 UP = Metric(
@@ -1049,6 +1158,7 @@ COLLECTED: tuple[Metric, ...] = (
     + CAP
     + BILLING
     + TOP_TASKS
+    + RECENT
     + HEALTH
 )
 """What the collector emits, from the snapshot."""
@@ -1062,5 +1172,6 @@ DOC_TABLES: tuple[tuple[str, tuple[Metric, ...]], ...] = (
     ("Window gauges", WINDOW),
     ("Account: summary, spending cap, credit balance", SUMMARY + CAP + BILLING),
     ("Culprits: top tasks and per-member spend", TOP_TASKS + MEMBERS),
+    ("Recent spend, by when it happened: the spend alerts and their culprits", RECENT),
     ("Exporter health", HEALTH + PROCESS),
 )

@@ -23,6 +23,7 @@ from prometheus_client.samples import Sample
 from exporter import __version__
 from exporter import catalogue as m
 from exporter.catalogue import Metric
+from exporter.counting import RECENT_WINDOWS, RecentSpend
 from exporter.snapshot import ACCOUNT_ENDPOINTS, Snapshot, SnapshotStore
 
 # The client library's own formatting of `le` values (its annotation is missing).
@@ -198,6 +199,38 @@ def top_tasks(snapshot: Snapshot) -> Iterator[Family]:
     yield family
 
 
+def recent_spend(snapshot: Snapshot) -> Iterator[Family]:
+    """The spend of the streams that ended lately, by trailing window, and its culprits
+    (0 for every window, with no culprit, until the first whole read of the window).
+
+    neo_recent_credits{account="acme",window="15m"} 412.5
+    neo_recent_cost_usd{account="acme",window="1h"} 18.25
+    neo_recent_top_task_credits{account="acme",window="15m",rank="1",task_id="3f2a",task_title="Nightly scan"} 380.0
+    neo_recent_top_model_credits{account="acme",window="15m",rank="1",model="claude-sonnet-4-5"} 300.0
+    neo_recent_top_member_credits{account="acme",window="15m",rank="1",email="ana@example.com"} 290.0
+    """  # noqa: E501
+    families = _gauges(m.RECENT)
+    ranked = (
+        (m.RECENT_TOP_TASK_CREDITS, "tasks_by_credits", "credits"),
+        (m.RECENT_TOP_TASK_COST_USD, "tasks_by_usd", "cost_usd"),
+        (m.RECENT_TOP_MODEL_CREDITS, "models_by_credits", "credits"),
+        (m.RECENT_TOP_MODEL_COST_USD, "models_by_usd", "cost_usd"),
+        (m.RECENT_TOP_MEMBER_CREDITS, "members_by_credits", "credits"),
+        (m.RECENT_TOP_MEMBER_COST_USD, "members_by_usd", "cost_usd"),
+    )
+    for account in snapshot.accounts:
+        spent = {r.window: r for r in account.recent}
+        for window, seconds in RECENT_WINDOWS:
+            recent = spent.get(window, RecentSpend(window, seconds))
+            families[m.RECENT_CREDITS].add_metric([account.name, window], recent.credits)
+            families[m.RECENT_COST_USD].add_metric([account.name, window], recent.cost_usd)
+            for metric, culprits, unit in ranked:
+                for rank, culprit in enumerate(getattr(recent, culprits), start=1):
+                    labels = [account.name, window, str(rank), *culprit.key]
+                    families[metric].add_metric(labels, getattr(culprit, unit))
+    yield from families.values()
+
+
 def health(snapshot: Snapshot) -> Iterator[Family]:
     """The exporter's view of each account: up, freshness, state, build.
 
@@ -310,5 +343,6 @@ class NeoCollector(Collector):
         yield from summary_gauges(snapshot)
         yield from cap_and_billing_gauges(snapshot)
         yield from top_tasks(snapshot)
+        yield from recent_spend(snapshot)
         yield from health(snapshot)
         yield from audit(snapshot)

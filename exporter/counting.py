@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -575,3 +575,49 @@ class TopTasks:
             TopTask(rank, c.task_id, clean_title(c.title), c.email, c.credits)
             for rank, c in enumerate(best, start=1)
         )
+
+
+# --- recent spend: by when the streams ended, for the spend alerts and their culprits -----
+
+# The trailing windows of the spend alerts: a spike's 15 minutes, the hourly spend's hour.
+RECENT_WINDOWS: tuple[tuple[str, float], ...] = (("15m", 900.0), ("1h", 3600.0))
+RECENT_TOP = 3  # culprits named per window: tasks, models and members, by credits and by USD
+
+
+@dataclass(frozen=True, slots=True)
+class Culprit:
+    """A task (task_id, title), a model (model,) or a member (email,) behind recent spend."""
+
+    key: tuple[str, ...]
+    credits: float
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecentSpend:
+    """The spend of the streams that ended within a trailing window, counted by when they
+    ended rather than by when they were read: a backlog listed late (streams that ended
+    long ago) adds nothing here, while a long stream that ends now adds its whole cost.
+
+    Each culprit tuple is ranked by credits (`*_by_credits`) or by BYOK USD (`*_by_usd`),
+    at most RECENT_TOP long, without groups that spent nothing in that unit.
+    """
+
+    window: str
+    seconds: float
+    credits: float = 0.0
+    cost_usd: float = 0.0
+    tasks_by_credits: tuple[Culprit, ...] = ()
+    tasks_by_usd: tuple[Culprit, ...] = ()
+    models_by_credits: tuple[Culprit, ...] = ()
+    models_by_usd: tuple[Culprit, ...] = ()
+    members_by_credits: tuple[Culprit, ...] = ()
+    members_by_usd: tuple[Culprit, ...] = ()
+
+
+def ranked(groups: Iterable[Culprit], top: int = RECENT_TOP) -> tuple[tuple[Culprit, ...], ...]:
+    """The `top` groups by credits, then by USD; ties by key, so that ranks are stable."""
+    items = list(groups)
+    by_credits = sorted((g for g in items if g.credits > 0), key=lambda g: (-g.credits, g.key))
+    by_usd = sorted((g for g in items if g.cost_usd > 0), key=lambda g: (-g.cost_usd, g.key))
+    return tuple(by_credits[:top]), tuple(by_usd[:top])

@@ -52,7 +52,7 @@ from exporter.client import (
     Stopped,
 )
 from exporter.config import AccountConfig, PollingConfig
-from exporter.counting import TopTasks
+from exporter.counting import RECENT_WINDOWS, RecentSpend, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
     BodyError,
@@ -726,6 +726,13 @@ class AccountPoller:
                     self._state.seen_streams(self.name),
                 )
             counts = self._state.counts(self.name) if self.live else None
+            recent: tuple[RecentSpend, ...] | None = None
+            if window and self.live:
+                now = self._clock()
+                recent = tuple(
+                    self._state.recent_spend(self.name, now, label, seconds)
+                    for label, seconds in RECENT_WINDOWS
+                )
 
             def publish(a: AccountSnapshot) -> AccountSnapshot:
                 a = replace(
@@ -739,6 +746,8 @@ class AccountPoller:
                     a = replace(a, window_streams=in_window[0], seen_streams=in_window[1])
                 if counts is not None:
                     a = replace(a, counts=counts)
+                if recent is not None:
+                    a = replace(a, recent=recent)
                 return a if change is None else change(a)
 
             size = self._state.size_bytes() if window else None

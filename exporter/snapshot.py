@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from exporter.counting import Counts, TaskWindow, TopTask
+from exporter.counting import Counts, RecentSpend, TaskWindow, TopTask
 from exporter.models import CreditBalance, SpendingCap, UsageSummary
 
 
@@ -95,6 +95,8 @@ class AccountSnapshot:
     # Rows the last read of each list endpoint missed against the API's own count (0: none).
     missing_rows: Mapping[str, int] = field(default_factory=dict)
     audit: AuditResult | None = None
+    # The spend of the streams that ended lately, by trailing window (empty until live).
+    recent: tuple[RecentSpend, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

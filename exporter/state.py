@@ -34,13 +34,17 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from exporter import catalogue as m
 from exporter.config import Config, LabelLimits, TeamsConfig
 from exporter.counting import (
+    RECENT_TOP,
     Counted,
     CounterValue,
     Counts,
+    Culprit,
     HistogramValue,
+    RecentSpend,
     Tally,
     TaskWindow,
     Totals,
+    ranked,
 )
 from exporter.models import StreamRecord, TaskRecord
 
@@ -525,6 +529,41 @@ class State:
             for status, older in self._older_by_status(account, since):
                 counts[status] -= older
         return {status: count for status, count in counts.items() if count > 0}
+
+    def recent_spend(
+        self, account: str, now: float, window: str, seconds: float, *, top: int = RECENT_TOP
+    ) -> RecentSpend:
+        """The spend of the account's streams that ended in (now - seconds, now], with the
+        tasks, models and members (kept only with member metrics on) that spent the most."""
+        span = (account, now - seconds, now)
+        where = "FROM streams WHERE account = ? AND ended_ts > ? AND ended_ts <= ?"
+        with self._lock:
+            db = self._db
+            credits, cost_usd = db.execute(
+                f"SELECT COALESCE(SUM(credits), 0), COALESCE(SUM(llm_cost + neo_cost), 0) {where}",
+                span,
+            ).fetchone()
+            tasks = db.execute(
+                "SELECT COALESCE(task_id, ''), COALESCE(MAX(task_title), ''), SUM(credits), "
+                f"SUM(llm_cost + neo_cost) {where} GROUP BY task_id",
+                span,
+            ).fetchall()
+            models = db.execute(
+                "SELECT COALESCE(model, ''), SUM(credits), SUM(llm_cost + neo_cost) "
+                f"{where} GROUP BY model",
+                span,
+            ).fetchall()
+            members = db.execute(
+                "SELECT member, SUM(credits), SUM(llm_cost + neo_cost) "
+                f"{where} AND member IS NOT NULL GROUP BY member",
+                span,
+            ).fetchall()
+        task_ranks = ranked((Culprit((t, title), c, u) for t, title, c, u in tasks), top)
+        model_ranks = ranked((Culprit((model,), c, u) for model, c, u in models), top)
+        member_ranks = ranked((Culprit((email,), c, u) for email, c, u in members), top)
+        return RecentSpend(
+            window, seconds, credits, cost_usd, *task_ranks, *model_ranks, *member_ranks
+        )
 
     def _older_by_status(self, account: str, before: float) -> list[tuple[str, int]]:
         return self._db.execute(

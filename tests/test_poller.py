@@ -617,3 +617,85 @@ def test_an_audit_whose_token_may_not_read_the_summary_compares_streams_only(
     assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 0
     assert_absent(samples, "neo_exporter_audit_credits_drift")  # left out, not 0
     assert_absent(samples, "neo_exporter_audit_neo_credits")
+
+
+# --- recent spend: by when the streams ended ---------------------------------------------
+
+
+def ended_within(rows: list[dict[str, Any]], now: float, seconds: float) -> list[dict[str, Any]]:
+    """The fake's rows whose stream ended in (now - seconds, now]."""
+    from exporter.models import parse_timestamp
+
+    def ended(row: dict[str, Any]) -> float:
+        return parse_timestamp(row["created_at"]) + float(row["total_execution_ms"]) / 1000
+
+    return [row for row in rows if now - seconds < ended(row) <= now]
+
+
+def by_task(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    totals: dict[str, float] = {}
+    for row in rows:
+        totals[row["task_id"]] = totals.get(row["task_id"], 0.0) + float(row["neo_credits"])
+    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+
+
+def test_recent_spend_counts_streams_by_when_they_ended_and_names_the_top_tasks(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    rows = neo.generate(800, T0 - 3 * 3600, T0 - 1, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    assert exporter.pollers[0].poll_once()
+    samples = scrape(exporter.registry)
+    for window, seconds in (("15m", 900.0), ("1h", 3600.0)):
+        recent = ended_within(rows, T0, seconds)
+        assert recent, f"no stream ended in the last {window}: the test shows nothing"
+        want = sum(float(r["neo_credits"]) for r in recent)
+        got = sample(samples, "neo_recent_credits", account="acme", window=window)
+        assert got == pytest.approx(want, rel=1e-12)
+        tops = sorted(
+            (int(dict(key)["rank"]), dict(key)["task_id"], value)
+            for key, value in select(
+                samples, "neo_recent_top_task_credits", account="acme", window=window
+            ).items()
+        )
+        expected = by_task(recent)[:3]
+        assert [(task, pytest.approx(credits)) for _, task, credits in tops] == [
+            (task, pytest.approx(credits)) for task, credits in expected
+        ]
+        assert [rank for rank, *_ in tops] == list(range(1, len(expected) + 1))
+        titles = {r["task_id"]: r.get("task_title", "") for r in recent}
+        for key in select(samples, "neo_recent_top_task_credits", account="acme", window=window):
+            labels = dict(key)
+            assert labels["task_title"] == titles[labels["task_id"]]
+    assert_absent(samples, "neo_recent_top_member_credits", account="acme")  # members off
+
+
+def test_a_late_backlog_raises_the_counters_but_not_the_recent_spend(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    neo.generate(300, T0 - 2 * DAY, T0 - 3 * 3600, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url, lookback="6h", window="2d"))
+    poller = exporter.pollers[0]
+    assert poller.poll_once()
+    before = scrape(exporter.registry)
+    assert sample(before, "neo_recent_credits", account="acme", window="1h") == 0
+    # Neo lists at once streams created 1.5 to 6 hours ago that ran at most an hour: they
+    # ended at least half an hour ago.
+    late = neo.generate(400, T0 - 6 * 3600, T0 - 1.5 * 3600, late_fraction=0.0)
+    clock.advance(60)
+    assert poller.poll_streams()
+    after = scrape(exporter.registry)
+    counted = sum(select(after, "neo_credits_total", account="acme").values())
+    assert counted > sum(select(before, "neo_credits_total", account="acme").values())
+    assert ended_within(late, clock(), 3600) == []  # none ended within the hour...
+    assert sample(after, "neo_recent_credits", account="acme", window="1h") == 0  # ...so 0
+    assert sample(after, "neo_recent_credits", account="acme", window="15m") == 0
+    # A long stream that ends now, with its whole cost, is current spend.
+    long_run = neo.spike(1, multiplier=50.0, at=clock() - 3000)
+    neo.replace_row(long_run[0]["stream_id"], total_execution_ms=3_000_000)
+    clock.advance(1)
+    assert poller.poll_streams()
+    now = scrape(exporter.registry)
+    assert sample(now, "neo_recent_credits", account="acme", window="1h") == pytest.approx(
+        float(long_run[0]["neo_credits"])
+    )
