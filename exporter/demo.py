@@ -362,6 +362,30 @@ def spike_streams(
     ]
 
 
+def burst_streams(
+    rng: random.Random, count: int, start_ms: int, end_ms: int, multiplier: float, people: People
+) -> list[Stream]:
+    """`count` streams of one new task, ending (and visible) between start_ms and end_ms:
+    a task fanned out over many targets at once."""
+    task = _draw_task(rng, people)
+    out = []
+    for n in range(count):
+        shape = _draw_shape(rng, "completed")
+        ended_ms = start_ms + (end_ms - start_ms) * n // max(1, count - 1)
+        created_ms = ended_ms - shape.total_ms
+        out.append(
+            _make_stream(
+                rng,
+                task,
+                shape,
+                created_ms=created_ms,
+                visible_us=ended_ms * 1000,
+                multiplier=multiplier,
+            )
+        )
+    return out
+
+
 def _poisson(rng: random.Random, mean: float) -> int:
     if mean <= 0:
         return 0
@@ -419,6 +443,9 @@ class Traffic:
 
     def spike(self, count: int, at_ms: int, multiplier: float) -> list[Stream]:
         return spike_streams(self.rng, count, at_ms, multiplier, self.people)
+
+    def burst(self, count: int, start_ms: int, end_ms: int, multiplier: float) -> list[Stream]:
+        return burst_streams(self.rng, count, start_ms, end_ms, multiplier, self.people)
 
     def start_live(
         self, rate: float, now: float, late: tuple[float, float], spikes: float | None

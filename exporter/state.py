@@ -533,10 +533,14 @@ class State:
     def recent_spend(
         self, account: str, now: float, window: str, seconds: float, *, top: int = RECENT_TOP
     ) -> RecentSpend:
-        """The spend of the account's streams that ended in (now - seconds, now], with the
-        tasks, models and members (kept only with member metrics on) that spent the most."""
-        span = (account, now - seconds, now)
-        where = "FROM streams WHERE account = ? AND ended_ts > ? AND ended_ts <= ?"
+        """The spend of the account's streams that ended after now - seconds, with the tasks,
+        models and members (kept only with member metrics on) that spent the most.
+
+        A stream whose end is still ahead of `now` (its clock runs ahead of ours) counts as
+        ending now: it is listed, so its spend has happened.
+        """
+        span = (account, now - seconds)
+        where = "FROM streams WHERE account = ? AND ended_ts > ?"
         with self._lock:
             db = self._db
             credits, cost_usd = db.execute(

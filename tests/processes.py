@@ -7,6 +7,7 @@ records.py), never from one another (tests/test_layout.py checks that).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import queue
 import re
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, TypeVar
@@ -291,3 +293,54 @@ def assert_promtool_lint_clean(tool: str, text: str) -> None:
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert lint.stdout.strip() == "" and lint.stderr.strip() == ""
+
+
+# --- a webhook that receives Alertmanager's notifications ---------------------------------
+
+
+@dataclass
+class Webhook:
+    """Notifications received, as (receiver from the URL path, Alertmanager's JSON body)."""
+
+    url: str
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def of(self, receiver: str) -> list[dict[str, Any]]:
+        return [body for name, body in list(self.received) if name == receiver]
+
+
+@contextmanager
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            hook.received.append((self.path.strip("/"), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: the test reports what it received
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def with_receiver_urls(text: str, urls: dict[str, str]) -> str:
+    """The shipped config with only its receivers' (uncommented) webhook URLs replaced."""
+    from tests.repo_files import ALERTMANAGER_CONFIG  # repo_files imports this module
+
+    receivers = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]
+    shipped = {r["name"]: [w["url"] for w in r.get("webhook_configs", [])] for r in receivers}
+    for name, (url,) in shipped.items():
+        assert text.count(f"url: {url}\n") == 1, url
+        text = text.replace(f"url: {url}\n", f"url: {urls[name]}\n")
+    return text

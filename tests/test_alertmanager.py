@@ -12,12 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.processes import Proc, free_port, require_tool, wait_until
+from tests.processes import Proc, free_port, require_tool, wait_until, webhook, with_receiver_urls
 from tests.repo_files import ALERTMANAGER_CONFIG, ALERTMANAGER_TEMPLATES, rules
 
 SPEND, OPS = "neo-spend", "neo-exporter-ops"
@@ -294,53 +289,6 @@ def test_email_text_and_html_carry_the_same_parts(tmp_path: Path) -> None:
 
 
 # --- a real Alertmanager ----------------------------------------------------------------
-
-
-@dataclass
-class Webhook:
-    """Notifications received, as (receiver from the URL path, Alertmanager's JSON body)."""
-
-    url: str
-    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def of(self, receiver: str) -> list[dict[str, Any]]:
-        return [body for name, body in list(self.received) if name == receiver]
-
-
-@contextmanager
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            hook.received.append((self.path.strip("/"), body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # quiet: the test reports what it received
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def with_receiver_urls(text: str, urls: dict[str, str]) -> str:
-    """The shipped config with only its receivers' (uncommented) webhook URLs replaced."""
-    shipped = {
-        r["name"]: [w["url"] for w in r.get("webhook_configs", [])] for r in config()["receivers"]
-    }
-    for name, (url,) in shipped.items():
-        assert text.count(f"url: {url}\n") == 1, url
-        text = text.replace(f"url: {url}\n", f"url: {urls[name]}\n")
-    return text
 
 
 def post_alert(am_url: str, labels: dict[str, str], annotations: dict[str, str]) -> None:

@@ -623,13 +623,14 @@ def test_an_audit_whose_token_may_not_read_the_summary_compares_streams_only(
 
 
 def ended_within(rows: list[dict[str, Any]], now: float, seconds: float) -> list[dict[str, Any]]:
-    """The fake's rows whose stream ended in (now - seconds, now]."""
+    """The fake's rows whose stream ended after now - seconds (those still running by their
+    own clock count as ending now)."""
     from exporter.models import parse_timestamp
 
     def ended(row: dict[str, Any]) -> float:
         return parse_timestamp(row["created_at"]) + float(row["total_execution_ms"]) / 1000
 
-    return [row for row in rows if now - seconds < ended(row) <= now]
+    return [row for row in rows if now - seconds < ended(row)]
 
 
 def by_task(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:

@@ -320,6 +320,18 @@ class FakeNeo:
             now = self._now_at()
             return [_stream_row(g, now) for g in streams]
 
+    def task_burst(
+        self, count: int, *, seconds: float = 10.0, multiplier: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Add `count` streams of one new task that ended in the last `seconds`, each listed
+        as it ended: a genuine spike of current spend. Returns the rows."""
+        with self._lock:
+            now_ms = math.floor(self._clock() * 1000)
+            start_ms = now_ms - round(seconds * 1000)
+            streams = self._insert(self._traffic.burst(count, start_ms, now_ms, multiplier))
+            now = self._now_at()
+            return [_stream_row(g, now) for g in streams]
+
     def dense_ties(self, per_second: int, seconds: int, *, at: float | None = None) -> int:
         """Add `per_second` single-stream tasks created and visible in each whole second of
         `seconds` from `at` (default: an hour ago): a burst of scans that cron starts at the

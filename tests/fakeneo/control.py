@@ -49,6 +49,25 @@ def _control(
         )
         return {"added": len(rows), "stream_ids": [r["stream_id"] for r in rows]}
 
+    def populate() -> Any:
+        spec = _dict(body)
+        added = neo.populate(
+            int(spec.get("count", 100)),
+            float(spec["start"]),
+            float(spec["end"]),
+            late_fraction=float(spec.get("late_fraction", 0.0)),
+        )
+        return {"added": added}
+
+    def burst() -> Any:
+        spec = _dict(body)
+        rows = neo.task_burst(
+            int(spec.get("count", 100)),
+            seconds=float(spec.get("seconds", 10.0)),
+            multiplier=float(spec.get("multiplier", 1.0)),
+        )
+        return {"added": len(rows), "task_id": rows[0]["task_id"] if rows else None}
+
     def rows() -> Any:
         items = body if isinstance(body, list) else _dict(body).get("rows")
         if not isinstance(items, list):
@@ -74,6 +93,9 @@ def _control(
         ("POST", "/_fake/faults"): faults,
         ("DELETE", "/_fake/faults"): clear_faults,
         ("POST", "/_fake/spike"): spike,
+        # History added now: streams created (and ended) in [start, end], listed at once.
+        ("POST", "/_fake/populate"): populate,
+        ("POST", "/_fake/burst"): burst,
         ("POST", "/_fake/rows"): rows,
         ("GET", "/_fake/truth"): lambda: neo.truth(
             _time_arg(query.get("from")),
