@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -588,3 +590,31 @@ def test_an_audit_whose_token_may_not_read_the_summary_compares_streams_only(
     assert sample(samples, "neo_exporter_audit_streams_missing", account="acme") == 0
     assert_absent(samples, "neo_exporter_audit_credits_drift")  # left out, not 0
     assert_absent(samples, "neo_exporter_audit_neo_credits")
+
+
+def test_a_first_start_is_ready_as_soon_as_its_first_window_read_is_published(
+    neo: FakeNeo,
+    fake: FakeNeoServer,
+    make_exporter: Any,
+    clock: ManualClock,
+    stop_event: threading.Event,
+) -> None:
+    neo.generate(200, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    poller = exporter.pollers[0]
+    # The clock never moves: readiness must not wait for the next poll's turn.
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while exporter.store.account("acme").counts is None:
+            assert time.monotonic() < deadline, "the first window read was never published"
+            time.sleep(0.01)
+        published = time.monotonic()
+        while not exporter.store.get().ready:
+            assert time.monotonic() - published < 1.0, "published, but not ready a second later"
+            time.sleep(0.01)
+    finally:
+        stop_event.set()
+        thread.join(10)
+    assert truth_mismatches(scrape(exporter.registry), neo.truth(), "acme") == []
