@@ -180,6 +180,9 @@ class MetricsConfig:
     top_tasks: int = 10
     # Titles often name a scan target; off keeps them out of neo_top_task_credits.
     task_titles: bool = True
+    # The `_created` samples of counters and histograms (client_python's
+    # disable_created_metrics when false): about 40% of the series Prometheus stores.
+    created_series: bool = True
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class WebConfig:
     max_connections: int = 64
     # Where this repository's docs/ folder is published: the landing page links there.
     docs_url: str = ""
+    # Where the metrics are served (--web.telemetry-path).
+    telemetry_path: str = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -498,6 +503,20 @@ def _to_docs_url(value: object) -> str:
     return text.rstrip("/")
 
 
+# Paths the server answers itself: the metrics cannot move there.
+RESERVED_PATHS: Final = ("/", "/-/healthy", "/-/ready")
+
+
+def to_telemetry_path(value: object) -> str:
+    text = _to_str(value)
+    expected = "expected a path like /metrics"
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if text in RESERVED_PATHS:
+        raise ValueError(f"{expected}, got {_describe(value)}, which the server answers itself")
+    return text
+
+
 def _to_auth_header(value: object) -> str:
     text = _to_str(value).lower()
     if text not in AUTH_HEADERS:
@@ -765,6 +784,9 @@ def _web(reader: _Reader, value: object) -> WebConfig:
             section, "web", "max_connections", default.max_connections, low=1, high=MAX_CONNECTIONS
         ),
         docs_url=reader.get(section, "web", "docs_url", _to_docs_url, default.docs_url),
+        telemetry_path=reader.get(
+            section, "web", "telemetry_path", to_telemetry_path, default.telemetry_path
+        ),
     )
 
 
@@ -946,6 +968,9 @@ def _metrics(reader: _Reader, value: object) -> MetricsConfig:
         ),
         task_titles=reader.get(
             section, "metrics", "task_titles", _to_bool, MetricsConfig().task_titles
+        ),
+        created_series=reader.get(
+            section, "metrics", "created_series", _to_bool, MetricsConfig().created_series
         ),
     )
 
@@ -1240,4 +1265,5 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_listen_address",
+    "to_telemetry_path",
 ]

@@ -134,6 +134,9 @@ ONE_MISTAKE = {
         "expected a mapping",
     ),
     "task_titles_not_a_boolean": ("metrics.task_titles", "expected true or false"),
+    "created_series_not_a_boolean": ("metrics.created_series", "expected true or false"),
+    "telemetry_path_not_a_path": ("web.telemetry_path", "expected a path like /metrics"),
+    "telemetry_path_reserved": ("web.telemetry_path", "which the server answers itself"),
     "max_connections_out_of_range": ("web.max_connections", "from 1 to 10000"),
     "zero_read_header_timeout": ("web.read_header_timeout", "must be greater than 0"),
 }
