@@ -361,7 +361,10 @@ def _main(argv: list[str], stop: threading.Event, started: float) -> tuple[int, 
             log.warning("%s", warning)
         if args.check_config:
             check_state_path(config.state.path)
-            print(f"config OK: {len(config.accounts)} account(s), state {config.state.path}")
+            print(
+                f"config OK: {len(config.accounts)} account(s), state {config.state.path} "
+                "(the tokens were not checked: the API is not asked; --once reads with them)"
+            )
             return EXIT_OK, False
         if args.once:
             with once_state(config, args.once_state) as once_config:

@@ -1134,7 +1134,10 @@ def _config_from_environ(environ: Mapping[str, str]) -> Config:
     """No file: one account, "default", from NEO_API_TOKEN (+ NEO_API_URL, NEO_API_AUTH_HEADER)."""
     raw_token = environ.get("NEO_API_TOKEN")
     if raw_token is None:
-        raise ConfigError("config: no --config.file given and NEO_API_TOKEN is not set")
+        raise ConfigError(
+            "config: no --config.file given and NEO_API_TOKEN is not set (to try the exporter "
+            "without a token: neo-exporter --demo)"
+        )
     if not raw_token.strip():
         raise ConfigError(
             "config: no --config.file given and NEO_API_TOKEN is empty (expected the API token)"

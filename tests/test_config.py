@@ -265,7 +265,10 @@ def test_environment_values_are_not_interpolated() -> None:
 def test_no_file_and_no_token_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, {})
-    assert caught.value.problems == ("config: no --config.file given and NEO_API_TOKEN is not set",)
+    assert caught.value.problems == (
+        "config: no --config.file given and NEO_API_TOKEN is not set (to try the exporter "
+        "without a token: neo-exporter --demo)",
+    )
 
 
 @pytest.mark.parametrize("token", ["", "  "])
