@@ -19,7 +19,6 @@ result is worthless); timing targets are reported, never enforced (the machine i
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -44,13 +43,13 @@ from prometheus_client.registry import Collector
 
 from exporter.app import Exporter, build
 from exporter.client import JSON_DECODER, STREAMS_PATH, TASKS_PATH
-from exporter.collector import NeoCollector
+from exporter.collector import COUNTS, STATUS, NeoCollector
 from exporter.config import Config, config_from_mapping
 from exporter.counting import STREAM_COUNTERS, CounterValue, Counts
-from exporter.instrumentation import ExporterMetrics
+from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.models import format_timestamp
 from exporter.poller import incremental_span
-from exporter.server import RENDER_TTL, ExporterServer, Renders
+from exporter.server import ExporterServer, Renders
 from exporter.snapshot import SnapshotStore
 from exporter.state import WATERMARK_RECONCILE, WATERMARK_STREAMS
 
@@ -570,7 +569,7 @@ class Watch:
         idle_rate = self.idle_cpu / self.observed
         with requests.Session() as session:
             for _ in range(self.SCRAPES):
-                time.sleep(RENDER_TTL + 0.2)  # past the server's reuse of a whole body
+                time.sleep(1.2)  # as scrapes come: polls publish in between
                 cpu, wall = process_cpu(self.proc.pid), time.perf_counter()
                 response = session.get(f"{self.url}/metrics", timeout=120)
                 time.sleep(0.3)  # the process's CPU counters lag a little
@@ -625,6 +624,13 @@ class _Fixed(Collector):
 
 def scrape_store(series: int) -> SnapshotStore:
     """A snapshot holding `series` stream counters (models x statuses x byok x metrics)."""
+    store = SnapshotStore(("bench",), WINDOW)
+    counts = scrape_counts(series)
+    store.update("bench", lambda a: replace(a, counts=counts))
+    return store
+
+
+def scrape_counts(series: int) -> Counts:
     counters: dict[tuple[str, tuple[str, ...]], CounterValue] = {}
     per_metric = math.ceil(series / len(STREAM_COUNTERS))
     statuses = 10
@@ -633,10 +639,7 @@ def scrape_store(series: int) -> SnapshotStore:
         for metric in STREAM_COUNTERS:
             if len(counters) < series:
                 counters[(metric, labels)] = CounterValue(i * 1.5, 1_700_000_000.0)
-    store = SnapshotStore(("bench",), WINDOW)
-    counts = Counts(counters, {})
-    store.update("bench", lambda a: replace(a, counts=counts))
-    return store
+    return Counts(counters, {})
 
 
 def run_scrape(series: int, repeat: int) -> Scrape:
@@ -658,10 +661,11 @@ def run_scrape(series: int, repeat: int) -> Scrape:
     # snapshot; the exporter's own metrics are rendered again at each scrape.
     live = CollectorRegistry()
     ExporterMetrics(live, ("bench",))
-    ticks = itertools.count(step=RENDER_TTL)  # past the one-second reuse at every scrape
-    renders = Renders(live, ours, store, monotonic=lambda: float(next(ticks)))
+    renders = Renders(live, CollectorRegistry(), store, per_counts=ours)
     renders.get(generate_latest, CONTENT_TYPE_LATEST, False)
     for _ in range(repeat):
+        # A poll that counted nothing: a new snapshot, the same counts.
+        store.update("bench", lambda a: replace(a, seen_streams=a.seen_streams + 1))
         out.between_polls.append(
             measure(lambda: renders.get(generate_latest, CONTENT_TYPE_LATEST, False))[1]
         )
@@ -675,6 +679,74 @@ def run_scrape(series: int, repeat: int) -> Scrape:
                 )
                 response.raise_for_status()
                 out.http.append(wall)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
+
+
+@dataclass
+class Unchanged:
+    accounts: int
+    samples: int
+    body_bytes: int  # uncompressed
+    first: list[float]  # the first gzip scrape of a snapshot: rendered and compressed
+    again: list[float]  # each later gzip scrape of the same snapshot
+    http: list[float]  # GET /metrics (gzip) over loopback, the same snapshot
+
+
+def run_unchanged(accounts: int, series: int, repeat: int) -> Unchanged:
+    """Scrapes of one snapshot of `accounts` accounts, as a Prometheus asks (gzip), with the
+    exporter's registries as app.build lays them out (its own counters of every account,
+    the Neo metrics in two parts, the process's metrics at every scrape)."""
+    names = tuple(f"account-{i:02d}" for i in range(accounts))
+    store = SnapshotStore(names, WINDOW)
+    for name in names:
+        counts = scrape_counts(series)
+        store.update(name, lambda a, c=counts: replace(a, counts=c, first_poll_done=True))
+    live, per_snapshot, per_counts = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    ExporterMetrics(live, names)
+    per_snapshot.register(NeoCollector(store, STATUS))
+    per_counts.register(NeoCollector(store, COUNTS))
+    server = ExporterServer(
+        ("127.0.0.1", 0),
+        live,
+        store,
+        per_snapshot=per_snapshot,
+        per_counts=per_counts,
+        per_scrape=process_registry(),
+    )
+    renders = server.renders
+    out = Unchanged(accounts, 0, 0, [], [], [])
+    plain = renders.get(generate_latest, CONTENT_TYPE_LATEST, False)
+    out.body_bytes = len(plain)
+    out.samples = sum(1 for line in plain.splitlines() if line and not line.startswith(b"#"))
+
+    def gzipped() -> bytes:
+        return renders.get(generate_latest, CONTENT_TYPE_LATEST, True)
+
+    for _ in range(max(3, repeat // 10)):
+        store.update(names[0], lambda a: replace(a, seen_streams=a.seen_streams + 1))
+        out.first.append(measure(gzipped)[1])
+    for _ in range(repeat):
+        out.again.append(measure(gzipped)[1])
+    server.serve_in_thread()
+    try:
+        with requests.Session() as session:
+
+            def get() -> bytes:
+                # The body as it comes, not decompressed: Prometheus' part is its own.
+                with session.get(
+                    f"{server.url}/metrics",
+                    headers={"Accept-Encoding": "gzip"},
+                    timeout=30,
+                    stream=True,
+                ) as response:
+                    body: bytes = response.raw.read()
+                    return body
+
+            for _ in range(repeat):
+                out.http.append(measure(get)[1])
     finally:
         server.shutdown()
         server.server_close()
@@ -809,6 +881,8 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
         workdir,
     )
     scrape = run_scrape(args.series, args.scrapes)
+    # 900 counter series an account: about the 90,000 samples of the 50-account run.
+    unchanged = run_unchanged(args.accounts, 900 if not args.smoke else 50, args.scrapes)
     memory = [run_memory(n, workdir) for n in sizes(args.memory_sizes)]
     scaling = []
     for n in sizes(args.scale_sizes):
@@ -957,6 +1031,23 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
         [
             "scrape: GET /metrics p50 over loopback",
             ms(med(scrape.http)),
+            "",
+            "",
+            "",
+            "",
+        ],
+        [
+            f"{unchanged.accounts} accounts, {unchanged.samples:,} samples "
+            f"({unchanged.body_bytes / 2**20:.1f} MiB): a gzip scrape of an unchanged snapshot",
+            ms(med(unchanged.again)),
+            ms(med(unchanged.first)) + " (its first scrape: render and gzip)",
+            f"{med(unchanged.again) / med(unchanged.first):.3f}x",
+            "< 10 ms",
+            verdict(med(unchanged.again) < 0.010),
+        ],
+        [
+            f"{unchanged.accounts} accounts: GET /metrics (gzip) p50 over loopback, unchanged",
+            ms(med(unchanged.http)),
             "",
             "",
             "",

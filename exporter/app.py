@@ -19,14 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.account_info import AccountInfoPoller
 from exporter.client import NeoClient, page_executor
-from exporter.collector import COUNTS, STATUS, NeoCollector
+from exporter.collector import COUNTS, STATUS, NeoCollector, WithoutCreated
 from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
-from exporter.instrumentation import ExporterMetrics
+from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
 from exporter.server import ExporterServer, Include, PageContext, listen_socket
 from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
@@ -62,6 +63,8 @@ class Exporter:
     clients: list[NeoClient]
     info_pollers: list[AccountInfoPoller] = field(default_factory=list)
     pages: ThreadPoolExecutor | None = None  # the clients' shared page fetchers
+    # process_* and python_*: read at every scrape (the others at most once per snapshot).
+    per_scrape: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def close(self) -> None:
         for client in self.clients:
@@ -75,17 +78,24 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     state = open_state(config, config.state.path)  # the history seeds it the same way
     names = tuple(account.name for account in config.accounts)
     store = SnapshotStore(names, config.polling.window)
-    live, per_snapshot, registry = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
-    per_counts = CollectorRegistry()
+    own, live, per_snapshot = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    per_counts, registry = CollectorRegistry(), CollectorRegistry()
     metrics = ExporterMetrics(
-        live, names, {account.name: account.alert_thresholds for account in config.accounts}
+        own, names, {account.name: account.alert_thresholds for account in config.accounts}
     )
     metrics.state_writable.set_function(lambda: 1.0 if state.health().writable else 0.0)
-    neo = NeoCollector(store)
-    per_counts.register(NeoCollector(store, COUNTS))
-    per_snapshot.register(NeoCollector(store, STATUS))
+    per_scrape = process_registry()
+    created = config.metrics.created_series
+
+    def served(collector: Collector) -> Collector:
+        return collector if created else WithoutCreated(collector)
+
+    per_counts.register(served(NeoCollector(store, COUNTS)))
+    per_snapshot.register(served(NeoCollector(store, STATUS)))
+    live.register(served(Include(own)))
     registry.register(Include(live))
-    registry.register(neo)
+    registry.register(served(NeoCollector(store)))
+    registry.register(Include(per_scrape))
     pollers, clients, info_pollers = [], [], []
     full_reads = FullReads()  # shared: a few accounts' full reads at a time
     # One pool of page fetchers for all accounts: as many as the full reads at once can
@@ -142,6 +152,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
         clients,
         info_pollers,
         pages,
+        per_scrape,
     )
 
 
@@ -172,6 +183,8 @@ def run(
             exporter.store,
             per_snapshot=exporter.per_snapshot,
             per_counts=exporter.per_counts,
+            per_scrape=exporter.per_scrape,
+            telemetry_path=config.web.telemetry_path,
             clock=clock,
             web=web,
             listener=listener,

@@ -786,10 +786,10 @@ LAST_SUCCESS_TIMESTAMP_SECONDS = Metric(
     "neo_exporter_last_success_timestamp_seconds",
     GAUGE,
     ("account", "endpoint"),
-    "Unix time of the last successful read of this endpoint.",
+    "Unix time of the last successful read of this endpoint (0: none yet).",
     unit="Unix seconds",
     source="-",
-    meaning="time of the last successful read",
+    meaning="time of the last successful read; 0 before the first",
 )
 LAST_POLL_DURATION_SECONDS = Metric(
     "neo_exporter_last_poll_duration_seconds",
@@ -877,13 +877,13 @@ LAST_CATCH_UP_TIMESTAMP_SECONDS = Metric(
     ("account",),
     (
         "Unix time of the last commit that read a backlog into counters already published: counter "
-        "increases up to then hold past spend, which the spend alerts leave out."
+        "increases up to then hold past spend, which the spend alerts leave out (0: none yet)."
     ),
     unit="Unix seconds",
     source="-",
     meaning=(
         "last commit of a backlog into already published counters; the spend alerts leave the hour "
-        "after it out"
+        "after it out; 0 while there was none in this process"
     ),
 )
 READ_MISSING_ROWS = Metric(
@@ -1147,6 +1147,104 @@ PROCESS = (
     POLLS,
 )
 
+# --- the process, from prometheus_client's own collectors (ProcessCollector on Linux,
+# PlatformCollector, GCCollector): named here for the docs, defined by the library.
+
+_CLIENT = "prometheus_client"
+STANDARD = (
+    Metric(
+        "process_cpu_seconds_total",
+        COUNTER,
+        (),
+        "Total user and system CPU time spent in seconds.",
+        unit="seconds",
+        source=_CLIENT,
+        meaning="CPU time of the exporter's process",
+    ),
+    Metric(
+        "process_resident_memory_bytes",
+        GAUGE,
+        (),
+        "Resident memory size in bytes.",
+        unit="bytes",
+        source=_CLIENT,
+        meaning="resident memory (RSS)",
+    ),
+    Metric(
+        "process_virtual_memory_bytes",
+        GAUGE,
+        (),
+        "Virtual memory size in bytes.",
+        unit="bytes",
+        source=_CLIENT,
+        meaning="virtual memory",
+    ),
+    Metric(
+        "process_open_fds",
+        GAUGE,
+        (),
+        "Number of open file descriptors.",
+        unit="descriptors",
+        source=_CLIENT,
+        meaning="open files and sockets",
+    ),
+    Metric(
+        "process_max_fds",
+        GAUGE,
+        (),
+        "Maximum number of open file descriptors.",
+        unit="descriptors",
+        source=_CLIENT,
+        meaning="the limit of open files (`ulimit -n`)",
+    ),
+    Metric(
+        "process_start_time_seconds",
+        GAUGE,
+        (),
+        "Start time of the process since unix epoch in seconds.",
+        unit="Unix seconds",
+        source=_CLIENT,
+        meaning="when the process started",
+    ),
+    Metric(
+        "python_info",
+        GAUGE,
+        ("implementation", "major", "minor", "patchlevel", "version"),
+        "Python platform information",
+        unit="-",
+        source=_CLIENT,
+        meaning="always 1: the Python running the exporter",
+    ),
+    Metric(
+        "python_gc_objects_collected_total",
+        COUNTER,
+        ("generation",),
+        "Objects collected during gc",
+        unit="objects",
+        source=_CLIENT,
+        meaning="objects the garbage collector freed",
+    ),
+    Metric(
+        "python_gc_objects_uncollectable_total",
+        COUNTER,
+        ("generation",),
+        "Uncollectable objects found during GC",
+        unit="objects",
+        source=_CLIENT,
+        meaning="objects it could not free",
+    ),
+    Metric(
+        "python_gc_collections_total",
+        COUNTER,
+        ("generation",),
+        "Number of times this generation was collected",
+        unit="collections",
+        source=_CLIENT,
+        meaning="collections by generation",
+    ),
+)
+"""What every Prometheus client serves about its process, read at each scrape."""
+
 
 COLLECTED: tuple[Metric, ...] = (
     STREAM_COUNTERS
@@ -1174,4 +1272,5 @@ DOC_TABLES: tuple[tuple[str, tuple[Metric, ...]], ...] = (
     ("Culprits: top tasks and per-member spend", TOP_TASKS + MEMBERS),
     ("Recent spend, by when it happened: the spend alerts and their culprits", RECENT),
     ("Exporter health", HEALTH + PROCESS),
+    ("The process", STANDARD),
 )

@@ -29,6 +29,7 @@ from exporter.config import (
     format_duration,
     load_config,
     parse_duration,
+    to_telemetry_path,
 )
 from exporter.config import parse_listen_address as parse_listen
 from exporter.history import (
@@ -72,6 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="listen_address",
         metavar="ADDR",
         help="address to serve /metrics on (default :9636, or web.listen_address)",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="path to serve the metrics on (default /metrics, or web.telemetry_path)",
     )
     parser.add_argument(
         "--web.config.file",
@@ -288,7 +295,17 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config_file, os.environ)
+    return _web_flags(load_config(args.config_file, os.environ), args)
+
+
+def _web_flags(config: Config, args: argparse.Namespace) -> Config:
+    """The --web.* flags laid over the config's web section."""
+    if args.telemetry_path is not None:
+        try:
+            path = to_telemetry_path(args.telemetry_path)
+        except ValueError as exc:
+            raise ConfigError((f"--web.telemetry-path: {exc}",)) from None
+        config = replace(config, web=replace(config.web, telemetry_path=path))
     if args.listen_address:
         try:
             parse_listen(args.listen_address)
@@ -336,7 +353,7 @@ def _main(argv: list[str], stop: threading.Event, started: float) -> tuple[int, 
                 log.warning("--demo ignores --config.file: it runs against the fake API")
             with demo_config(args.listen_address) as config:
                 log.info("demo mode: fake Neo API at %s", config.accounts[0].base_url)
-                run(config, stop)
+                run(_web_flags(config, args), stop)
             return EXIT_OK, False
         config = _load(args)
         web = load_web_config(args.web_config_file) if args.web_config_file else None
@@ -344,7 +361,10 @@ def _main(argv: list[str], stop: threading.Event, started: float) -> tuple[int, 
             log.warning("%s", warning)
         if args.check_config:
             check_state_path(config.state.path)
-            print(f"config OK: {len(config.accounts)} account(s), state {config.state.path}")
+            print(
+                f"config OK: {len(config.accounts)} account(s), state {config.state.path} "
+                "(the tokens were not checked: the API is not asked; --once reads with them)"
+            )
             return EXIT_OK, False
         if args.once:
             with once_state(config, args.once_state) as once_config:

@@ -236,6 +236,7 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
 
     neo_up{account="acme",endpoint="streams"} 1.0
     neo_exporter_last_success_timestamp_seconds{account="acme",endpoint="streams"} 1.76e+09
+    neo_exporter_last_catch_up_timestamp_seconds{account="acme"} 0.0
     neo_exporter_changed_records_total{account="acme"} 0.0
     neo_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
     """
@@ -250,14 +251,15 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
     missing = _gauge(m.READ_MISSING_ROWS)
     for account in snapshot.accounts:
         catching_up.add_metric([account.name], 1.0 if account.catching_up else 0.0)
-        _set(catch_up, [account.name], account.last_catch_up)
+        # 0: never (in this process); there from the first scrape, as the rules read it.
+        catch_up.add_metric([account.name], account.last_catch_up or 0.0)
         for endpoint, rows in sorted(account.missing_rows.items()):
             missing.add_metric([account.name, endpoint], rows)
         for endpoint in ("streams", "tasks", *ACCOUNT_ENDPOINTS):
             state = account.endpoints.get(endpoint) or account.info.endpoints.get(endpoint)
             up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
-            if state and state.last_success is not None:
-                last_success.add_metric([account.name, endpoint], state.last_success)
+            when = state.last_success if state else None
+            last_success.add_metric([account.name, endpoint], when or 0.0)  # 0: never
         if account.last_poll_duration is not None:
             duration.add_metric([account.name], account.last_poll_duration)
         if account.watermark is not None:
@@ -346,3 +348,22 @@ class NeoCollector(Collector):
         yield from recent_spend(snapshot)
         yield from health(snapshot)
         yield from audit(snapshot)
+
+
+class WithoutCreated(Collector):
+    """Another collector's families without their `_created` samples (metrics.created_series
+    false), as client_python's disable_created_metrics does for its own metric objects.
+
+    Prometheus stores each `_created` sample as a series of its own: a counter or histogram
+    series and its creation time, about 40% of what the exporter's families make.
+    """
+
+    def __init__(self, inner: Collector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterable[Family]:
+        for family in self._inner.collect():
+            created = family.name + "_created"
+            if any(sample.name == created for sample in family.samples):
+                family.samples = [s for s in family.samples if s.name != created]
+            yield family

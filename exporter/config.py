@@ -190,6 +190,9 @@ class MetricsConfig:
     top_tasks: int = 10
     # Titles often name a scan target; off keeps them out of neo_top_task_credits.
     task_titles: bool = True
+    # The `_created` samples of counters and histograms (client_python's
+    # disable_created_metrics when false): about 40% of the series Prometheus stores.
+    created_series: bool = True
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,8 @@ class WebConfig:
     max_connections: int = 64
     # Where this repository's docs/ folder is published: the landing page links there.
     docs_url: str = ""
+    # Where the metrics are served (--web.telemetry-path).
+    telemetry_path: str = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -572,6 +577,20 @@ def _to_docs_url(value: object) -> str:
     return text.rstrip("/")
 
 
+# Paths the server answers itself: the metrics cannot move there.
+RESERVED_PATHS: Final = ("/", "/-/healthy", "/-/ready")
+
+
+def to_telemetry_path(value: object) -> str:
+    text = _to_str(value)
+    expected = "expected a path like /metrics"
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise ValueError(f"{expected}, got {_describe(value)}")
+    if text in RESERVED_PATHS:
+        raise ValueError(f"{expected}, got {_describe(value)}, which the server answers itself")
+    return text
+
+
 def _to_auth_header(value: object) -> str:
     text = _to_str(value).lower()
     if text not in AUTH_HEADERS:
@@ -839,6 +858,9 @@ def _web(reader: _Reader, value: object) -> WebConfig:
             section, "web", "max_connections", default.max_connections, low=1, high=MAX_CONNECTIONS
         ),
         docs_url=reader.get(section, "web", "docs_url", _to_docs_url, default.docs_url),
+        telemetry_path=reader.get(
+            section, "web", "telemetry_path", to_telemetry_path, default.telemetry_path
+        ),
     )
 
 
@@ -1020,6 +1042,9 @@ def _metrics(reader: _Reader, value: object) -> MetricsConfig:
         ),
         task_titles=reader.get(
             section, "metrics", "task_titles", _to_bool, MetricsConfig().task_titles
+        ),
+        created_series=reader.get(
+            section, "metrics", "created_series", _to_bool, MetricsConfig().created_series
         ),
     )
 
@@ -1273,7 +1298,10 @@ def _config_from_environ(environ: Mapping[str, str]) -> Config:
     """No file: one account, "default", from NEO_API_TOKEN (+ NEO_API_URL, NEO_API_AUTH_HEADER)."""
     raw_token = environ.get("NEO_API_TOKEN")
     if raw_token is None:
-        raise ConfigError("config: no --config.file given and NEO_API_TOKEN is not set")
+        raise ConfigError(
+            "config: no --config.file given and NEO_API_TOKEN is not set (to try the exporter "
+            "without a token: neo-exporter --demo)"
+        )
     if not raw_token.strip():
         raise ConfigError(
             "config: no --config.file given and NEO_API_TOKEN is empty (expected the API token)"
@@ -1404,4 +1432,5 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_listen_address",
+    "to_telemetry_path",
 ]

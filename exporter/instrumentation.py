@@ -12,6 +12,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from exporter import catalogue as m
 from exporter.catalogue import Metric
@@ -27,6 +30,18 @@ REPAIRABLE = {
     "streams": tuple(f for f in REPAIR_FIELDS if f != "stream_count"),
     "tasks": ("status", *MONEY_FIELDS, "stream_count"),
 }
+
+
+def process_registry() -> CollectorRegistry:
+    """The `process_*` and `python_*` metrics every Prometheus client serves (CPU, memory,
+    open files, start time, the garbage collector, the Python version), from
+    prometheus_client's own collectors: read at each scrape, so on a registry of their own.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:

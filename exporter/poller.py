@@ -422,10 +422,12 @@ class AccountPoller:
             name,
             {WATERMARK_RECONCILE: sweep_to, WATERMARK_SWEEP_TO: None, WATERMARK_SWEEP_CURSOR: None},
         )
-        self._succeeded("streams", "reconcile")
         if not self.live:
             self.live = True
             log.info("account=%s the whole window is read: counters are published", name)
+        # After `live`: the counters go out with this publish, which also settles the first
+        # poll, so /-/ready and the headline turn now, not one interval later.
+        self._succeeded("streams", "reconcile")
         self._backlog = False
         self._set_catching_up()
         return True

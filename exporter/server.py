@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import gzip
 import html
 import logging
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -212,6 +212,8 @@ class ExporterServer(ThreadingHTTPServer):
         *,
         per_snapshot: CollectorRegistry | None = None,
         per_counts: CollectorRegistry | None = None,
+        per_scrape: CollectorRegistry | None = None,
+        telemetry_path: str = "/metrics",
         clock: Callable[[], float] = time.time,
         web: WebConfigFile | None = None,
         listener: socket.socket | None = None,
@@ -220,7 +222,8 @@ class ExporterServer(ThreadingHTTPServer):
         page: PageContext | None = None,
     ) -> None:
         """Serve `registry`, `per_counts` and `per_snapshot` (whose metrics depend only on
-        the store's snapshot: its accounts' counts, or anything in it) on /metrics. `web`
+        the store's snapshot: its accounts' counts, or anything in it) and `per_scrape`
+        (rendered at every scrape: the process's CPU and memory) on `telemetry_path`. `web`
         (from --web.config.file) adds TLS, basic auth and response headers. `listener`,
         already bound and listening, is used as it is (so that the caller can bind before
         creating anything else); without it, `address` is bound here (ListenError if it
@@ -232,7 +235,10 @@ class ExporterServer(ThreadingHTTPServer):
         self.tls = None if web.tls is None else TLSWrapper(web.tls)
         self.auth = BasicAuth(web.users) if web.users else None
         self.extra_headers = web.headers
-        self.renders = Renders(registry, per_snapshot, store, per_counts=per_counts)
+        self.renders = Renders(
+            registry, per_snapshot, store, per_counts=per_counts, per_scrape=per_scrape
+        )
+        self.telemetry_path = telemetry_path
         self.connections = ConnectionLimiter(max_connections, read_header_timeout)
         self.page = page or PageContext(started=clock())
         sock = listener if listener is not None else listen_socket(address)
@@ -330,8 +336,8 @@ class ExporterServer(ThreadingHTTPServer):
         return thread
 
 
-RENDER_TTL = 1.0  # seconds a rendered /metrics is reused for
 OPENMETRICS_EOF = b"# EOF\n"
+GZIP_LEVEL = 1  # fast: a body is compressed once per snapshot, but at every poll
 
 
 class Include(Collector):
@@ -344,15 +350,28 @@ class Include(Collector):
         return self._registry.collect()
 
 
-class Renders:
-    """/metrics bodies: the costly part once per snapshot, the whole shared for a second.
+@dataclass(slots=True)
+class _Body:
+    """One format's body of one snapshot: all but the per-scrape part, plain and gzipped."""
 
-    Rendering thousands of series costs a large fraction of a second of CPU in
-    prometheus_client. The Neo metrics (`per_snapshot`) depend on the snapshot alone, which
-    changes once per poll, so they are rendered once per snapshot and format; the exporter's
-    own metrics (`live`) are rendered at each render, so they stay current. A whole body is
-    reused for a second, so that many scrapers at once (HA Prometheus pairs, federation,
-    people with curl) share one render instead of queueing behind each other.
+    snapshot: Snapshot
+    plain: bytes  # without OpenMetrics' `# EOF`: the per-scrape part ends the body
+    gzip_prefix: bytes | None = None  # `plain` compressed and flushed to a byte boundary
+    compressor: zlib._Compress | None = None  # the stream after `gzip_prefix`, copied per tail
+
+
+class Renders:
+    """/metrics bodies, rendered and compressed once per snapshot and format.
+
+    Rendering tens of thousands of series costs a large fraction of a second of CPU in
+    prometheus_client, and compressing them more. Everything but the process's own figures
+    (`per_scrape`: CPU, memory, open files) changes only when a poll publishes a snapshot:
+    the Neo metrics (`per_snapshot`; the counters and histograms, `per_counts`, only when an
+    account committed rows) and the exporter's own counters (`live`, which the polls
+    increment before they publish). So a body is kept per format (text or OpenMetrics) until
+    the snapshot is another object, and each scrape only renders `per_scrape` and appends it:
+    to the plain bytes, or to a copy of the gzip stream's state after the kept part, so the
+    whole body stays one gzip member and the kept part is never compressed again.
     """
 
     def __init__(
@@ -360,53 +379,69 @@ class Renders:
         live: CollectorRegistry,
         per_snapshot: CollectorRegistry | None,
         store: SnapshotStore,
-        monotonic: Callable[[], float] = time.monotonic,
         per_counts: CollectorRegistry | None = None,
+        per_scrape: CollectorRegistry | None = None,
     ) -> None:
         self._live = live
         self._per_snapshot = per_snapshot
         self._per_counts = per_counts
+        self._per_scrape = per_scrape
         self._store = store
-        self._monotonic = monotonic
         self._lock = threading.Lock()  # one render at a time; the others wait and reuse it
-        self._bodies: dict[tuple[str, bool], tuple[float, bytes]] = {}
+        self._bodies: dict[str, _Body] = {}
         self._snapshot_parts: dict[str, tuple[Snapshot, bytes]] = {}
         self._counts_parts: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        self.renders = 0  # bodies rendered (not reused): what the tests watch
 
     def get(self, encoder: Callable[[CollectorRegistry], bytes], kind: str, gzipped: bool) -> bytes:
+        tail = encoder(self._per_scrape) if self._per_scrape is not None else b""
         with self._lock:
-            now = self._monotonic()
-            key = (kind, gzipped)
-            cached = self._bodies.get(key)
-            if cached is not None and now - cached[0] < RENDER_TTL:
-                return cached[1]
-            body = _join(
-                _join(encoder(self._live), self._counts_part(encoder, kind)),
-                self._snapshot_part(encoder, kind),
-            )
-            if gzipped:
-                body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
-            self._bodies[key] = (now, body)
-            return body
+            body = self._body(encoder, kind)
+            if not gzipped:
+                return body.plain + (tail or _eof_of(kind))
+            if body.compressor is None:
+                compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
+                body.gzip_prefix = compressor.compress(body.plain) + compressor.flush(
+                    zlib.Z_SYNC_FLUSH
+                )
+                body.compressor = compressor
+            prefix, ending = body.gzip_prefix or b"", body.compressor.copy()
+        return prefix + ending.compress(tail or _eof_of(kind)) + ending.flush()
 
-    def _snapshot_part(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> bytes:
+    def _body(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> _Body:
+        # Taken before rendering: if a poll replaces the snapshot meanwhile, the next
+        # scrape sees a different object and renders again.
+        snapshot = self._store.get()
+        body = self._bodies.get(kind)
+        if body is None or body.snapshot is not snapshot:
+            plain = _join(
+                _join(encoder(self._live), self._counts_part(encoder, kind, snapshot)),
+                self._snapshot_part(encoder, kind, snapshot),
+            )
+            body = _Body(snapshot, plain.removesuffix(OPENMETRICS_EOF))
+            self._bodies[kind] = body
+            self.renders += 1
+        return body
+
+    def _snapshot_part(
+        self, encoder: Callable[[CollectorRegistry], bytes], kind: str, snapshot: Snapshot
+    ) -> bytes:
         if self._per_snapshot is None:
             return b""
-        # Taken before rendering: if a poll replaces the snapshot meanwhile, the next
-        # render sees a different object and renders again.
-        snapshot = self._store.get()
         cached = self._snapshot_parts.get(kind)
         if cached is None or cached[0] is not snapshot:
             cached = (snapshot, encoder(self._per_snapshot))
             self._snapshot_parts[kind] = cached
         return cached[1]
 
-    def _counts_part(self, encoder: Callable[[CollectorRegistry], bytes], kind: str) -> bytes:
+    def _counts_part(
+        self, encoder: Callable[[CollectorRegistry], bytes], kind: str, snapshot: Snapshot
+    ) -> bytes:
         """The counters and histograms: rendered again only when an account's counts (an
         object that stays the same until a poll commits rows) are another object."""
         if self._per_counts is None:
             return b""
-        key = tuple(account.counts for account in self._store.get().accounts)
+        key = tuple(account.counts for account in snapshot.accounts)
         cached = self._counts_parts.get(kind)
         if (
             cached is None
@@ -416,6 +451,14 @@ class Renders:
             cached = (key, encoder(self._per_counts))
             self._counts_parts[kind] = cached
         return cached[1]
+
+
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate stream
+
+
+def _eof_of(kind: str) -> bytes:
+    """What ends a body of this format when nothing is rendered per scrape."""
+    return OPENMETRICS_EOF if "openmetrics" in kind else b""
 
 
 def _join(first: bytes, second: bytes) -> bytes:
@@ -465,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
                 b"Unauthorized\n",
                 {"WWW-Authenticate": 'Basic realm="neo-exporter", charset="UTF-8"'},
             )
-        elif path == "/metrics":
+        elif path == self.server.telemetry_path:
             self._metrics()
         elif path == "/":
             body = landing_page(self.server.store.get(), self.server.clock(), self.server.page)
@@ -480,7 +523,8 @@ class _Handler(BaseHTTPRequestHandler):
                 # say that.
                 self._send(503, "text/plain; charset=utf-8", b"first poll not done yet\n")
         else:
-            self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
+            hint = f"not found; try {self.server.telemetry_path}\n"
+            self._send(404, "text/plain; charset=utf-8", hint.encode())
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -819,6 +863,7 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
     """The status page: a headline that tells the truth, then the details behind it."""
     page = page or PageContext()
     config = page.config
+    metrics = html.escape(config.web.telemetry_path if config else "/metrics")
     state = page.state() if page.state is not None else None
     level, sentence = headline(snapshot, state, now, page.started)
     failing = problems(snapshot)
@@ -903,7 +948,7 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
 <div class="headline {level}" id="headline"><strong>{level.capitalize()}</strong>:
 {html.escape(sentence)}.</div>
 {problem_list}
-<p><a href="/metrics">Metrics</a> &middot; <a href="/-/healthy">healthy</a> &middot;
+<p><a href="{metrics}">Metrics</a> &middot; <a href="/-/healthy">healthy</a> &middot;
 <a href="/-/ready">ready</a> <span class="muted">(ready means ready to serve: every
 account's first read has ended, whether or not it succeeded; this page and
 <code>neo_up</code> say whether the API works)</span>. Shown at {_utc(now)}{started};

@@ -120,7 +120,8 @@ def counters_of(samples: dict[SampleKey, float]) -> dict[SampleKey, float]:
     return {
         k: v
         for k, v in samples.items()
-        if k[0].endswith(("_total", "_count", "_sum")) and not k[0].startswith("neo_exporter_")
+        if k[0].endswith(("_total", "_count", "_sum"))
+        and not k[0].startswith(("neo_exporter_", "process_", "python_"))
     }
 
 

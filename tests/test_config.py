@@ -134,6 +134,9 @@ ONE_MISTAKE = {
         "expected a mapping",
     ),
     "task_titles_not_a_boolean": ("metrics.task_titles", "expected true or false"),
+    "created_series_not_a_boolean": ("metrics.created_series", "expected true or false"),
+    "telemetry_path_not_a_path": ("web.telemetry_path", "expected a path like /metrics"),
+    "telemetry_path_reserved": ("web.telemetry_path", "which the server answers itself"),
     "max_connections_out_of_range": ("web.max_connections", "from 1 to 10000"),
     "zero_read_header_timeout": ("web.read_header_timeout", "must be greater than 0"),
     "team_not_a_list": ("teams.red", "expected a non-empty list of addresses or globs"),
@@ -272,7 +275,10 @@ def test_environment_values_are_not_interpolated() -> None:
 def test_no_file_and_no_token_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, {})
-    assert caught.value.problems == ("config: no --config.file given and NEO_API_TOKEN is not set",)
+    assert caught.value.problems == (
+        "config: no --config.file given and NEO_API_TOKEN is not set (to try the exporter "
+        "without a token: neo-exporter --demo)",
+    )
 
 
 @pytest.mark.parametrize("token", ["", "  "])

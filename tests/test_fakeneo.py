@@ -1453,3 +1453,20 @@ def test_the_process_serves_the_switches_and_the_truth_of_a_period() -> None:
         period = {"from": iso(now - 3 * HOUR), "to": iso(now - HOUR)}
         older = requests.get(url + "/_fake/truth", params=period, timeout=5).json()
         assert 0 < sum(n for *_, n in older["streams"]) < 60
+
+
+def test_help_names_the_accepted_tokens_and_each_default() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.fakeneo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    assert "fake-admin-token" in text
+    assert "fake-member-token" in text
+    assert "(default: 1000)" in text  # --streams

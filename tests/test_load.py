@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ManualClock, parse_exposition, sample
+from tests.conftest import parse_exposition, sample
 from tests.fakeneo import FakeNeo
 from tests.processes import ENV, fake_api, metrics, start_exporter, wait_until, write_config
 
@@ -110,27 +110,48 @@ def test_fifty_scrapers_for_thirty_seconds_get_every_scrape_and_polls_go_on(
     )
 
 
-def test_scrapes_within_a_second_share_one_render() -> None:
-    from prometheus_client import CollectorRegistry
+def test_scrapes_of_an_unchanged_snapshot_reuse_its_body_until_the_snapshot_changes() -> None:
+    import gzip
 
+    from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    from exporter.collector import NeoCollector
     from exporter.server import Renders
     from exporter.snapshot import SnapshotStore
 
-    clock = ManualClock(100.0)
-    rendered: list[int] = []
+    store = SnapshotStore(("acme",), 60.0)
+    live, per_snapshot, per_scrape = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    per_snapshot.register(NeoCollector(store))
+    scrapes = Counter("scrapes", "rendered at every scrape", registry=per_scrape)
+    rendered: list[CollectorRegistry] = []
 
     def encoder(registry: CollectorRegistry) -> bytes:
-        rendered.append(1)
-        return f"render {len(rendered)}\n".encode()
+        rendered.append(registry)
+        return openmetrics(registry)
 
-    renders = Renders(CollectorRegistry(), None, SnapshotStore(("acme",), 60.0), clock)
-    first = renders.get(encoder, "text/plain", False)
-    clock.advance(0.5)
-    assert renders.get(encoder, "text/plain", False) == first
-    assert renders.get(encoder, "application/openmetrics-text", False) != first  # per format
-    clock.advance(0.6)
-    assert renders.get(encoder, "text/plain", False) == b"render 3\n"
-    assert len(rendered) == 3
+    renders = Renders(live, per_snapshot, store, per_scrape=per_scrape)
+    kind = "application/openmetrics-text; version=1.0.0"
+    bodies = []
+    for step in range(4):
+        scrapes.inc()
+        gzipped = step % 2 == 1
+        body = renders.get(encoder, kind, gzipped)
+        bodies.append(gzip.decompress(body) if gzipped else body)
+        assert f"scrapes_total {step + 1}.0\n".encode() in bodies[-1]
+        assert bodies[-1].count(b"# EOF") == 1 and bodies[-1].endswith(b"# EOF\n")
+    assert (renders.renders, rendered.count(per_snapshot), rendered.count(live)) == (1, 1, 1)
+    assert rendered.count(per_scrape) == 4
+    # The kept part is the same bytes, plain or through the gzip stream.
+    kept = bodies[0].split(b"# HELP scrapes")[0]
+    assert all(body.startswith(kept) for body in bodies)
+    assert renders.get(encoder, "text/plain; version=0.0.4", False) != bodies[0]  # per format
+    assert renders.renders == 2
+    store.update("acme", lambda a: replace(a, seen_streams=7))
+    body = gzip.decompress(renders.get(encoder, kind, True))
+    assert b'neo_exporter_seen_streams{account="acme"} 7.0' in body
+    assert body.endswith(b"# EOF\n")
+    assert (renders.renders, rendered.count(per_snapshot)) == (3, 3)
 
 
 def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
@@ -140,10 +161,9 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
 
     from exporter.collector import COUNTS, STATUS, NeoCollector
     from exporter.counting import CounterValue, Counts
-    from exporter.server import RENDER_TTL, Renders
+    from exporter.server import Renders
     from exporter.snapshot import SnapshotStore
 
-    clock = ManualClock(100.0)
     store = SnapshotStore(("acme", "beta"), 60.0)
     live, per_snapshot, per_counts = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     per_snapshot.register(NeoCollector(store, STATUS))
@@ -155,11 +175,10 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
         return openmetrics(registry)
 
     def render() -> dict[str, Any]:
-        clock.advance(RENDER_TTL)
         body = renders.get(encoder, "application/openmetrics-text", False).decode()
         return {f.name: f for f in text_string_to_metric_families(body)}  # one # EOF
 
-    renders = Renders(live, per_snapshot, store, clock, per_counts=per_counts)
+    renders = Renders(live, per_snapshot, store, per_counts=per_counts)
     labels = ("gpt-5", "completed", "false")
     counts = Counts({("neo_credits_total", labels): CounterValue(1.5, 50.0)}, {})
     store.update("acme", lambda a: replace(a, counts=counts))
@@ -182,39 +201,40 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
     assert rendered.count(per_counts) == 2
 
 
-def test_neo_metrics_render_once_per_snapshot_and_exporter_metrics_at_each_render() -> None:
+def test_the_exporters_own_counters_render_with_each_snapshot_and_the_process_at_each_scrape() -> (
+    None
+):
     from prometheus_client import CollectorRegistry, Counter
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     from exporter.collector import NeoCollector
-    from exporter.server import RENDER_TTL, Renders
+    from exporter.server import Renders
     from exporter.snapshot import SnapshotStore
 
-    clock = ManualClock(100.0)
     store = SnapshotStore(("acme",), 60.0)
-    live, per_snapshot = CollectorRegistry(), CollectorRegistry()
+    live, per_snapshot, per_scrape = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     polls = Counter("polls", "polls", registry=live)
+    cpu = Counter("cpu", "cpu", registry=per_scrape)
     per_snapshot.register(NeoCollector(store))
-    rendered: list[CollectorRegistry] = []
 
-    def encoder(registry: CollectorRegistry) -> bytes:
-        rendered.append(registry)
-        return openmetrics(registry)
-
-    renders = Renders(live, per_snapshot, store, clock)
+    renders = Renders(live, per_snapshot, store, per_scrape=per_scrape)
     kind = "application/openmetrics-text"
+
+    def scrape() -> dict[str, Any]:
+        body = renders.get(openmetrics, kind, False).decode()
+        return {f.name: f for f in text_string_to_metric_families(body)}  # one # EOF
+
     for step in range(3):
+        # A poll counts before it publishes: its counts show with the snapshot it publishes.
         polls.inc()
-        clock.advance(RENDER_TTL)
-        body = renders.get(encoder, kind, False).decode()
-        families = {f.name: f for f in text_string_to_metric_families(body)}  # one # EOF
-        assert families["polls"].samples[0].value == step + 1  # current at each render
+        store.update("acme", lambda a, n=step: replace(a, seen_streams=n))
+        cpu.inc()
+        families = scrape()
+        assert families["polls"].samples[0].value == step + 1
+        assert families["cpu"].samples[0].value == step + 1
         assert "neo_up" in families
-    assert rendered.count(per_snapshot) == 1
-    store.update("acme", lambda a: replace(a, seen_streams=7))
-    clock.advance(RENDER_TTL)
-    body = renders.get(encoder, kind, False).decode()
-    assert 'neo_exporter_seen_streams{account="acme"} 7.0' in body
-    assert rendered.count(per_snapshot) == 2
-    assert rendered.count(live) == 4
+    cpu.inc()
+    families = scrape()
+    assert families["cpu"].samples[0].value == 4  # current at every scrape
+    assert families["polls"].samples[0].value == 3

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,8 @@ def test_a_restart_resumes_from_the_watermark_reads_the_downtime_and_says_it_cau
     first = make_exporter(make_config(fake.url, state))
     assert poll(first)
     # A first start's counters appear whole: no catch-up of published counters.
-    assert_absent(scrape(first.registry), "neo_exporter_last_catch_up_timestamp_seconds")
+    catch_up = "neo_exporter_last_catch_up_timestamp_seconds"
+    assert sample(scrape(first.registry), catch_up, account="acme") == 0
     first.close()
     # Three hours of downtime with new streams, then a restart on the same state file.
     neo.generate(150, T0, T0 + 3 * 3600, late_fraction=0.0)
@@ -469,7 +472,7 @@ def test_counters_are_published_only_once_the_first_window_read_is_complete(
     assert truth_mismatches(samples, neo.truth(), "acme") == []
     assert sample(samples, "neo_exporter_catching_up", account="acme") == 0
     # The first window's counters appear whole: not a catch-up of live counters.
-    assert_absent(samples, "neo_exporter_last_catch_up_timestamp_seconds")
+    assert sample(samples, "neo_exporter_last_catch_up_timestamp_seconds", account="acme") == 0
 
 
 def failing_slice(neo: FakeNeo, start: str, times: int) -> list[int]:
@@ -700,3 +703,31 @@ def test_a_late_backlog_raises_the_counters_but_not_the_recent_spend(
     assert sample(now, "neo_recent_credits", account="acme", window="1h") == pytest.approx(
         float(long_run[0]["neo_credits"])
     )
+
+
+def test_a_first_start_is_ready_as_soon_as_its_first_window_read_is_published(
+    neo: FakeNeo,
+    fake: FakeNeoServer,
+    make_exporter: Any,
+    clock: ManualClock,
+    stop_event: threading.Event,
+) -> None:
+    neo.generate(200, T0 - 2 * DAY, T0 - 60, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url))
+    poller = exporter.pollers[0]
+    # The clock never moves: readiness must not wait for the next poll's turn.
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not exporter.store.account("acme").counts.counters:
+            assert time.monotonic() < deadline, "the first window read was never published"
+            time.sleep(0.01)
+        published = time.monotonic()
+        while not exporter.store.get().ready:
+            assert time.monotonic() - published < 1.0, "published, but not ready a second later"
+            time.sleep(0.01)
+    finally:
+        stop_event.set()
+        thread.join(10)
+    assert truth_mismatches(scrape(exporter.registry), neo.truth(), "acme") == []

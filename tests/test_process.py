@@ -180,12 +180,14 @@ def test_check_config_accepts_the_example_config() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "config OK" in result.stdout
+    assert "the tokens were not checked" in result.stdout
 
 
 def test_no_config_and_no_token_is_a_config_error() -> None:
     result = run_cli("--check-config")
     assert result.returncode == 2
     assert "NEO_API_TOKEN" in result.stderr
+    assert "neo-exporter --demo" in result.stderr
 
 
 def test_version_prints_the_package_version() -> None:

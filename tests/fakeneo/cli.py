@@ -53,9 +53,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fakeneo",
         description="Serve a fake Neo usage API with generated data, faults and switches (tests).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Tokens it accepts (as `Authorization: Bearer TOKEN` or `X-Api-Key: TOKEN`): "
+        "fake-admin-token reads everything; fake-member-token reads /api/v1/user only (the "
+        "usage endpoints answer 403, as Neo does for team members); any other token gets 401. "
+        "Ground truth and switches: GET /_fake/truth and the other /_fake/ paths.",
     )
     parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 0), help="HOST:PORT")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="of the generated data")
     parser.add_argument("--streams", type=int, default=1000, help="streams of history")
     parser.add_argument("--history", type=_duration, default=86400.0, help="span of the history")
     parser.add_argument("--late-fraction", type=float, default=0.1, help="share of late streams")

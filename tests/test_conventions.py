@@ -1,0 +1,110 @@
+"""What every exporter serves: the process's own metrics, a movable telemetry path, every
+series the shipped rules and dashboards read, and `_created` samples only when wanted.
+
+Real processes over loopback (the fake API and the exporter), as a user would run them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from exporter.app import build
+from exporter.config import config_from_mapping
+from tests.conftest import ManualClock, parse_exposition, scrape
+from tests.processes import ENV, fake_api, start_exporter, wait_until, write_config
+from tests.repo_files import dashboard_exprs, metric_names, rules
+
+PROCESS_METRICS = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+)
+
+
+def names_in(text: str) -> set[str]:
+    return {name for name, _ in parse_exposition(text)}
+
+
+@pytest.mark.e2e
+def test_the_process_metrics_are_served_on_the_telemetry_path_the_flag_names(
+    tmp_path: Path,
+) -> None:
+    with fake_api() as (_, api):
+        config = write_config(tmp_path / "config.yaml", api, tmp_path / "state.db")
+        proc, url = start_exporter(
+            "--config.file", str(config), "--web.telemetry-path", "/neo/metrics", env=ENV
+        )
+        try:
+            served = requests.get(f"{url}/neo/metrics", timeout=10)
+            moved = requests.get(f"{url}/metrics", timeout=10)
+            page = requests.get(f"{url}/", timeout=10).text
+        finally:
+            proc.stop()
+    assert served.status_code == 200
+    assert set(PROCESS_METRICS) <= names_in(served.text)
+    assert "python_info" in names_in(served.text)
+    assert moved.status_code == 404
+    assert "/neo/metrics" in moved.text
+    assert '<a href="/neo/metrics">Metrics</a>' in page
+
+
+@pytest.mark.e2e
+def test_every_metric_a_shipped_rule_or_panel_reads_is_served(tmp_path: Path) -> None:
+    read = {name for rule in rules() for name in metric_names(rule["expr"])}
+    read |= {name for _, _, expr in dashboard_exprs() for name in metric_names(expr)}
+    assert "neo_exporter_last_catch_up_timestamp_seconds" in read  # the parse finds them
+    with fake_api() as (_, api):
+        config = write_config(
+            tmp_path / "config.yaml",
+            api,
+            tmp_path / "state.db",
+            metrics={"members": {"enabled": True}},
+        )
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+            first = names_in(requests.get(f"{url}/metrics", timeout=10).text)
+            wait_until(
+                lambda: requests.get(f"{url}/-/ready", timeout=5).status_code == 200,
+                60,
+                "ready",
+            )
+            ready = names_in(requests.get(f"{url}/metrics", timeout=10).text)
+        finally:
+            proc.stop()
+    # Timestamps are there before anything happened: 0 means never.
+    assert {
+        "neo_exporter_last_catch_up_timestamp_seconds",
+        "neo_exporter_last_success_timestamp_seconds",
+    } <= first
+    assert sorted(read - ready) == []
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_created_series_serves_or_drops_the_created_samples(created: bool) -> None:
+    config = config_from_mapping(
+        {
+            "accounts": [{"name": "acme", "base_url": "http://127.0.0.1:9", "token": "t"}],
+            "metrics": {"created_series": created},
+            "state": {"path": ":memory:"},
+        },
+        {},
+    )
+    stop = threading.Event()
+    exporter = build(config, stop, ManualClock(1_795_000_000.0))
+    try:
+        served = {name for name, _ in scrape(exporter.registry)}
+    finally:
+        exporter.close()
+    created_names = {name for name in served if name.endswith("_created")}
+    expected = {"neo_exporter_polls_created", "neo_exporter_skipped_records_created"}
+    if created:
+        assert expected <= created_names
+    else:
+        assert created_names == set()
+    assert "neo_exporter_polls_total" in served
+    assert "process_cpu_seconds_total" in served
