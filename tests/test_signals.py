@@ -28,11 +28,20 @@ COMMANDS = {
     "exporter": (("--web.listen-address", "127.0.0.1:0"), r"listening on", {0}),
     "once": (("--once",), r"reading|read of|poll", {0, 1}),
     "history": (
-        ("history", "--days", "2", "--output", "{run}/history.om", "--label", "job=neo-exporter",
-         "--label", "instance=127.0.0.1:9636"),
+        (
+            "history",
+            "--days",
+            "2",
+            "--output",
+            "{run}/history.om",
+            "--label",
+            "job=neo-exporter",
+            "--label",
+            "instance=127.0.0.1:9636",
+        ),
         r"history: reading",
         {0, 1},
-    ),  # fmt: skip
+    ),
 }
 TRIES_PER_COMMAND = 6
 
