@@ -28,9 +28,10 @@ from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
-from exporter.server import ExporterServer, Include, PageContext, listen_socket
+from exporter.server import ExporterServer, Include, listen_socket
 from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
 from exporter.state import MEMORY, State, check_state_path, open_state
+from exporter.status_page import PageContext
 from exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("exporter")

@@ -31,7 +31,7 @@ from exporter.models import (
     parse_task,
     parse_timestamp,
 )
-from exporter.server import landing_page
+from exporter.status_page import landing_page
 from tests.conftest import ManualClock, assert_absent, parse_exposition, sample, scrape, select
 from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, fake_api
