@@ -42,8 +42,9 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from exporter.api import STREAMS_PATH, TASKS_PATH
 from exporter.app import Exporter, build
-from exporter.client import JSON_DECODER, STREAMS_PATH, TASKS_PATH
+from exporter.client import JSON_DECODER
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
 from exporter.counting import STREAM_COUNTERS, CounterValue, Counts

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
 from exporter.account_info import AccountInfoPoller
+from exporter.api import ENDPOINTS
 from exporter.client import NeoClient, page_executor
 from exporter.collector import COUNTS, STATUS, NeoCollector
 from exporter.config import Config, config_from_mapping, format_duration
@@ -29,7 +30,7 @@ from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
 from exporter.server import ExporterServer, Include, listen_socket
-from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
+from exporter.snapshot import SnapshotStore
 from exporter.state import MEMORY, State, check_state_path, open_state
 from exporter.status_page import PageContext
 from exporter.webconfig import WebConfigFile
@@ -298,11 +299,7 @@ def _once_waiting(exporter: Exporter, jobs: list[tuple[str, threading.Thread, li
         if account.name not in busy:
             continue
         health = {**account.endpoints, **account.info.endpoints}
-        pending = [
-            e
-            for e in ("streams", "tasks", *ACCOUNT_ENDPOINTS)
-            if health.get(e) is None or health[e].up is None
-        ]
+        pending = [e for e in ENDPOINTS if health.get(e) is None or health[e].up is None]
         text = ", ".join(pending) or "finishing"
         if account.progress is not None:
             p = account.progress

@@ -22,8 +22,9 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter import catalogue as m
+from exporter.api import ENDPOINTS
 from exporter.catalogue import Metric
-from exporter.snapshot import ACCOUNT_ENDPOINTS, Snapshot, SnapshotStore
+from exporter.snapshot import Snapshot, SnapshotStore
 
 # The client library's own formatting of `le` values (its annotation is missing).
 _format_bound: Callable[[float], str] = utils.floatToGoString
@@ -220,7 +221,7 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
         _set(catch_up, [account.name], account.last_catch_up)
         for endpoint, rows in sorted(account.missing_rows.items()):
             missing.add_metric([account.name, endpoint], rows)
-        for endpoint in ("streams", "tasks", *ACCOUNT_ENDPOINTS):
+        for endpoint in ENDPOINTS:
             state = account.endpoints.get(endpoint) or account.info.endpoints.get(endpoint)
             up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
             if state and state.last_success is not None:

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.api import MAX_PAGE_SIZE
+
 DEFAULT_BASE_URL: Final = "https://neo.api.projectdiscovery.io"
 AUTH_HEADERS: Final = ("bearer", "x-api-key")
 
@@ -245,7 +247,6 @@ MEMBERS_KEYS: Final = _keys(MembersConfig)
 STATE_KEYS: Final = _keys(StateConfig)
 AUDIT_KEYS: Final = _keys(AuditConfig)
 
-MAX_PAGE_SIZE: Final = 200  # the API's limit
 MAX_RETRIES: Final = 20
 MAX_CONCURRENCY: Final = 32
 MAX_LABEL_LIMIT: Final = 10000

@@ -33,14 +33,20 @@ from itertools import accumulate
 from typing import Any, NamedTuple, Protocol, Self
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.client import CREDITS_PATH, STREAMS_PATH, SUMMARY_PATH, TASKS_PATH, USER_PATH
+from exporter.api import (
+    CREDITS_PATH,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    STREAMS_PATH,
+    SUMMARY_PATH,
+    TASKS_PATH,
+    USER_PATH,
+)
 
 ADMIN_TOKEN = "fake-admin-token"  # noqa: S105 (the fake's own)
 ADMIN_EMAIL = "admin@example.com"
 TEAM = "acme"
 NEO_COST_RATE = 0.2
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 log = logging.getLogger(__name__)
 
 LIVE_BUCKET = 60  # seconds of live traffic generated at once, from the bucket's own seed
@@ -594,7 +600,7 @@ def time_param(query: Mapping[str, str], name: str) -> int | None:
 
 def page_of(rows: Sequence[Any], query: Mapping[str, str]) -> dict[str, Any]:
     """The `offset`/`limit` page of rows (already rendered), as the listings send it."""
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = int_param(query, "limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     offset = int_param(query, "offset", 0, 0, None)
     stop = offset + limit
     return {"data": list(rows[offset:stop]), "has_more": stop < len(rows), "total": len(rows)}

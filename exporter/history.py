@@ -53,12 +53,12 @@ from typing import BinaryIO, cast
 from prometheus_client import utils
 
 from exporter import catalogue as m
+from exporter.api import SLICE_ROWS, STREAMS, STREAMS_PATH
 from exporter.catalogue import Metric
-from exporter.client import STREAMS_PATH, ApiError, NeoClient, PageProgress, Stopped
+from exporter.client import ApiError, NeoClient, PageProgress, Stopped
 from exporter.config import AccountConfig, Config, format_duration
 from exporter.counting import Counts, HistogramValue
 from exporter.models import RowError, StreamRecord, format_timestamp, parse_stream
-from exporter.poller import SLICE_ROWS
 from exporter.state import (
     LOCK_SUFFIX,
     MEMORY,
@@ -436,7 +436,7 @@ def _read_account(
         held = _Held(carried)
         listing = client.listing(
             STREAMS_PATH,
-            "streams",
+            STREAMS,
             first,
             last,
             {"sort": "created_at"},
@@ -854,7 +854,7 @@ def run(
 
 def _count(client: NeoClient, account: str, span: Span, end: float) -> int | None:
     try:
-        return client.count(STREAMS_PATH, "streams", span.start, end, {"sort": "created_at"})
+        return client.count(STREAMS_PATH, STREAMS, span.start, end, {"sort": "created_at"})
     except ApiError as exc:
         raise HistoryError(f"account {account}: {exc}; nothing was written") from None
 

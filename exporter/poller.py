@@ -39,11 +39,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from exporter.client import (
+from exporter.api import (
+    SLICE_ROWS,
+    STREAMS,
     STREAMS_PATH,
+    SUMMARY,
     SUMMARY_PATH,
+    TASKS,
     TASKS_PATH,
     UNAVAILABLE_STATUSES,
+)
+from exporter.client import (
     ApiError,
     Listing,
     NeoClient,
@@ -97,7 +103,6 @@ REMEMBERED_ROWS = 100_000
 PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
 LOGGED_SKIPS = 5  # per read; the rest are summed in one line
 MAX_SKIPS_REMEMBERED = 10_000  # bad rows told apart within a read (memory stays bounded)
-SLICE_ROWS = 20_000  # rows per slice of a sweep: what a failure costs to read again
 SLICE_FAILURES = 3  # sweeps in a row a slice may fail before it is skipped
 
 
@@ -330,7 +335,7 @@ class AccountPoller:
             )
             if span.catching_up and not self._sweep_needed and self.live:
                 self._backlog = False
-        self._succeeded("streams", "incremental")
+        self._succeeded(STREAMS, "incremental")
         self._set_catching_up()
         return True
 
@@ -375,12 +380,12 @@ class AccountPoller:
             except Stopped:
                 return False
             except StateError as exc:  # the state cannot be written: reported, not a traceback
-                self._failed("streams", "reconcile", ApiError(str(exc)))
+                self._failed(STREAMS, "reconcile", ApiError(str(exc)))
                 return False
             except ApiError as exc:
                 self._slice_failures += 1
                 if self._slice_failures < SLICE_FAILURES:
-                    self._failed("streams", "reconcile", exc)
+                    self._failed(STREAMS, "reconcile", exc)
                     return False
                 # Skipped rather than retried forever: later sweeps read it again.
                 log.error(
@@ -391,10 +396,10 @@ class AccountPoller:
                     self._slice_failures,
                     exc,
                 )
-                self._metrics.incomplete_reads.labels(name, "streams").inc()
+                self._metrics.incomplete_reads.labels(name, STREAMS).inc()
             except Exception as exc:  # a bug must not kill the thread: report it and go on
                 log.exception("account=%s sweep failed unexpectedly", name)
-                self._failed("streams", "reconcile", ApiError(f"internal error: {exc!r:.80}"))
+                self._failed(STREAMS, "reconcile", ApiError(f"internal error: {exc!r:.80}"))
                 return False
             self._slice_failures = 0
             cursor = end
@@ -403,7 +408,7 @@ class AccountPoller:
             name,
             {WATERMARK_RECONCILE: sweep_to, WATERMARK_SWEEP_TO: None, WATERMARK_SWEEP_CURSOR: None},
         )
-        self._succeeded("streams", "reconcile")
+        self._succeeded(STREAMS, "reconcile")
         if not self.live:
             self.live = True
             log.info("account=%s the whole window is read: counters are published", name)
@@ -413,7 +418,7 @@ class AccountPoller:
 
     def _slice_length(self, start: float, end: float) -> float:
         """Slices of about SLICE_ROWS rows, from the API's count of the span's rows."""
-        total = self._client.count(STREAMS_PATH, "streams", start, end, {"sort": "created_at"})
+        total = self._client.count(STREAMS_PATH, STREAMS, start, end, {"sort": "created_at"})
         slices = max(1, math.ceil((total or 0) / SLICE_ROWS))
         return (end - start) / slices
 
@@ -424,12 +429,12 @@ class AccountPoller:
         except Stopped:
             return None
         except ApiError as exc:
-            self._failed("streams", kind, exc)
+            self._failed(STREAMS, kind, exc)
         except StateError as exc:  # the state cannot be written: reported, not a traceback
-            self._failed("streams", kind, ApiError(str(exc)))
+            self._failed(STREAMS, kind, ApiError(str(exc)))
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s streams read failed unexpectedly", self.name)
-            self._failed("streams", kind, ApiError(f"internal error: {exc!r:.80}"))
+            self._failed(STREAMS, kind, ApiError(f"internal error: {exc!r:.80}"))
         return None
 
     def _read(self, kind: str, start: float, end: float) -> ReadOutcome:
@@ -442,9 +447,9 @@ class AccountPoller:
             lambda p: self._store.update(self.name, lambda a: replace(a, progress=p)),
         )
         listing = self._client.listing(
-            STREAMS_PATH, "streams", start, end, {"sort": "created_at"}, on_progress=progress
+            STREAMS_PATH, STREAMS, start, end, {"sort": "created_at"}, on_progress=progress
         )
-        skips = _SkipLog(self.name, "streams", self._metrics)
+        skips = _SkipLog(self.name, STREAMS, self._metrics)
         tally = _Tally()
         batch: list[StreamRecord] = []
 
@@ -477,7 +482,7 @@ class AccountPoller:
         skips.summarise()
         outcome = listing.outcome
         assert outcome is not None
-        self._note_outcome("streams", kind, outcome, listing.start, listing.end)
+        self._note_outcome(STREAMS, kind, outcome, listing.start, listing.end)
         log.info(
             "account=%s %s read of %s..%s: %d new, %d already counted, %d revised, %.2fs",
             self.name,
@@ -499,7 +504,7 @@ class AccountPoller:
         tally.duplicates += result.duplicates
         tally.changed += result.changed
         for name, count in result.repairs.items():
-            self._metrics.repaired_fields.labels(self.name, "streams", name).inc(count)
+            self._metrics.repaired_fields.labels(self.name, STREAMS, name).inc(count)
         if result.changed_ids:
             log.info(
                 "account=%s %d counted stream(s) revised by the API, increases added: %s",
@@ -575,9 +580,9 @@ class AccountPoller:
 
     def poll_tasks(self) -> bool:
         now = self._clock()
-        skips = _SkipLog(self.name, "tasks", self._metrics)
+        skips = _SkipLog(self.name, TASKS, self._metrics)
         top = TopTasks(self._top_tasks, emails=self._task_emails, titles=self._task_titles)
-        listing = self._client.listing(TASKS_PATH, "tasks", now - self._polling.window, now)
+        listing = self._client.listing(TASKS_PATH, TASKS, now - self._polling.window, now)
         repairs: dict[str, int] = {}
         try:
             with self._full_reads.slot(self._stop):
@@ -586,24 +591,24 @@ class AccountPoller:
         except Stopped:
             return False
         except ApiError as exc:
-            self._failed("tasks", "tasks", exc)
+            self._failed(TASKS, TASKS, exc)
             return False
         except StateError as exc:
-            self._failed("tasks", "tasks", ApiError(str(exc)))
+            self._failed(TASKS, TASKS, ApiError(str(exc)))
             return False
         except Exception as exc:  # a bug must not kill the thread: report it and go on
             log.exception("account=%s tasks read failed unexpectedly", self.name)
-            self._failed("tasks", "tasks", ApiError(f"internal error: {exc!r:.80}"))
+            self._failed(TASKS, TASKS, ApiError(f"internal error: {exc!r:.80}"))
             return False
         finally:
             self._state.discard_tasks_read(self.name)
         skips.summarise()
         for name, count in repairs.items():
-            self._metrics.repaired_fields.labels(self.name, "tasks", name).inc(count)
+            self._metrics.repaired_fields.labels(self.name, TASKS, name).inc(count)
         outcome = listing.outcome
         assert outcome is not None
-        self._note_outcome("tasks", "tasks", outcome, listing.start, listing.end)
-        self._succeeded("tasks", "tasks")
+        self._note_outcome(TASKS, TASKS, outcome, listing.start, listing.end)
+        self._succeeded(TASKS, TASKS)
         if outcome.complete:
             ranked = top.ranked()
             self._publish(lambda a: replace(a, tasks=window, top_tasks=ranked))
@@ -624,10 +629,10 @@ class AccountPoller:
             return None
         period = {"from": format_timestamp(start), "to": format_timestamp(end)}
         try:
-            neo_streams = self._client.count(STREAMS_PATH, "streams", start, end)
+            neo_streams = self._client.count(STREAMS_PATH, STREAMS, start, end)
             try:
                 neo_credits: float | None = parse_summary_credits(
-                    self._client.get_json(SUMMARY_PATH, period, "summary")
+                    self._client.get_json(SUMMARY_PATH, period, SUMMARY)
                 )
             except ApiError as exc:
                 if exc.status not in UNAVAILABLE_STATUSES:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter.api import ACCOUNT_ENDPOINTS, LISTINGS
 from exporter.config import AlertThresholds, Config, format_duration
 from exporter.snapshot import (
-    ACCOUNT_ENDPOINTS,
     AccountSnapshot,
     AuditResult,
     EndpointHealth,
@@ -35,7 +35,6 @@ class PageContext:
 
 REFRESH_SECONDS = 30
 TOP_TASKS_SHOWN = 5
-READ_ENDPOINTS = ("streams", "tasks")
 DOCS = (
     ("configuration.md", "configuration, flags, exit codes"),
     ("metrics.md", "metrics reference"),
@@ -84,7 +83,7 @@ def _ago(now: float, ts: float) -> str:
 
 
 def _endpoints(account: AccountSnapshot) -> dict[str, EndpointHealth | None]:
-    both = {e: account.endpoints.get(e) for e in READ_ENDPOINTS}
+    both = {e: account.endpoints.get(e) for e in LISTINGS}
     return both | {e: account.info.endpoints.get(e) for e in ACCOUNT_ENDPOINTS}
 
 
@@ -360,7 +359,7 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
         + "</th>"
         + "".join(
             _td(_endpoint_cell(endpoint, account, now, page.started))
-            for endpoint in (*READ_ENDPOINTS, *ACCOUNT_ENDPOINTS)
+            for endpoint in (*LISTINGS, *ACCOUNT_ENDPOINTS)
         )
         + "</tr>"
         for account in snapshot.accounts

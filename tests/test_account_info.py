@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from exporter.client import CREDITS_PATH, SUMMARY_PATH, USER_PATH
+from exporter.api import CREDITS_PATH, SUMMARY_PATH, USER_PATH
 from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
 from exporter.counting import TopTasks
 from exporter.models import (

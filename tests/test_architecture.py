@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 
 # Each module may import only modules of a lower layer (docs/architecture.md).
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("api",),
     ("catalogue", "config"),
     ("models", "webconfig"),
     ("client", "counting"),

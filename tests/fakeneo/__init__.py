@@ -81,7 +81,7 @@ observation); per-tool calls and times come from `tool_call_history` where a row
 non-empty one, else from the `tool_breakdown` entries that have `calls` and `duration_ms`.
 """
 
-from exporter.client import STREAMS_PATH
+from exporter.api import STREAMS_PATH
 from tests.fakeneo.api import FakeNeo
 from tests.fakeneo.faults import FAULT_KINDS, INSERTED_PER_FAULT, Fault
 from tests.fakeneo.quirks import ODD_KINDS
