@@ -13,7 +13,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("catalogue", "config"),
     ("models", "webconfig"),
     ("client", "counting"),
-    ("state", "snapshot"),
+    ("state", "snapshot", "openmetrics_file"),
     ("instrumentation", "collector", "status_page"),
     ("server",),
     ("poller", "account_info"),
