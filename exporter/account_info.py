@@ -39,18 +39,17 @@ from exporter.api import (
 from exporter.client import (
     ApiError,
     NeoClient,
-    Stopped,
 )
 from exporter.config import MetricsConfig, PollingConfig, format_duration
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
-    BodyError,
     format_timestamp,
     parse_cap,
     parse_credits,
     parse_summary,
     parse_summary_credits,
 )
+from exporter.read_failure import read_error
 from exporter.snapshot import (
     AccountInfo,
     EndpointHealth,
@@ -133,17 +132,11 @@ class AccountInfoPoller:
         now = self._clock()
         try:
             change = self._readers[endpoint](now)
-        except Stopped:
-            return STOPPED
-        except ApiError as exc:
-            if exc.status in UNAVAILABLE_STATUSES:
+        except Exception as exc:
+            if isinstance(exc, ApiError) and exc.status in UNAVAILABLE_STATUSES:
                 return self._unavailable(endpoint, exc.status, now)
-            return self._failed(endpoint, str(exc), now)
-        except BodyError as exc:
-            return self._failed(endpoint, f"{endpoint}: invalid response body: {exc}", now)
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s %s read failed unexpectedly", self.name, endpoint)
-            return self._failed(endpoint, f"internal error: {type(exc).__name__}", now)
+            error = read_error(exc, self.name, endpoint)  # the poller's words, the same ladder
+            return STOPPED if error is None else self._failed(endpoint, error, now)
         self._due[endpoint] = now + self._intervals[endpoint]
         if endpoint in self._info.unavailable_until:
             log.info("account=%s %s is available again", self.name, PATHS[endpoint])

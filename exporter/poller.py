@@ -24,9 +24,9 @@ can leave out the jump a backlog makes in the counters.
 Tasks, every `polling.tasks_interval`: read the window and keep gauges, published only from
 a complete read.
 
-Audit, every `audit.interval`: Neo's own count of streams (`total` of the listing) and
-credits (`/usage/summary`) for the part of the window older than the lookback, beside what
-the state counted for the same period.
+Audit, every `audit.interval` (`SelfAudit`, audit.py): Neo's own count of streams
+(`total` of the listing) and credits (`/usage/summary`) for the part of the window older
+than the lookback, beside what the state counted for the same period.
 """
 
 from __future__ import annotations
@@ -43,12 +43,10 @@ from exporter.api import (
     SLICE_ROWS,
     STREAMS,
     STREAMS_PATH,
-    SUMMARY,
-    SUMMARY_PATH,
     TASKS,
     TASKS_PATH,
-    UNAVAILABLE_STATUSES,
 )
+from exporter.audit import SelfAudit
 from exporter.client import (
     ApiError,
     Listing,
@@ -61,18 +59,17 @@ from exporter.config import AccountConfig, PollingConfig
 from exporter.counting import TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
-    BodyError,
     RowError,
     StreamRecord,
     TaskRecord,
     format_timestamp,
     parse_stream,
-    parse_summary_credits,
     parse_task,
     raw_digest,
     raw_stream_id,
     row_value,
 )
+from exporter.read_failure import read_error
 from exporter.snapshot import (
     AccountChange,
     AccountSnapshot,
@@ -87,7 +84,6 @@ from exporter.state import (
     WATERMARK_SWEEP_CURSOR,
     WATERMARK_SWEEP_TO,
     State,
-    StateError,
 )
 
 log = logging.getLogger(__name__)
@@ -230,6 +226,7 @@ class AccountPoller:
         self._task_titles = task_titles
         self._polling = polling
         self._audit_interval = audit_interval
+        self._audit = SelfAudit(account.name, client, state, polling, clock)
         self._state = state
         self._client = client
         self._store = store
@@ -377,16 +374,10 @@ class AccountPoller:
                 end = min(sweep_to, cursor + slice_length)
                 with self._full_reads.slot(self._stop):
                     self._read("reconcile", cursor, end)  # an incomplete slice is counted there
-            except Stopped:
-                return False
-            except StateError as exc:  # the state cannot be written: reported, not a traceback
-                self._failed(STREAMS, "reconcile", ApiError(str(exc)))
-                return False
             except ApiError as exc:
                 self._slice_failures += 1
                 if self._slice_failures < SLICE_FAILURES:
-                    self._failed(STREAMS, "reconcile", exc)
-                    return False
+                    return self._read_failed(STREAMS, "reconcile", exc)
                 # Skipped rather than retried forever: later sweeps read it again.
                 log.error(
                     "account=%s the sweep's slice %s..%s failed %d times; skipping it (%s)",
@@ -397,10 +388,8 @@ class AccountPoller:
                     exc,
                 )
                 self._metrics.incomplete_reads.labels(name, STREAMS).inc()
-            except Exception as exc:  # a bug must not kill the thread: report it and go on
-                log.exception("account=%s sweep failed unexpectedly", name)
-                self._failed(STREAMS, "reconcile", ApiError(f"internal error: {exc!r:.80}"))
-                return False
+            except Exception as exc:
+                return self._read_failed(STREAMS, "reconcile", exc)
             self._slice_failures = 0
             cursor = end
             state.save_marks(name, {WATERMARK_SWEEP_CURSOR: cursor})
@@ -426,16 +415,9 @@ class AccountPoller:
         """A streams read whose failure is reported rather than raised (None)."""
         try:
             return self._read(kind, start, end)
-        except Stopped:
+        except Exception as exc:
+            self._read_failed(STREAMS, kind, exc)
             return None
-        except ApiError as exc:
-            self._failed(STREAMS, kind, exc)
-        except StateError as exc:  # the state cannot be written: reported, not a traceback
-            self._failed(STREAMS, kind, ApiError(str(exc)))
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s streams read failed unexpectedly", self.name)
-            self._failed(STREAMS, kind, ApiError(f"internal error: {exc!r:.80}"))
-        return None
 
     def _read(self, kind: str, start: float, end: float) -> ReadOutcome:
         """One streams read of [start, end], counted into the state as pages arrive."""
@@ -588,18 +570,8 @@ class AccountPoller:
             with self._full_reads.slot(self._stop):
                 self._read_tasks(listing, skips, top, repairs)
             window = self._state.tasks_read_totals(self.name)
-        except Stopped:
-            return False
-        except ApiError as exc:
-            self._failed(TASKS, TASKS, exc)
-            return False
-        except StateError as exc:
-            self._failed(TASKS, TASKS, ApiError(str(exc)))
-            return False
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s tasks read failed unexpectedly", self.name)
-            self._failed(TASKS, TASKS, ApiError(f"internal error: {exc!r:.80}"))
-            return False
+        except Exception as exc:
+            return self._read_failed(TASKS, TASKS, exc)
         finally:
             self._state.discard_tasks_read(self.name)
         skips.summarise()
@@ -619,52 +591,10 @@ class AccountPoller:
     # --- audit ---------------------------------------------------------------------------
 
     def audit(self) -> AuditResult | None:
-        """Compare Neo's totals for the window less the lookback with the state's."""
-        now = self._clock()
-        # Half-second bounds: no row with a whole-second created_at sits on one, whichever
-        # of the API's bounds is inclusive.
-        start = math.floor(now - self._polling.window) + 0.5
-        end = math.floor(now - self._polling.lookback) + 0.5
-        if end <= start:
-            return None
-        period = {"from": format_timestamp(start), "to": format_timestamp(end)}
-        try:
-            neo_streams = self._client.count(STREAMS_PATH, STREAMS, start, end)
-            try:
-                neo_credits: float | None = parse_summary_credits(
-                    self._client.get_json(SUMMARY_PATH, period, SUMMARY)
-                )
-            except ApiError as exc:
-                if exc.status not in UNAVAILABLE_STATUSES:
-                    raise
-                neo_credits = None  # a token that may not read the summary: streams only
-            except BodyError as exc:
-                log.warning("account=%s audit: summary not usable (%s)", self.name, exc)
-                neo_credits = None
-        except Stopped:
-            return None
-        except ApiError as exc:
-            log.warning("account=%s audit failed: %s", self.name, exc)
-            return None
-        counted, credits = self._state.counted_in(self.name, start, end)
-        result = AuditResult(now, start, end, neo_streams, counted, neo_credits, credits)
-        missing, drift = result.streams_missing, result.credits_drift
-        exact = not missing and (drift is None or abs(drift) < 1e-6)
-        log.log(
-            logging.INFO if exact else logging.WARNING,
-            "account=%s audit of %s..%s: Neo counts %s streams and %s credits; the exporter "
-            "counted %d streams and %.6f credits (missing %s, credits drift %s)",
-            self.name,
-            period["from"],
-            period["to"],
-            neo_streams,
-            "?" if neo_credits is None else f"{neo_credits:.6f}",
-            counted,
-            credits,
-            missing,
-            "?" if drift is None else f"{drift:.6f}",
-        )
-        self._publish(lambda a: replace(a, audit=result))
+        """Run the self-audit now and publish its result (None: not run, or it failed)."""
+        result = self._audit.run()
+        if result is not None:
+            self._publish(lambda a: replace(a, audit=result))
         return result
 
     # --- health and publishing -----------------------------------------------------------
@@ -680,12 +610,22 @@ class AccountPoller:
             self._settled = self._settled or self.live
             self._publish()
 
-    def _failed(self, endpoint: str, kind: str, exc: ApiError) -> None:
+    def _read_failed(self, endpoint: str, kind: str, exc: Exception) -> bool:
+        """Report a read's failure (a stop is none); False, the read's result.
+
+        The one place a read's exception is handled: a bug must not kill the thread.
+        """
+        error = read_error(exc, self.name, endpoint)
+        if error is not None:
+            self._failed(endpoint, kind, error)
+        return False
+
+    def _failed(self, endpoint: str, kind: str, error: str) -> None:
         self._metrics.polls.labels(self.name, kind, "failure").inc()
-        log.error("account=%s %s read failed: %s", self.name, kind, exc)
+        log.error("account=%s %s read failed: %s", self.name, kind, error)
         with self._publishing:
             previous = self._endpoints.get(endpoint, EndpointHealth())
-            self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
+            self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, error)
             self._settled = True
             self._publish(_progress_done)
 

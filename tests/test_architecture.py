@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models", "webconfig"),
     ("client", "counting"),
     ("state", "snapshot", "openmetrics_file"),
-    ("instrumentation", "collector", "status_page"),
+    ("instrumentation", "collector", "status_page", "read_failure", "audit"),
     ("server",),
     ("poller", "account_info"),
     ("history", "demo"),
