@@ -47,7 +47,7 @@ from exporter.app import Exporter, build
 from exporter.client import JSON_DECODER
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
-from exporter.counting import STREAM_COUNTERS, CounterValue, Counts
+from exporter.counting import STREAM_COUNTER_NAMES, CounterValue, Counts
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import format_timestamp
 from exporter.poller import incremental_span
@@ -601,11 +601,11 @@ class _Fixed(Collector):
 def scrape_store(series: int) -> SnapshotStore:
     """A snapshot holding `series` stream counters (models x statuses x byok x metrics)."""
     counters: dict[tuple[str, tuple[str, ...]], CounterValue] = {}
-    per_metric = math.ceil(series / len(STREAM_COUNTERS))
+    per_metric = math.ceil(series / len(STREAM_COUNTER_NAMES))
     statuses = 10
     for i in range(per_metric):
         labels = (f"model-{i // (statuses * 2)}", f"status-{i // 2 % statuses}", str(i % 2 == 0))
-        for metric in STREAM_COUNTERS:
+        for metric in STREAM_COUNTER_NAMES:
             if len(counters) < series:
                 counters[(metric, labels)] = CounterValue(i * 1.5, 1_700_000_000.0)
     store = SnapshotStore(("bench",), WINDOW)

@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.account_info import AccountInfoPoller
 from exporter.api import ENDPOINTS
 from exporter.client import NeoClient, page_executor
-from exporter.collector import COUNTS, STATUS, NeoCollector
+from exporter.collector import NeoCollector, Part
 from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics
@@ -84,8 +84,8 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     )
     metrics.state_writable.set_function(lambda: 1.0 if state.health().writable else 0.0)
     neo = NeoCollector(store)
-    per_counts.register(NeoCollector(store, COUNTS))
-    per_snapshot.register(NeoCollector(store, STATUS))
+    per_counts.register(NeoCollector(store, Part.COUNTS))
+    per_snapshot.register(NeoCollector(store, Part.STATUS))
     registry.register(Include(live))
     registry.register(neo)
     pollers, clients, info_pollers = [], [], []

@@ -282,7 +282,9 @@ class _Progress:
 
 
 @dataclass(slots=True)
-class _Tally:
+class _HistoryRead:
+    """What a history's read counted: streams new to the state, and rows it could not use."""
+
     streams: int = 0
     bad_rows: int = 0
 
@@ -323,14 +325,14 @@ def _read_account(
     recorder: Recorder,
     clock: Callable[[], float],
     stop: threading.Event,
-) -> _Tally:
+) -> _HistoryRead:
     """Read [span.start, end] slice by slice; count each slice into the state step by step.
 
     A slice is counted only once its read is complete: its rows are held until then (about
     SLICE_ROWS of them), sorted by `created_at` and counted a step at a time, so that the
     state's values after each step are those of that instant.
     """
-    tally = _Tally()
+    tally = _HistoryRead()
     carried: dict[str, float] = {}  # the last slice's rows at its end: this one's start
     progress.account = account
     for first, last in _slices(span, end, total):
@@ -592,7 +594,7 @@ def run(
             format_timestamp(span.join),
         )
         recorders: dict[str, Recorder] = {}
-        tally = _Tally()
+        tally = _HistoryRead()
         for client, account, total in zip(clients, fresh, totals, strict=True):
             recorder = recorders[account.name] = Recorder()
             try:

@@ -171,7 +171,7 @@ class ProgressLog:
 
 
 @dataclass(slots=True)
-class _Tally:
+class _ReadCounts:
     """What one streams read did to the state."""
 
     new: int = 0
@@ -432,7 +432,7 @@ class AccountPoller:
             STREAMS_PATH, STREAMS, start, end, {"sort": "created_at"}, on_progress=progress
         )
         skips = _SkipLog(self.name, STREAMS, self._metrics)
-        tally = _Tally()
+        tally = _ReadCounts()
         batch: list[StreamRecord] = []
 
         def flush() -> None:
@@ -480,7 +480,7 @@ class AccountPoller:
         self._publish(lambda a: replace(a, last_poll_duration=took, progress=None))
         return outcome
 
-    def _ingest(self, batch: list[StreamRecord], tally: _Tally) -> None:
+    def _ingest(self, batch: list[StreamRecord], tally: _ReadCounts) -> None:
         result = self._state.ingest(self.name, batch, self._clock())
         tally.new += result.new
         tally.duplicates += result.duplicates
@@ -689,7 +689,9 @@ class _KnownRows:
         self.counted: set[str] | None = None if remembered is None else set()
         self._unknown_pages = 0
 
-    def unknown(self, rows: Sequence[object], tally: _Tally) -> list[tuple[object, str | None]]:
+    def unknown(
+        self, rows: Sequence[object], tally: _ReadCounts
+    ) -> list[tuple[object, str | None]]:
         """The rows to decode, with their digests (None for a row not in raw JSON)."""
         counted = self.counted
         rest: list[tuple[object, str | None]] = []

@@ -39,7 +39,7 @@ from exporter.counting import (
     CounterValue,
     Counts,
     HistogramValue,
-    Tally,
+    PendingChanges,
     TaskWindow,
     Totals,
 )
@@ -553,7 +553,7 @@ class State:
                 else:
                     batch[record.stream_id] = record
             existing = self._existing(account, list(batch))
-            work = Tally(acct, self._limits, self._bounds, now)
+            work = PendingChanges(acct, self._limits, self._bounds, now)
             if batch:
                 work.start_revisions()
             new_rows: list[tuple[object, ...]] = []
@@ -644,7 +644,7 @@ class State:
         self,
         account: str,
         acct: _Account,
-        work: Tally,
+        work: PendingChanges,
         new_rows: list[tuple[object, ...]],
         changed_rows: list[tuple[object, ...]],
     ) -> None:
