@@ -4,7 +4,7 @@
 loopback: a day of history, then new streams as time passes (with a burst of expensive ones
 every half hour). It serves `/api/v1/usage/streams` and `/api/v1/usage/tasks` (newest first,
 `from`/`to` inclusive, `offset`/`limit` paging), `/api/v1/usage/summary`, `/api/v1/user` and
-`/api/v1/billing/credits`, as shared/neo-usage-openapi.yaml describes them. Nothing else: the
+`/api/v1/billing/credits`, as docs/neo-api/usage-openapi.yaml describes them. Nothing else: the
 tests' fake (tests/fakeneo) builds on this generator and adds faults, switches and the truth.
 """
 

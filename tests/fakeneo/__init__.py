@@ -4,7 +4,7 @@
 the API's requests; `FakeNeoServer` (server.py) serves it over HTTP on loopback, with the
 /_fake/ control plane (control.py); `python -m tests.fakeneo` (cli.py) runs it as a process.
 It serves `/api/v1/usage/streams`, `/api/v1/usage/tasks[/{task_id}]`, `/api/v1/usage/summary`,
-`/api/v1/user` and `/api/v1/billing/credits` as described in shared/neo-usage-openapi.yaml,
+`/api/v1/user` and `/api/v1/billing/credits` as described in docs/neo-api/usage-openapi.yaml,
 injects faults (error statuses, resets, timeouts, slow or truncated bodies, bad JSON, endless
 paging, wrong totals; faults.py), logs requests (requestlog.py), and computes the ground truth
 (`FakeNeo.truth`, truth.py) straight from the rows it serves, so that tests can compare the
