@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import requests
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -44,7 +45,6 @@ from prometheus_client.registry import Collector
 
 from exporter.api import STREAMS_PATH, TASKS_PATH
 from exporter.app import Exporter, build
-from exporter.client import JSON_DECODER
 from exporter.collector import NeoCollector
 from exporter.config import Config, config_from_mapping
 from exporter.counting import STREAM_COUNTER_NAMES, CounterValue, Counts
@@ -729,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     print(
         f"# neo-exporter benchmarks\n\n`{command.strip()}`: {os.cpu_count()} cores, "
-        f"Python {sys.version.split()[0]}, JSON decoder: {JSON_DECODER}\n"
+        f"Python {sys.version.split()[0]}, JSON decoder: msgspec {msgspec.__version__}\n"
     )
     try:
         with tempfile.TemporaryDirectory(prefix="neo-bench-") as tmp:

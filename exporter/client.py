@@ -49,8 +49,6 @@ from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig, format_duration
 from exporter.models import Page, PageError, decode_page, format_timestamp
 
-JSON_DECODER = f"msgspec {msgspec.__version__}"
-
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this

@@ -170,10 +170,6 @@ class ConnectionLimiter:
             self._closing = True
             self._cond.notify_all()
 
-    def open_count(self) -> int:
-        with self._cond:
-            return sum(1 for c in self._open.values() if not c.evicted)
-
     @staticmethod
     def _evict(conn: _Connection) -> None:
         conn.evicted = True

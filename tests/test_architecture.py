@@ -26,10 +26,16 @@ LAYER = {module: depth for depth, modules in enumerate(LAYERS) for module in mod
 
 
 def _imports(path: Path) -> set[str]:
-    """The package's modules that a module imports."""
+    """The package's modules that a module imports, by `from ... import` or plain `import`."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
+        if isinstance(node, ast.Import):
+            found.update(
+                alias.name.split(".")[1]
+                for alias in node.names
+                if alias.name.startswith("exporter.")
+            )
+        elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "exporter":
                 found.update(alias.name for alias in node.names if alias.name in LAYER)
             elif node.module.startswith("exporter."):
@@ -51,3 +57,12 @@ def test_imports_only_go_down_the_data_flow() -> None:
         if LAYER[imported] >= LAYER[path.stem]
     ]
     assert upward == []
+
+
+def test_plain_imports_are_read_as_well_as_from_imports(tmp_path: Path) -> None:
+    module = tmp_path / "sample.py"
+    module.write_text(
+        "import exporter.state\nimport exporter.client as c\nimport os\n"
+        "from exporter import catalogue\nfrom exporter.models import parse_stream\n"
+    )
+    assert _imports(module) == {"state", "client", "catalogue", "models"}
