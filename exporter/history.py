@@ -330,7 +330,8 @@ def _read_account(
 
     A slice is counted only once its read is complete: its rows are held until then (about
     SLICE_ROWS of them), sorted by `created_at` and counted a step at a time, so that the
-    state's values after each step are those of that instant.
+    state's values after each step are those of that instant. That is why it is not the
+    poller's read, which counts pages in batches as they arrive and skips rows it knows.
     """
     tally = _HistoryRead()
     carried: dict[str, float] = {}  # the last slice's rows at its end: this one's start

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
+DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 # Each module may import only modules of a lower layer (docs/architecture.md).
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -66,3 +68,15 @@ def test_plain_imports_are_read_as_well_as_from_imports(tmp_path: Path) -> None:
         "from exporter import catalogue\nfrom exporter.models import parse_stream\n"
     )
     assert _imports(module) == {"state", "client", "catalogue", "models"}
+
+
+def test_the_architecture_doc_lists_the_same_layers_and_modules() -> None:
+    text = DOC.read_text()
+    layers = text[text.index("Imports only go down") : text.index("## Each module's one job")]
+    listed = tuple(
+        tuple(re.findall(r"`([a-z_]+)`", line))
+        for line in re.findall(r"^\d+\. (.+)$", layers, re.MULTILINE)
+    )
+    assert listed == LAYERS
+    tabled = set(re.findall(r"^\| `([a-z_]+)\.py` \|", text, re.MULTILINE))
+    assert tabled == set(LAYER) - {"__main__"}, "docs/architecture.md: each module's one job"
