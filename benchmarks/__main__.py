@@ -36,16 +36,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import requests
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from exporter.api import STREAMS_PATH, TASKS_PATH
 from exporter.app import Exporter, build
-from exporter.client import JSON_DECODER, STREAMS_PATH, TASKS_PATH
-from exporter.collector import COUNTS, STATUS, NeoCollector
+from exporter.collector import NeoCollector, Part
 from exporter.config import Config, config_from_mapping
-from exporter.counting import STREAM_COUNTERS, CounterValue, Counts
+from exporter.counting import STREAM_COUNTER_NAMES, CounterValue, Counts
 from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.models import format_timestamp
 from exporter.poller import incremental_span
@@ -632,11 +633,11 @@ def scrape_store(series: int) -> SnapshotStore:
 
 def scrape_counts(series: int) -> Counts:
     counters: dict[tuple[str, tuple[str, ...]], CounterValue] = {}
-    per_metric = math.ceil(series / len(STREAM_COUNTERS))
+    per_metric = math.ceil(series / len(STREAM_COUNTER_NAMES))
     statuses = 10
     for i in range(per_metric):
         labels = (f"model-{i // (statuses * 2)}", f"status-{i // 2 % statuses}", str(i % 2 == 0))
-        for metric in STREAM_COUNTERS:
+        for metric in STREAM_COUNTER_NAMES:
             if len(counters) < series:
                 counters[(metric, labels)] = CounterValue(i * 1.5, 1_700_000_000.0)
     return Counts(counters, {})
@@ -706,8 +707,8 @@ def run_unchanged(accounts: int, series: int, repeat: int) -> Unchanged:
         store.update(name, lambda a, c=counts: replace(a, counts=c, first_poll_done=True))
     live, per_snapshot, per_counts = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     ExporterMetrics(live, names)
-    per_snapshot.register(NeoCollector(store, STATUS))
-    per_counts.register(NeoCollector(store, COUNTS))
+    per_snapshot.register(NeoCollector(store, Part.STATUS))
+    per_counts.register(NeoCollector(store, Part.COUNTS))
     server = ExporterServer(
         ("127.0.0.1", 0),
         live,
@@ -826,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     print(
         f"# neo-exporter benchmarks\n\n`{command.strip()}`: {os.cpu_count()} cores, "
-        f"Python {sys.version.split()[0]}, JSON decoder: {JSON_DECODER}\n"
+        f"Python {sys.version.split()[0]}, JSON decoder: msgspec {msgspec.__version__}\n"
     )
     try:
         with tempfile.TemporaryDirectory(prefix="neo-bench-") as tmp:

@@ -25,27 +25,32 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from exporter.client import (
+from exporter.api import (
+    ACCOUNT_ENDPOINTS,
+    CREDITS,
     CREDITS_PATH,
+    PATHS,
+    SUMMARY,
     SUMMARY_PATH,
     UNAVAILABLE_STATUSES,
+    USER,
     USER_PATH,
+)
+from exporter.client import (
     ApiError,
     NeoClient,
-    Stopped,
 )
 from exporter.config import MetricsConfig, PollingConfig, format_duration
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
-    BodyError,
     format_timestamp,
     parse_cap,
     parse_credits,
     parse_summary,
     parse_summary_credits,
 )
+from exporter.read_failure import read_error
 from exporter.snapshot import (
-    ACCOUNT_ENDPOINTS,
     AccountInfo,
     EndpointHealth,
     SnapshotStore,
@@ -54,8 +59,6 @@ from exporter.snapshot import (
 log = logging.getLogger(__name__)
 
 InfoChange = Callable[[AccountInfo], AccountInfo]
-
-PATHS = {"summary": SUMMARY_PATH, "user": USER_PATH, "credits": CREDITS_PATH}
 
 
 # --- polling ----------------------------------------------------------------------------------
@@ -80,9 +83,9 @@ class AccountInfoPoller:
     ) -> None:
         self.name = account_name
         self._intervals = {
-            "summary": polling.summary_interval,
-            "user": polling.user_interval,
-            "credits": polling.credits_interval,
+            SUMMARY: polling.summary_interval,
+            USER: polling.user_interval,
+            CREDITS: polling.credits_interval,
         }
         self._retry_unavailable = polling.unavailable_retry_interval
         self._window = polling.window
@@ -97,9 +100,9 @@ class AccountInfoPoller:
         self._due = dict.fromkeys(ACCOUNT_ENDPOINTS, -math.inf)  # everything is due at start
         self._info = AccountInfo()
         self._readers: dict[str, Callable[[float], InfoChange]] = {
-            "summary": self._read_summary,
-            "user": self._read_user,
-            "credits": self._read_credits,
+            SUMMARY: self._read_summary,
+            USER: self._read_user,
+            CREDITS: self._read_credits,
         }
 
     def run(self) -> None:
@@ -129,17 +132,11 @@ class AccountInfoPoller:
         now = self._clock()
         try:
             change = self._readers[endpoint](now)
-        except Stopped:
-            return STOPPED
-        except ApiError as exc:
-            if exc.status in UNAVAILABLE_STATUSES:
+        except Exception as exc:
+            if isinstance(exc, ApiError) and exc.status in UNAVAILABLE_STATUSES:
                 return self._unavailable(endpoint, exc.status, now)
-            return self._failed(endpoint, str(exc), now)
-        except BodyError as exc:
-            return self._failed(endpoint, f"{endpoint}: invalid response body: {exc}", now)
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s %s read failed unexpectedly", self.name, endpoint)
-            return self._failed(endpoint, f"internal error: {type(exc).__name__}", now)
+            error = read_error(exc, self.name, endpoint)  # the poller's words, the same ladder
+            return STOPPED if error is None else self._failed(endpoint, error, now)
         self._due[endpoint] = now + self._intervals[endpoint]
         if endpoint in self._info.unavailable_until:
             log.info("account=%s %s is available again", self.name, PATHS[endpoint])
@@ -158,7 +155,7 @@ class AccountInfoPoller:
         body = self._client.get_json(
             SUMMARY_PATH,
             {"from": format_timestamp(now - self._window), "to": format_timestamp(now)},
-            "summary",
+            SUMMARY,
         )
         summary = parse_summary(
             body, status_limit=self._status_limit, members_limit=self._members_limit
@@ -169,17 +166,17 @@ class AccountInfoPoller:
             since = self._client.get_json(
                 SUMMARY_PATH,
                 {"from": format_timestamp(reset), "to": format_timestamp(now)},
-                "summary",
+                SUMMARY,
             )
             summary = replace(summary, credits_since_reset=parse_summary_credits(since))
         return lambda info: replace(info, summary=summary)
 
     def _read_user(self, now: float) -> InfoChange:
-        cap = parse_cap(self._client.get_json(USER_PATH, {}, "user"))
+        cap = parse_cap(self._client.get_json(USER_PATH, {}, USER))
         return lambda info: replace(info, cap=cap)
 
     def _read_credits(self, now: float) -> InfoChange:
-        credits = parse_credits(self._client.get_json(CREDITS_PATH, {}, "credits"))
+        credits = parse_credits(self._client.get_json(CREDITS_PATH, {}, CREDITS))
         return lambda info: replace(info, credits=credits)
 
     # --- outcomes ------------------------------------------------------------------------
@@ -202,9 +199,9 @@ class AccountInfoPoller:
         )
         # What the endpoint said before no longer holds for this token.
         cleared: dict[str, InfoChange] = {
-            "summary": lambda info: replace(info, summary=None),
-            "user": lambda info: replace(info, cap=None),
-            "credits": lambda info: replace(info, credits=None),
+            SUMMARY: lambda info: replace(info, summary=None),
+            USER: lambda info: replace(info, cap=None),
+            CREDITS: lambda info: replace(info, credits=None),
         }
         previous = self._info.endpoints.get(endpoint, EndpointHealth())
         health = EndpointHealth(False, previous.last_success, f"unavailable ({reason})")

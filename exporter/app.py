@@ -23,15 +23,17 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.account_info import AccountInfoPoller
+from exporter.api import ENDPOINTS
 from exporter.client import NeoClient, page_executor
-from exporter.collector import COUNTS, STATUS, NeoCollector, WithoutCreated
+from exporter.collector import NeoCollector, Part, WithoutCreated
 from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
-from exporter.server import ExporterServer, Include, PageContext, listen_socket
-from exporter.snapshot import ACCOUNT_ENDPOINTS, SnapshotStore
+from exporter.server import ExporterServer, Include, listen_socket
+from exporter.snapshot import SnapshotStore
 from exporter.state import MEMORY, State, check_state_path, open_state
+from exporter.status_page import PageContext
 from exporter.webconfig import WebConfigFile
 
 log = logging.getLogger("exporter")
@@ -90,8 +92,8 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
     def served(collector: Collector) -> Collector:
         return collector if created else WithoutCreated(collector)
 
-    per_counts.register(served(NeoCollector(store, COUNTS)))
-    per_snapshot.register(served(NeoCollector(store, STATUS)))
+    per_counts.register(served(NeoCollector(store, Part.COUNTS)))
+    per_snapshot.register(served(NeoCollector(store, Part.STATUS)))
     live.register(served(Include(own)))
     registry.register(Include(live))
     registry.register(served(NeoCollector(store)))
@@ -310,11 +312,7 @@ def _once_waiting(exporter: Exporter, jobs: list[tuple[str, threading.Thread, li
         if account.name not in busy:
             continue
         health = {**account.endpoints, **account.info.endpoints}
-        pending = [
-            e
-            for e in ("streams", "tasks", *ACCOUNT_ENDPOINTS)
-            if health.get(e) is None or health[e].up is None
-        ]
+        pending = [e for e in ENDPOINTS if health.get(e) is None or health[e].up is None]
         text = ", ".join(pending) or "finishing"
         if account.progress is not None:
             p = account.progress

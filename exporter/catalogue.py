@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter import api
+
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
 
@@ -44,14 +46,14 @@ BYOK_VALUES = ("true", "false")
 DIRECTION_UP, DIRECTION_DOWN, DIRECTION_CHANGED = "up", "down", "changed"
 
 STREAM_LABELS = ("account", "model", "status", "byok")
-_STREAMS_API = "/api/v1/usage/streams"
-_TASKS_API = "/api/v1/usage/tasks"
-_SUMMARY_API = "/api/v1/usage/summary"
-_USER_API = "/api/v1/user"
-_BILLING_API = "/api/v1/billing/credits"
+_STREAMS_API = api.STREAMS_PATH
+_TASKS_API = api.TASKS_PATH
+_SUMMARY_API = api.SUMMARY_PATH
+_USER_API = api.USER_PATH
+_BILLING_API = api.CREDITS_PATH
 _REFRESH = "Refreshed every poll, not at scrape time."
 _SUMMARY_REFRESH = "Refreshed every poll of the summary (polling.summary_interval)."
-_CAP_REFRESH = "Refreshed every poll of /api/v1/user (polling.user_interval); absent with no cap."
+_CAP_REFRESH = f"Refreshed every poll of {_USER_API} (polling.user_interval); absent with no cap."
 _BILLING_REFRESH = "Refreshed every poll of the balance (polling.credits_interval)."
 
 # --- stream counters

@@ -55,18 +55,7 @@ from exporter import __version__
 from exporter.config import AccountConfig, HttpConfig, format_duration
 from exporter.models import Page, PageError, decode_page, format_timestamp, row_created_ts
 
-JSON_DECODER = f"msgspec {msgspec.__version__}"
-
 log = logging.getLogger(__name__)
-
-# The API's endpoints, as documented.
-STREAMS_PATH = "/api/v1/usage/streams"
-TASKS_PATH = "/api/v1/usage/tasks"
-SUMMARY_PATH = "/api/v1/usage/summary"
-USER_PATH = "/api/v1/user"
-CREDITS_PATH = "/api/v1/billing/credits"
-# An account-level endpoint answering these is not for this token (not an admin's) or plan.
-UNAVAILABLE_STATUSES = (403, 404)
 
 MAX_RETRY_AFTER = 600.0  # a server asking for more than this is treated as asking for this
 # Bodies are read in chunks, so that a stop need not wait for the end of a slow one.

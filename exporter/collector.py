@@ -7,6 +7,7 @@ Every business metric carries `account`. HELP names the API field behind each me
 
 from __future__ import annotations
 
+import enum
 import platform
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,9 +23,10 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter import catalogue as m
+from exporter.api import ENDPOINTS
 from exporter.catalogue import Metric
 from exporter.counting import RECENT_WINDOWS, RecentSpend
-from exporter.snapshot import ACCOUNT_ENDPOINTS, Snapshot, SnapshotStore
+from exporter.snapshot import Snapshot, SnapshotStore
 
 # The client library's own formatting of `le` values (its annotation is missing).
 _format_bound: Callable[[float], str] = utils.floatToGoString
@@ -255,7 +257,7 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
         catch_up.add_metric([account.name], account.last_catch_up or 0.0)
         for endpoint, rows in sorted(account.missing_rows.items()):
             missing.add_metric([account.name, endpoint], rows)
-        for endpoint in ("streams", "tasks", *ACCOUNT_ENDPOINTS):
+        for endpoint in ENDPOINTS:
             state = account.endpoints.get(endpoint) or account.info.endpoints.get(endpoint)
             up.add_metric([account.name, endpoint], 1.0 if state and state.up else 0.0)
             when = state.last_success if state else None
@@ -318,28 +320,33 @@ def audit(snapshot: Snapshot) -> Iterator[Family]:
     yield from families.values()
 
 
-COUNTS, STATUS, ALL = "counts", "status", "all"
+class Part(enum.Enum):
+    """Which of the collector's families a `NeoCollector` emits.
+
+    COUNTS is the counters and histograms (most of the series; they change only when a poll
+    commits rows), STATUS the rest, BOTH both: the server renders the two parts apart, so
+    that a poll that counts nothing new does not make the next scrape render them all.
+    """
+
+    COUNTS = enum.auto()
+    STATUS = enum.auto()
+    BOTH = enum.auto()
 
 
 class NeoCollector(Collector):
-    """Registered on the exporter's own registry; reads the store at each scrape.
+    """Registered on the exporter's own registry; reads the store at each scrape."""
 
-    `part` COUNTS is the counters and histograms (most of the series; they change only when
-    a poll commits rows), STATUS the rest, ALL both: the server renders the two parts apart,
-    so that a poll that counts nothing new does not make the next scrape render them all.
-    """
-
-    def __init__(self, store: SnapshotStore, part: str = ALL) -> None:
+    def __init__(self, store: SnapshotStore, part: Part = Part.BOTH) -> None:
         self._store = store
         self._part = part
 
     def collect(self) -> Iterable[Family]:
         snapshot = self._store.get()
-        if self._part != STATUS:
+        if self._part is not Part.STATUS:
             yield from stream_counters(snapshot)
             yield from histograms(snapshot)
             yield from revisions(snapshot)
-        if self._part == COUNTS:
+        if self._part is Part.COUNTS:
             return
         yield from window_gauges(snapshot)
         yield from summary_gauges(snapshot)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.api import MAX_PAGE_SIZE
 from exporter.periods import PERIODS
 
 DEFAULT_BASE_URL: Final = "https://neo.api.projectdiscovery.io"
@@ -324,7 +325,6 @@ STATE_KEYS: Final = _keys(StateConfig)
 BUDGET_KEYS: Final = ("name", "account", "period", "credits", "usd", "team", "model")
 AUDIT_KEYS: Final = _keys(AuditConfig)
 
-MAX_PAGE_SIZE: Final = 200  # the API's limit
 MAX_RETRIES: Final = 20
 MAX_CONCURRENCY: Final = 32
 MAX_LABEL_LIMIT: Final = 10000

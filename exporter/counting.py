@@ -1,13 +1,13 @@
 """Counting: the values a stream adds, label folding, and the totals they add up to.
 
-Pure and in memory: no I/O. `State` opens a `Tally` per transaction, feeds it the streams
-of a batch (new ones with `add`, revised ones with `revise`), writes what it froze, and only
-then lets the account's `Totals` take it. Every metric name and label name comes from the
+Pure and in memory: no I/O. `State` opens a `PendingChanges` per transaction, feeds it the
+streams of a batch (new ones with `add`, revised ones with `revise`), writes what it froze,
+and only then lets the account's `Totals` take it. Every metric name and label name comes from the
 catalogue.
 
-The label budget lives here (`Tally._fold`): a label keeps at most `metrics.label_limits`
-values per account; a value past it is counted as `other`, and a value once kept or folded
-stays so for good (the state reloads the values in use).
+The label budget lives here (`PendingChanges._fold`): a label keeps at most
+`metrics.label_limits` values per account; a value past it is counted as `other`, and a
+value once kept or folded stays so for good (the state reloads the values in use).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from exporter.models import (
 Key = tuple[str, tuple[str, ...]]  # (metric name, label values without `account`)
 
 # Names as the state keys series by; the stream counters in the order of `stream_amounts`.
-STREAM_COUNTERS = tuple(metric.name for metric in m.STREAM_COUNTERS)
+STREAM_COUNTER_NAMES = tuple(metric.name for metric in m.STREAM_COUNTERS)
 _REVISED_AS = tuple(metric.revised_as for metric in m.STREAM_COUNTERS)
 _BY_AGENT = m.AGENT_TRIGGERS_BY_AGENT.name
 _CALLS_BY_TOOL = m.TOOL_CALLS_BY_TOOL.name
@@ -115,11 +115,11 @@ class Totals:
         for name, value in zip(_LABEL_NAMES.get(metric, ()), values, strict=True):
             self.labels.setdefault(name, set()).add(value)
 
-    def take(self, tally: Tally) -> None:
-        """Adopt what a tally froze, once it has been committed."""
-        self.counters.update(tally.counters)
-        self.histograms.update(tally.histograms)
-        for name, values in tally.new_labels.items():
+    def take(self, pending: PendingChanges) -> None:
+        """Adopt what a transaction's pending changes froze, once it has been committed."""
+        self.counters.update(pending.counters)
+        self.histograms.update(pending.histograms)
+        for name, values in pending.new_labels.items():
             self.labels.setdefault(name, set()).update(values)
 
 
@@ -152,7 +152,7 @@ class _Hist:
 
 
 def stream_amounts(r: StreamRecord) -> tuple[float, ...]:
-    """What each of STREAM_COUNTERS adds for one stream, in the same order (the hot path).
+    """What each of STREAM_COUNTER_NAMES adds for one stream, in the same order (the hot path).
 
     An absent value adds 0; the step latency sum and its steps only where both are present.
     """
@@ -184,7 +184,8 @@ _COUNTED_JSON = msgspec.json.Encoder().encode
 class Counted:
     """What has been counted for one stream: stored as JSON in `streams.counted`.
 
-    Labels are the (folded) ones it was first counted under; amounts follow STREAM_COUNTERS
+    Labels are the (folded) ones it was first counted under; amounts follow
+    STREAM_COUNTER_NAMES
     and only ever rise; breakdowns are by the API's names, folded when they are added to.
     """
 
@@ -233,7 +234,7 @@ class Counted:
         )
 
 
-class Tally:
+class PendingChanges:
     """The pending changes of one transaction: new totals and newly used label values.
 
     Totals are added to in place (a list per series) and frozen once by `freeze()`: a
@@ -298,14 +299,14 @@ class Tally:
             )
             for status in statuses:
                 for byok in BYOK_VALUES:
-                    for metric in STREAM_COUNTERS:
+                    for metric in STREAM_COUNTER_NAMES:
                         self.bump(metric, (value, status, byok), 0.0)
             for metric in (STREAM_DURATION, STEP_LATENCY):
                 self._histogram(metric, (value,))
         elif name == "status":
             for model in self._values_of("model"):
                 for byok in BYOK_VALUES:
-                    for metric in STREAM_COUNTERS:
+                    for metric in STREAM_COUNTER_NAMES:
                         self.bump(metric, (model, value, byok), 0.0)
 
     def start_revisions(self) -> None:
@@ -360,7 +361,7 @@ class Tally:
         labels = (model, status, record.byok)
         slots = self._stream_slots.get(labels)
         if slots is None:
-            slots = [self._slot((metric, labels)) for metric in STREAM_COUNTERS]
+            slots = [self._slot((metric, labels)) for metric in STREAM_COUNTER_NAMES]
             self._stream_slots[labels] = slots
         amounts = stream_amounts(record)
         for slot, amount in zip(slots, amounts, strict=True):
@@ -449,7 +450,7 @@ class Tally:
             delta = now - amounts[index]
             source = _REVISED_AS[index]
             if delta > 0:
-                self.bump(STREAM_COUNTERS[index], labels, delta)
+                self.bump(STREAM_COUNTER_NAMES[index], labels, delta)
                 amounts[index] = now
                 if source is not None:
                     events.add((source, DIRECTION_UP))

@@ -4,7 +4,7 @@
 loopback: a day of history, then new streams as time passes (with a burst of expensive ones
 every half hour). It serves `/api/v1/usage/streams` and `/api/v1/usage/tasks` (newest first,
 `from`/`to` inclusive, `offset`/`limit` paging), `/api/v1/usage/summary`, `/api/v1/user` and
-`/api/v1/billing/credits`, as shared/neo-usage-openapi.yaml describes them. Nothing else: the
+`/api/v1/billing/credits`, as docs/neo-api/usage-openapi.yaml describes them. Nothing else: the
 tests' fake (tests/fakeneo) builds on this generator and adds faults, switches and the truth.
 """
 
@@ -33,14 +33,20 @@ from itertools import accumulate
 from typing import Any, NamedTuple, Protocol, Self
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.client import CREDITS_PATH, STREAMS_PATH, SUMMARY_PATH, TASKS_PATH, USER_PATH
+from exporter.api import (
+    CREDITS_PATH,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    STREAMS_PATH,
+    SUMMARY_PATH,
+    TASKS_PATH,
+    USER_PATH,
+)
 
 ADMIN_TOKEN = "fake-admin-token"  # noqa: S105 (the fake's own)
 ADMIN_EMAIL = "admin@example.com"
 TEAM = "acme"
 NEO_COST_RATE = 0.2
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 log = logging.getLogger(__name__)
 
 LIVE_BUCKET = 60  # seconds of live traffic generated at once, from the bucket's own seed
@@ -621,7 +627,7 @@ def time_param(query: Mapping[str, str], name: str) -> int | None:
 
 def page_of(rows: Sequence[Any], query: Mapping[str, str]) -> dict[str, Any]:
     """The `offset`/`limit` page of rows (already rendered), as the listings send it."""
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = int_param(query, "limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     offset = int_param(query, "offset", 0, 0, None)
     stop = offset + limit
     return {"data": list(rows[offset:stop]), "has_more": stop < len(rows), "total": len(rows)}

@@ -41,32 +41,31 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import BinaryIO, cast
 
-from prometheus_client import utils
-
 from exporter import catalogue as m
-from exporter.catalogue import Metric
-from exporter.client import STREAMS_PATH, ApiError, NeoClient, PageProgress, Stopped
+from exporter.api import SLICE_ROWS, STREAMS, STREAMS_PATH
+from exporter.client import ApiError, NeoClient, PageProgress, Stopped
 from exporter.config import AccountConfig, Config, format_duration
-from exporter.counting import Counts, HistogramValue
 from exporter.models import RowError, StreamRecord, format_timestamp, parse_stream
-from exporter.poller import SLICE_ROWS
+from exporter.openmetrics_file import (
+    COUNTERS,
+    Recorder,
+    Span,
+    Written,
+    write_openmetrics,
+)
 from exporter.state import (
-    LOCK_SUFFIX,
     MEMORY,
     WATERMARK_RECONCILE,
     WATERMARK_STREAMS,
+    StagedState,
     State,
-    StateError,
-    StateLock,
     check_state_path,
     histogram_bounds,
     open_state,
@@ -84,13 +83,6 @@ PROGRESS_EVERY = 1.0  # seconds between progress lines
 GZIP_LEVEL = 1  # the text repeats itself: level 1 already shrinks it 25 to 30 times
 TEMP_SUFFIX = ".tmp"  # the output, until it is complete
 STATE_TEMP_SUFFIX = ".history.tmp"  # the state copy being seeded, beside state.path
-_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-# The exporter's counters and histograms that come from the streams: what the history holds.
-# Its own counters (revisions, changed records) describe the exporter and start with it.
-COUNTERS: tuple[Metric, ...] = m.STREAM_COUNTERS + m.BREAKDOWNS  # what history writes
-_COUNTERS = frozenset(metric.name for metric in COUNTERS)
-_HISTOGRAMS = frozenset(metric.name for metric in m.HISTOGRAMS)
-_format_value: Callable[[float], str] = utils.floatToGoString
 
 
 class HistoryError(Exception):
@@ -137,29 +129,6 @@ class HistorySummary:
     seconds: float
     output: str
     state_path: str
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """Where the history starts, where its samples stop (T_join) and what a step is."""
-
-    start: float
-    join: float
-    step: float
-
-    @property
-    def steps(self) -> int:
-        """Samples per series that runs over the whole history (start and join included)."""
-        return round((self.join - self.start) / self.step) + 1
-
-    def index(self, created: float) -> int:
-        """The first step whose value includes a stream created at `created`; past T_join,
-        `steps` (written nowhere: the exporter's first scrape shows it)."""
-        k = math.ceil(round((created - self.start) / self.step, 9))
-        return min(max(k, 0), self.steps)
-
-    def at(self, k: int) -> int:
-        return round(self.start + k * self.step)
 
 
 def plan(now: float, options: HistoryOptions) -> Span:
@@ -241,74 +210,6 @@ def _check_target_labels(labels: Sequence[tuple[str, str]]) -> list[str]:
     return problems
 
 
-# --- what each step held ---------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Series:
-    """One series' values at the steps where it changed (arrays: a few bytes a change).
-
-    A counter has one value a step; a histogram `width` of them: its cumulative buckets,
-    +Inf (the count) and the sum.
-    """
-
-    width: int
-    steps: array[int] = field(default_factory=lambda: array("l"))
-    values: array[float] = field(default_factory=lambda: array("d"))
-
-    def note(self, k: int, row: Sequence[float]) -> None:
-        if self.steps and self.steps[-1] == k:  # a step split across two reads
-            del self.values[-self.width :]
-        else:
-            self.steps.append(k)
-        self.values.extend(row)
-
-    def first_used(self) -> int | None:
-        """The index of the first change that is not zero (zero-filled series wait)."""
-        for i in range(len(self.steps)):
-            if any(self.values[i * self.width : (i + 1) * self.width]):
-                return i
-        return None
-
-
-def _histogram_row(value: HistogramValue) -> list[float]:
-    cumulative, row = 0, []
-    for count in value.buckets[:-1]:
-        cumulative += count
-        row.append(float(cumulative))
-    row.append(float(value.count))
-    row.append(value.sum)
-    return row
-
-
-class _Recorder:
-    """Notes, after each step was counted, the series that changed in it."""
-
-    def __init__(self) -> None:
-        self.series: dict[tuple[str, tuple[str, ...]], _Series] = {}
-        self._last: Counts = Counts({}, {})
-
-    def note(self, k: int, counts: Counts) -> None:
-        last = self._last
-        for key, value in counts.counters.items():
-            # The state replaces a value it changes: the same object is the same value, and
-            # only the others are compared.
-            before = last.counters.get(key)
-            if key[0] in _COUNTERS and before is not value and before != value:
-                self._series(key, 1).note(k, (value.value,))
-        for key, hist in counts.histograms.items():
-            earlier = last.histograms.get(key)
-            if key[0] in _HISTOGRAMS and earlier is not hist and earlier != hist:
-                self._series(key, len(hist.bounds) + 2).note(k, _histogram_row(hist))
-        self._last = counts
-
-    def _series(self, key: tuple[str, tuple[str, ...]], width: int) -> _Series:
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = _Series(width)
-        return series
-
-
 # --- progress --------------------------------------------------------------------------
 
 
@@ -381,7 +282,9 @@ class _Progress:
 
 
 @dataclass(slots=True)
-class _Tally:
+class _HistoryRead:
+    """What a history's read counted: streams new to the state, and rows it could not use."""
+
     streams: int = 0
     bad_rows: int = 0
 
@@ -419,24 +322,25 @@ def _read_account(
     end: float,
     total: int | None,
     progress: _Progress,
-    recorder: _Recorder,
+    recorder: Recorder,
     clock: Callable[[], float],
     stop: threading.Event,
-) -> _Tally:
+) -> _HistoryRead:
     """Read [span.start, end] slice by slice; count each slice into the state step by step.
 
     A slice is counted only once its read is complete: its rows are held until then (about
     SLICE_ROWS of them), sorted by `created_at` and counted a step at a time, so that the
-    state's values after each step are those of that instant.
+    state's values after each step are those of that instant. That is why it is not the
+    poller's read, which counts pages in batches as they arrive and skips rows it knows.
     """
-    tally = _Tally()
+    tally = _HistoryRead()
     carried: dict[str, float] = {}  # the last slice's rows at its end: this one's start
     progress.account = account
     for first, last in _slices(span, end, total):
         held = _Held(carried)
         listing = client.listing(
             STREAMS_PATH,
-            "streams",
+            STREAMS,
             first,
             last,
             {"sort": "created_at"},
@@ -476,131 +380,7 @@ def _read_account(
     return tally
 
 
-# --- writing ---------------------------------------------------------------------------
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-
-
-@dataclass(slots=True)
-class _Written:
-    series: int = 0
-    samples: int = 0
-
-
-def _write_counter(
-    out: BinaryIO, name: str, labels: str, series: _Series, span: Span, written: _Written
-) -> None:
-    first = series.first_used()
-    if first is None:
-        return  # zero all along: the exporter's first scrape starts it at 0
-    start_k = max(0, series.steps[first] - 1)  # a 0 just before, for increase()
-    changes = dict(zip(series.steps, series.values, strict=True))
-    prefix = f"{name}{{{labels}}} "
-    value, text = 0.0, "0.0"
-    lines = []
-    for k in range(start_k, span.steps):
-        changed = changes.get(k)
-        if changed is not None and changed != value:
-            value, text = changed, _format_value(changed)
-        lines.append(f"{prefix}{text} {span.at(k)}\n")
-    out.write("".join(lines).encode())
-    written.series += 1
-    written.samples += len(lines)
-
-
-def _write_histogram(
-    out: BinaryIO,
-    doc: Metric,
-    labels: str,
-    bounds: Sequence[float],
-    series: _Series,
-    span: Span,
-    written: _Written,
-) -> None:
-    first = series.first_used()
-    if first is None:
-        return
-    start_k = max(0, series.steps[first] - 1)
-    width = series.width
-    rows = {k: series.values[i * width : (i + 1) * width] for i, k in enumerate(series.steps)}
-    les = [_format_value(b) for b in bounds] + ["+Inf"]
-    sep = "," if labels else ""
-    prefixes = [f'{doc.name}_bucket{{{labels}{sep}le="{le}"}} ' for le in les]
-    prefixes += [f"{doc.name}_count{{{labels}}} ", f"{doc.name}_sum{{{labels}}} "]
-    # The count is the +Inf bucket: one more column than the row holds.
-    columns = [*range(width - 1), width - 2, width - 1]
-    texts = ["0.0"] * len(prefixes)
-    lines: list[str] = []
-    for k in range(start_k, span.steps):
-        row = rows.get(k)
-        if row is not None:
-            texts = [_format_value(row[c]) for c in columns]
-        ts = span.at(k)
-        lines.extend(f"{p}{t} {ts}\n" for p, t in zip(prefixes, texts, strict=True))
-    out.write("".join(lines).encode())
-    written.series += 1
-    written.samples += len(lines)
-
-
-def write_openmetrics(
-    out: BinaryIO,
-    recorders: Mapping[str, _Recorder],
-    bounds: Mapping[str, Sequence[float]],
-    span: Span,
-    target_labels: Sequence[tuple[str, str]] = (),
-) -> _Written:
-    """Every family once, its series one after the other, each in time order; `# EOF`.
-
-    No `_created` samples: promtool would store them as series of their own, which the live
-    exporter's `_created` (the time the state first counted the series) would not continue.
-    """
-    written = _Written()
-    target = "".join(f',{name}="{_escape(value)}"' for name, value in target_labels)
-    for doc in COUNTERS:
-        family = doc.name.removesuffix("_total")
-        out.write(f"# HELP {family} {_escape(doc.help)}\n# TYPE {family} counter\n".encode())
-        for account, recorder in recorders.items():
-            for (metric, values), series in sorted(recorder.series.items()):
-                if metric == doc.name:
-                    labels = _labels(doc.labels, (account, *values)) + target
-                    _write_counter(out, doc.name, labels, series, span, written)
-    for doc in m.HISTOGRAMS:
-        out.write(f"# HELP {doc.name} {_escape(doc.help)}\n# TYPE {doc.name} histogram\n".encode())
-        for account, recorder in recorders.items():
-            for (metric, values), series in sorted(recorder.series.items()):
-                if metric == doc.name:
-                    labels = _labels(doc.labels, (account, *values)) + target
-                    _write_histogram(out, doc, labels, bounds[doc.name], series, span, written)
-    out.write(b"# EOF\n")
-    return written
-
-
-# --- the staged state ------------------------------------------------------------------
-
-
-def _remove_sqlite(path: str) -> None:
-    for suffix in ("", *_SQLITE_SIDE_FILES, LOCK_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path + suffix)
-
-
-def _copy_state(source: str, target: str) -> None:
-    """A consistent copy of `source` (its WAL included) at `target`, by SQLite's backup."""
-    src = sqlite3.connect(source)
-    try:
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()  # the last connection: SQLite folds the WAL in and removes it
+# --- whether the state can take a history -------------------------------------------
 
 
 def _counted_since(state: State, account: str) -> str | None:
@@ -643,46 +423,29 @@ def _fsync_directory(path: str) -> None:
 class _Staging:
     """The output and the state, written aside and put in place together, or not at all.
 
-    Holds the state's lock from the start to the end: an exporter started meanwhile on the
-    same state is refused, and so is a history while an exporter runs.
+    The state's copy (`StagedState`) holds its lock from the start to the end: an exporter
+    started meanwhile on the same state is refused, and so is a history while an exporter runs.
     """
 
     def __init__(self, config: Config, output: str) -> None:
         self.output = output
         self.state_path = config.state.path
         self.output_tmp = output + TEMP_SUFFIX
-        self.state_tmp = self.state_path + STATE_TEMP_SUFFIX
-        check_state_path(self.state_path)
-        try:
-            self._lock = StateLock(self.state_path)
-        except OSError as exc:
-            raise StateError(
-                f"state file {self.state_path!r} cannot be used (its lock file "
-                f"{self.state_path}{LOCK_SUFFIX} cannot be opened: "
-                f"{exc.strerror or type(exc).__name__})"
-            ) from None
+        self._staged = StagedState(self.state_path, STATE_TEMP_SUFFIX)
         self._placed = False
         self._raw: BinaryIO | None = None
-        self.state: State | None = None
         try:
             # Opened first: an output that cannot be written fails before the long read.
             self._raw = open(self.output_tmp, "wb")  # noqa: SIM115  # closed in close()
         except OSError as exc:
-            self._lock.release()
+            self._staged.release()
             raise HistoryError(
                 f"cannot write the history file {output}: {exc.strerror or exc} ({self.output_tmp})"
             ) from None
 
     def open_state(self, config: Config) -> State:
         """A copy of the state (or a new one) to seed; the real file is not touched."""
-        _remove_sqlite(self.state_tmp)  # left by a run that was killed
-        if os.path.exists(self.state_path):
-            try:
-                _copy_state(self.state_path, self.state_tmp)
-            except sqlite3.Error as exc:
-                raise StateError(f"state file {self.state_path!r} cannot be read ({exc})") from None
-        self.state = open_state(config, self.state_tmp)
-        return self.state
+        return self._staged.open(config)
 
     def finish(self, write: Callable[[BinaryIO], None]) -> int:
         """Write the output with `write`, then put output and state in place; its size.
@@ -690,7 +453,7 @@ class _Staging:
         A name ending in .gz is written compressed (a 30-day file shrinks 25 to 30 times);
         promtool needs it uncompressed.
         """
-        assert self._raw is not None and self.state is not None
+        assert self._raw is not None and self._staged.state is not None
         try:
             if self.output.endswith(".gz"):
                 # No name and no time in the header: the same history, the same bytes.
@@ -707,25 +470,48 @@ class _Staging:
                 f"cannot write the history file {self.output}: {exc.strerror or exc}; "
                 "nothing was written"
             ) from None
-        self.state.close()
-        self.state = None
-        _place(self.output_tmp, self.output, self.state_tmp, self.state_path)
+        self._staged.close_state()
+        self._place()
         self._placed = True
         return size
 
+    def _place(self) -> None:
+        """Output first, then the state; if the state cannot be put in place, no output either."""
+        side = self._staged.side_file_in_use()
+        if side is not None:
+            raise HistoryError(
+                f"{side} appeared while the history was made: is another process writing "
+                "the state? nothing was written"
+            )
+        try:
+            os.replace(self.output_tmp, self.output)
+        except OSError as exc:
+            raise HistoryError(
+                f"cannot write the history file {self.output}: {exc.strerror or exc}; "
+                "nothing was written"
+            ) from None
+        try:
+            self._staged.place()
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.output)
+            raise HistoryError(
+                f"cannot put the seeded state in place at {self.state_path}: "
+                f"{exc.strerror or exc}; nothing was written"
+            ) from None
+        _fsync_directory(self.output)
+        _fsync_directory(self.state_path)
+
     def close(self) -> None:
         """Remove whatever was not put in place; release the lock."""
-        if self.state is not None:
-            self.state.close()
+        self._staged.close_state()
         if self._raw is not None and not self._raw.closed:
             self._raw.close()
         if not self._placed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.output_tmp)
-            _remove_sqlite(self.state_tmp)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.state_tmp + LOCK_SUFFIX)
-        self._lock.release()
+            self._staged.discard()
+        self._staged.release()
 
 
 def _fresh_accounts(
@@ -808,10 +594,10 @@ def run(
             format_duration(span.step),
             format_timestamp(span.join),
         )
-        recorders: dict[str, _Recorder] = {}
-        tally = _Tally()
+        recorders: dict[str, Recorder] = {}
+        tally = _HistoryRead()
         for client, account, total in zip(clients, fresh, totals, strict=True):
-            recorder = recorders[account.name] = _Recorder()
+            recorder = recorders[account.name] = Recorder()
             try:
                 done = _read_account(
                     account.name, client, state, span, end, total, progress, recorder, clock, stop
@@ -825,7 +611,7 @@ def run(
             state.save_marks(account.name, {WATERMARK_STREAMS: end, WATERMARK_RECONCILE: end})
         progress.report()
         bounds = histogram_bounds(config)
-        written = _Written()
+        written = Written()
 
         def write(out: BinaryIO) -> None:
             nonlocal written
@@ -854,41 +640,9 @@ def run(
 
 def _count(client: NeoClient, account: str, span: Span, end: float) -> int | None:
     try:
-        return client.count(STREAMS_PATH, "streams", span.start, end, {"sort": "created_at"})
+        return client.count(STREAMS_PATH, STREAMS, span.start, end, {"sort": "created_at"})
     except ApiError as exc:
         raise HistoryError(f"account {account}: {exc}; nothing was written") from None
-
-
-def _place(output_tmp: str, output: str, state_tmp: str, state_path: str) -> None:
-    """Output first, then the state; if the state cannot be put in place, no output either."""
-    for suffix in _SQLITE_SIDE_FILES:
-        side = state_path + suffix
-        # The old file's WAL was folded in when its copy was taken; a non-empty one now
-        # would be another process's, and would not belong to the new file.
-        if os.path.exists(side) and os.path.getsize(side) > 0 and suffix != "-shm":
-            raise HistoryError(
-                f"{side} appeared while the history was made: is another process writing "
-                "the state? nothing was written"
-            )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(side)
-    try:
-        os.replace(output_tmp, output)
-    except OSError as exc:
-        raise HistoryError(
-            f"cannot write the history file {output}: {exc.strerror or exc}; nothing was written"
-        ) from None
-    try:
-        os.replace(state_tmp, state_path)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(output)
-        raise HistoryError(
-            f"cannot put the seeded state in place at {state_path}: {exc.strerror or exc}; "
-            "nothing was written"
-        ) from None
-    _fsync_directory(output)
-    _fsync_directory(state_path)
 
 
 def describe(summary: HistorySummary) -> Iterator[str]:

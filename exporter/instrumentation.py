@@ -17,18 +17,17 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import catalogue as m
+from exporter.api import ACCOUNT_ENDPOINTS, LISTINGS, STREAMS, TASKS
 from exporter.catalogue import Metric
 from exporter.client import RETRY_REASONS
 from exporter.config import AlertThresholds
 from exporter.models import MONEY_FIELDS, REPAIR_FIELDS, ROW_REASONS
-from exporter.snapshot import ACCOUNT_ENDPOINTS
 
-ENDPOINTS = ("streams", "tasks")
-POLL_KINDS = ("incremental", "reconcile", "tasks", *ACCOUNT_ENDPOINTS)
+POLL_KINDS = ("incremental", "reconcile", TASKS, *ACCOUNT_ENDPOINTS)
 # The fields each list endpoint's rows can have repaired (tasks: only what is read of them).
 REPAIRABLE = {
-    "streams": tuple(f for f in REPAIR_FIELDS if f != "stream_count"),
-    "tasks": ("status", *MONEY_FIELDS, "stream_count"),
+    STREAMS: tuple(f for f in REPAIR_FIELDS if f != "stream_count"),
+    TASKS: ("status", *MONEY_FIELDS, "stream_count"),
 }
 
 
@@ -80,7 +79,7 @@ class ExporterMetrics:
                     self.polls.labels(account, kind, result)
             for kind in ACCOUNT_ENDPOINTS:
                 self.polls.labels(account, kind, "unavailable")
-            for endpoint in ENDPOINTS:
+            for endpoint in LISTINGS:
                 for reason in ROW_REASONS:
                     self.skipped_records.labels(account, endpoint, reason)
                 for reason in RETRY_REASONS:

@@ -47,6 +47,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from exporter import api
 from exporter.catalogue import OTHER
 
 log = logging.getLogger(__name__)
@@ -871,7 +872,7 @@ def parse_summary(
     body: object, *, status_limit: int, members_limit: int | None = None
 ) -> UsageSummary:
     """`/usage/summary`; `by_email` is read only when members_limit is given."""
-    obj = _body_object(body, "summary")
+    obj = _body_object(body, api.SUMMARY)
     credits = _field_number(obj, "total_neo_credits", required=True)
     assert credits is not None
     byok = obj.get("byok")
@@ -894,14 +895,14 @@ def parse_summary(
 
 def parse_summary_credits(body: object) -> float:
     """`total_neo_credits` of a `/usage/summary` body (the self-audit's one figure)."""
-    credits = _field_number(_body_object(body, "summary"), "total_neo_credits", required=True)
+    credits = _field_number(_body_object(body, api.SUMMARY), "total_neo_credits", required=True)
     assert credits is not None
     return credits
 
 
 def parse_cap(body: object) -> SpendingCap | None:
     """The `cap` of `/user`: None when there is none (null or absent)."""
-    cap = _body_object(body, "user").get("cap")
+    cap = _body_object(body, api.USER).get("cap")
     if cap is None:
         return None
     cap = _body_object(cap, "cap")
@@ -913,7 +914,7 @@ def parse_cap(body: object) -> SpendingCap | None:
 
 
 def parse_credits(body: object) -> CreditBalance:
-    obj = _body_object(body, "credits")
+    obj = _body_object(body, api.CREDITS)
     balance = CreditBalance(
         available=_field_number(obj, "available_credits"),
         issued=_field_number(obj, "issued_credits"),

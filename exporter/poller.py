@@ -24,9 +24,9 @@ can leave out the jump a backlog makes in the counters.
 Tasks, every `polling.tasks_interval`: read the window and keep gauges, published only from
 a complete read.
 
-Audit, every `audit.interval`: Neo's own count of streams (`total` of the listing) and
-credits (`/usage/summary`) for the part of the window older than the lookback, beside what
-the state counted for the same period.
+Audit, every `audit.interval` (`SelfAudit`, audit.py): Neo's own count of streams
+(`total` of the listing) and credits (`/usage/summary`) for the part of the window older
+than the lookback, beside what the state counted for the same period.
 """
 
 from __future__ import annotations
@@ -39,11 +39,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from exporter.client import (
+from exporter.api import (
+    SLICE_ROWS,
+    STREAMS,
     STREAMS_PATH,
-    SUMMARY_PATH,
+    TASKS,
     TASKS_PATH,
-    UNAVAILABLE_STATUSES,
+)
+from exporter.audit import SelfAudit
+from exporter.client import (
     ApiError,
     Listing,
     NeoClient,
@@ -55,18 +59,17 @@ from exporter.config import AccountConfig, PollingConfig
 from exporter.counting import RECENT_WINDOWS, RecentSpend, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
-    BodyError,
     RowError,
     StreamRecord,
     TaskRecord,
     format_timestamp,
     parse_stream,
-    parse_summary_credits,
     parse_task,
     raw_digest,
     raw_stream_id,
     row_value,
 )
+from exporter.read_failure import read_error
 from exporter.snapshot import (
     AccountChange,
     AccountSnapshot,
@@ -81,7 +84,6 @@ from exporter.state import (
     WATERMARK_SWEEP_CURSOR,
     WATERMARK_SWEEP_TO,
     State,
-    StateError,
 )
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,6 @@ REMEMBERED_ROWS = 100_000
 PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
 LOGGED_SKIPS = 5  # per read; the rest are summed in one line
 MAX_SKIPS_REMEMBERED = 10_000  # bad rows told apart within a read (memory stays bounded)
-SLICE_ROWS = 20_000  # rows per slice of a sweep: what a failure costs to read again
 SLICE_FAILURES = 3  # sweeps in a row a slice may fail before it is skipped
 
 
@@ -170,7 +171,7 @@ class ProgressLog:
 
 
 @dataclass(slots=True)
-class _Tally:
+class _ReadCounts:
     """What one streams read did to the state."""
 
     new: int = 0
@@ -225,6 +226,7 @@ class AccountPoller:
         self._task_titles = task_titles
         self._polling = polling
         self._audit_interval = audit_interval
+        self._audit = SelfAudit(account.name, client, state, polling, clock)
         self._state = state
         self._client = client
         self._store = store
@@ -349,7 +351,7 @@ class AccountPoller:
             )
             if span.catching_up and not self._sweep_needed and self.live:
                 self._backlog = False
-        self._succeeded("streams", "incremental")
+        self._succeeded(STREAMS, "incremental")
         self._set_catching_up()
         return True
 
@@ -391,16 +393,10 @@ class AccountPoller:
                 end = min(sweep_to, cursor + slice_length)
                 with self._full_reads.slot(self._stop):  # an incomplete slice is counted
                     self._after_slice(self._read("reconcile", cursor, end), end, sweep_to)
-            except Stopped:
-                return False
-            except StateError as exc:  # the state cannot be written: reported, not a traceback
-                self._failed("streams", "reconcile", ApiError(str(exc)))
-                return False
             except ApiError as exc:
                 self._slice_failures += 1
                 if self._slice_failures < SLICE_FAILURES:
-                    self._failed("streams", "reconcile", exc)
-                    return False
+                    return self._read_failed(STREAMS, "reconcile", exc)
                 # Skipped rather than retried forever: later sweeps read it again.
                 log.error(
                     "account=%s the sweep's slice %s..%s failed %d times; skipping it (%s)",
@@ -410,11 +406,9 @@ class AccountPoller:
                     self._slice_failures,
                     exc,
                 )
-                self._metrics.incomplete_reads.labels(name, "streams").inc()
-            except Exception as exc:  # a bug must not kill the thread: report it and go on
-                log.exception("account=%s sweep failed unexpectedly", name)
-                self._failed("streams", "reconcile", ApiError(f"internal error: {exc!r:.80}"))
-                return False
+                self._metrics.incomplete_reads.labels(name, STREAMS).inc()
+            except Exception as exc:
+                return self._read_failed(STREAMS, "reconcile", exc)
             self._slice_failures = 0
             cursor = end
             state.save_marks(name, {WATERMARK_SWEEP_CURSOR: cursor})
@@ -427,7 +421,7 @@ class AccountPoller:
             log.info("account=%s the whole window is read: counters are published", name)
         # After `live`: the counters go out with this publish, which also settles the first
         # poll, so /-/ready and the headline turn now, not one interval later.
-        self._succeeded("streams", "reconcile")
+        self._succeeded(STREAMS, "reconcile")
         self._backlog = False
         self._set_catching_up()
         return True
@@ -442,7 +436,7 @@ class AccountPoller:
 
     def _slice_length(self, start: float, end: float) -> float:
         """Slices of about SLICE_ROWS rows, from the API's count of the span's rows."""
-        total = self._client.count(STREAMS_PATH, "streams", start, end, {"sort": "created_at"})
+        total = self._client.count(STREAMS_PATH, STREAMS, start, end, {"sort": "created_at"})
         slices = max(1, math.ceil((total or 0) / SLICE_ROWS))
         return (end - start) / slices
 
@@ -450,16 +444,9 @@ class AccountPoller:
         """A streams read whose failure is reported rather than raised (None)."""
         try:
             return self._read(kind, start, end)
-        except Stopped:
+        except Exception as exc:
+            self._read_failed(STREAMS, kind, exc)
             return None
-        except ApiError as exc:
-            self._failed("streams", kind, exc)
-        except StateError as exc:  # the state cannot be written: reported, not a traceback
-            self._failed("streams", kind, ApiError(str(exc)))
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s streams read failed unexpectedly", self.name)
-            self._failed("streams", kind, ApiError(f"internal error: {exc!r:.80}"))
-        return None
 
     def _read(self, kind: str, start: float, end: float) -> ReadOutcome:
         """One streams read of [start, end], counted into the state as pages arrive."""
@@ -471,10 +458,10 @@ class AccountPoller:
             lambda p: self._store.update(self.name, lambda a: replace(a, progress=p)),
         )
         listing = self._client.listing(
-            STREAMS_PATH, "streams", start, end, {"sort": "created_at"}, on_progress=progress
+            STREAMS_PATH, STREAMS, start, end, {"sort": "created_at"}, on_progress=progress
         )
-        skips = _SkipLog(self.name, "streams", self._metrics)
-        tally = _Tally()
+        skips = _SkipLog(self.name, STREAMS, self._metrics)
+        tally = _ReadCounts()
         batch: list[StreamRecord] = []
 
         def flush() -> None:
@@ -506,7 +493,7 @@ class AccountPoller:
         skips.summarise()
         outcome = listing.outcome
         assert outcome is not None
-        self._note_outcome("streams", kind, outcome, listing.start, listing.end)
+        self._note_outcome(STREAMS, kind, outcome, listing.start, listing.end)
         log.info(
             "account=%s %s read of %s..%s: %d new, %d already counted, %d revised, %.2fs",
             self.name,
@@ -522,13 +509,13 @@ class AccountPoller:
         self._publish(lambda a: replace(a, last_poll_duration=took, progress=None))
         return outcome
 
-    def _ingest(self, batch: list[StreamRecord], tally: _Tally) -> None:
+    def _ingest(self, batch: list[StreamRecord], tally: _ReadCounts) -> None:
         result = self._state.ingest(self.name, batch, self._clock())
         tally.new += result.new
         tally.duplicates += result.duplicates
         tally.changed += result.changed
         for name, count in result.repairs.items():
-            self._metrics.repaired_fields.labels(self.name, "streams", name).inc(count)
+            self._metrics.repaired_fields.labels(self.name, STREAMS, name).inc(count)
         if result.changed_ids:
             log.info(
                 "account=%s %d counted stream(s) revised by the API, increases added: %s",
@@ -604,35 +591,25 @@ class AccountPoller:
 
     def poll_tasks(self) -> bool:
         now = self._clock()
-        skips = _SkipLog(self.name, "tasks", self._metrics)
+        skips = _SkipLog(self.name, TASKS, self._metrics)
         top = TopTasks(self._top_tasks, emails=self._task_emails, titles=self._task_titles)
-        listing = self._client.listing(TASKS_PATH, "tasks", now - self._polling.window, now)
+        listing = self._client.listing(TASKS_PATH, TASKS, now - self._polling.window, now)
         repairs: dict[str, int] = {}
         try:
             with self._full_reads.slot(self._stop):
                 self._read_tasks(listing, skips, top, repairs)
             window = self._state.tasks_read_totals(self.name)
-        except Stopped:
-            return False
-        except ApiError as exc:
-            self._failed("tasks", "tasks", exc)
-            return False
-        except StateError as exc:
-            self._failed("tasks", "tasks", ApiError(str(exc)))
-            return False
-        except Exception as exc:  # a bug must not kill the thread: report it and go on
-            log.exception("account=%s tasks read failed unexpectedly", self.name)
-            self._failed("tasks", "tasks", ApiError(f"internal error: {exc!r:.80}"))
-            return False
+        except Exception as exc:
+            return self._read_failed(TASKS, TASKS, exc)
         finally:
             self._state.discard_tasks_read(self.name)
         skips.summarise()
         for name, count in repairs.items():
-            self._metrics.repaired_fields.labels(self.name, "tasks", name).inc(count)
+            self._metrics.repaired_fields.labels(self.name, TASKS, name).inc(count)
         outcome = listing.outcome
         assert outcome is not None
-        self._note_outcome("tasks", "tasks", outcome, listing.start, listing.end)
-        self._succeeded("tasks", "tasks")
+        self._note_outcome(TASKS, TASKS, outcome, listing.start, listing.end)
+        self._succeeded(TASKS, TASKS)
         if outcome.complete:
             ranked = top.ranked()
             self._publish(lambda a: replace(a, tasks=window, top_tasks=ranked))
@@ -643,52 +620,10 @@ class AccountPoller:
     # --- audit ---------------------------------------------------------------------------
 
     def audit(self) -> AuditResult | None:
-        """Compare Neo's totals for the window less the lookback with the state's."""
-        now = self._clock()
-        # Half-second bounds: no row with a whole-second created_at sits on one, whichever
-        # of the API's bounds is inclusive.
-        start = math.floor(now - self._polling.window) + 0.5
-        end = math.floor(now - self._polling.lookback) + 0.5
-        if end <= start:
-            return None
-        period = {"from": format_timestamp(start), "to": format_timestamp(end)}
-        try:
-            neo_streams = self._client.count(STREAMS_PATH, "streams", start, end)
-            try:
-                neo_credits: float | None = parse_summary_credits(
-                    self._client.get_json(SUMMARY_PATH, period, "summary")
-                )
-            except ApiError as exc:
-                if exc.status not in UNAVAILABLE_STATUSES:
-                    raise
-                neo_credits = None  # a token that may not read the summary: streams only
-            except BodyError as exc:
-                log.warning("account=%s audit: summary not usable (%s)", self.name, exc)
-                neo_credits = None
-        except Stopped:
-            return None
-        except ApiError as exc:
-            log.warning("account=%s audit failed: %s", self.name, exc)
-            return None
-        counted, credits = self._state.counted_in(self.name, start, end)
-        result = AuditResult(now, start, end, neo_streams, counted, neo_credits, credits)
-        missing, drift = result.streams_missing, result.credits_drift
-        exact = not missing and (drift is None or abs(drift) < 1e-6)
-        log.log(
-            logging.INFO if exact else logging.WARNING,
-            "account=%s audit of %s..%s: Neo counts %s streams and %s credits; the exporter "
-            "counted %d streams and %.6f credits (missing %s, credits drift %s)",
-            self.name,
-            period["from"],
-            period["to"],
-            neo_streams,
-            "?" if neo_credits is None else f"{neo_credits:.6f}",
-            counted,
-            credits,
-            missing,
-            "?" if drift is None else f"{drift:.6f}",
-        )
-        self._publish(lambda a: replace(a, audit=result))
+        """Run the self-audit now and publish its result (None: not run, or it failed)."""
+        result = self._audit.run()
+        if result is not None:
+            self._publish(lambda a: replace(a, audit=result))
         return result
 
     # --- health and publishing -----------------------------------------------------------
@@ -704,12 +639,22 @@ class AccountPoller:
             self._settled = self._settled or self.live
             self._publish()
 
-    def _failed(self, endpoint: str, kind: str, exc: ApiError) -> None:
+    def _read_failed(self, endpoint: str, kind: str, exc: Exception) -> bool:
+        """Report a read's failure (a stop is none); False, the read's result.
+
+        The one place a read's exception is handled: a bug must not kill the thread.
+        """
+        error = read_error(exc, self.name, endpoint)
+        if error is not None:
+            self._failed(endpoint, kind, error)
+        return False
+
+    def _failed(self, endpoint: str, kind: str, error: str) -> None:
         self._metrics.polls.labels(self.name, kind, "failure").inc()
-        log.error("account=%s %s read failed: %s", self.name, kind, exc)
+        log.error("account=%s %s read failed: %s", self.name, kind, error)
         with self._publishing:
             previous = self._endpoints.get(endpoint, EndpointHealth())
-            self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, str(exc))
+            self._endpoints[endpoint] = EndpointHealth(False, previous.last_success, error)
             self._settled = True
             self._publish(_progress_done)
 
@@ -782,7 +727,9 @@ class _KnownRows:
         self.counted: set[str] | None = None if remembered is None else set()
         self._unknown_pages = 0
 
-    def unknown(self, rows: Sequence[object], tally: _Tally) -> list[tuple[object, str | None]]:
+    def unknown(
+        self, rows: Sequence[object], tally: _ReadCounts
+    ) -> list[tuple[object, str | None]]:
         """The rows to decode, with their digests (None for a row not in raw JSON)."""
         counted = self.counted
         rest: list[tuple[object, str | None]] = []

@@ -59,7 +59,6 @@ class AuditResult:
 
 
 # Account-level endpoints, each read on its own interval (see exporter.account_info).
-ACCOUNT_ENDPOINTS = ("summary", "user", "credits")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ the seen set can hold millions of rows and lives only in SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -40,8 +41,8 @@ from exporter.counting import (
     Counts,
     Culprit,
     HistogramValue,
+    PendingChanges,
     RecentSpend,
-    Tally,
     TaskWindow,
     Totals,
     ranked,
@@ -633,7 +634,7 @@ class State:
                 else:
                     batch[record.stream_id] = record
             existing = self._existing(account, list(batch))
-            work = Tally(acct, self._limits, self._bounds, now)
+            work = PendingChanges(acct, self._limits, self._bounds, now)
             if batch:
                 work.start_revisions()
             new_rows: list[tuple[object, ...]] = []
@@ -731,7 +732,7 @@ class State:
         self,
         account: str,
         acct: _Account,
-        work: Tally,
+        work: PendingChanges,
         new_rows: list[tuple[object, ...]],
         changed_rows: list[tuple[object, ...]],
     ) -> None:
@@ -863,3 +864,95 @@ def open_state(config: Config, path: str) -> State:
         limits=metrics.label_limits,
         attribution=Attribution(config.teams, metrics.task_titles, metrics.members.enabled),
     )
+
+
+# --- a state seeded aside ---------------------------------------------------------------------
+
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
+
+
+def remove_state_files(path: str) -> None:
+    """The database at `path`, its side files and its lock file, where they exist."""
+    for suffix in ("", *SIDE_FILES, LOCK_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+
+
+def copy_state(source: str, target: str) -> None:
+    """A consistent copy of `source` (its WAL included) at `target`, by SQLite's backup."""
+    try:
+        src = sqlite3.connect(source)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()  # the last connection: SQLite folds the WAL in and removes it
+    except sqlite3.Error as exc:
+        raise StateError(f"state file {source!r} cannot be read ({exc})") from None
+
+
+class StagedState:
+    """A copy of the state file, seeded beside it and put in its place whole, or removed.
+
+    Holds the state's lock from its creation to `release`: an exporter started meanwhile on
+    the same state is refused, and so is a second seeding while an exporter runs.
+    """
+
+    def __init__(self, path: str, suffix: str) -> None:
+        self.path = path
+        self.temp = path + suffix
+        check_state_path(path)
+        try:
+            self._lock = StateLock(path)
+        except OSError as exc:
+            raise StateError(
+                f"state file {path!r} cannot be used (its lock file "
+                f"{path}{LOCK_SUFFIX} cannot be opened: "
+                f"{exc.strerror or type(exc).__name__})"
+            ) from None
+        self.state: State | None = None
+
+    def open(self, config: Config) -> State:
+        """A copy of the state (or a new one) to seed; the real file is not touched."""
+        remove_state_files(self.temp)  # left by a run that was killed
+        if os.path.exists(self.path):
+            copy_state(self.path, self.temp)
+        self.state = open_state(config, self.temp)
+        return self.state
+
+    def close_state(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+    def side_file_in_use(self) -> str | None:
+        """Clear the real file's side files before the copy replaces it; the first one in use.
+
+        The old file's WAL was folded in when its copy was taken; a non-empty one now would
+        be another process's, and would not belong to the new file.
+        """
+        for suffix in SIDE_FILES:
+            side = self.path + suffix
+            if os.path.exists(side) and os.path.getsize(side) > 0 and suffix != "-shm":
+                return side
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(side)
+        return None
+
+    def place(self) -> None:
+        """Put the copy in place of the real file (OSError if it cannot be)."""
+        os.replace(self.temp, self.path)
+
+    def discard(self) -> None:
+        """Remove the copy, if it was not put in place."""
+        remove_state_files(self.temp)
+
+    def release(self) -> None:
+        """Close the copy, remove its lock file and release the real file's lock."""
+        self.close_state()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp + LOCK_SUFFIX)
+        self._lock.release()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from exporter.client import CREDITS_PATH, SUMMARY_PATH, USER_PATH
+from exporter.api import CREDITS_PATH, SUMMARY_PATH, USER_PATH
 from exporter.config import Config, ConfigError, MembersConfig, config_from_mapping
 from exporter.counting import TopTasks
 from exporter.models import (
@@ -31,7 +31,7 @@ from exporter.models import (
     parse_task,
     parse_timestamp,
 )
-from exporter.server import landing_page
+from exporter.status_page import landing_page
 from tests.conftest import ManualClock, assert_absent, parse_exposition, sample, scrape, select
 from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.processes import ROOT, fake_api

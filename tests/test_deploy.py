@@ -31,6 +31,7 @@ import pytest
 import requests
 import yaml
 
+from exporter import __version__
 from exporter.config import load_config
 from tests.processes import ROOT, free_port, require_module, require_tool, wait_until
 from tests.repo_files import (
@@ -172,7 +173,9 @@ def test_image_carries_oci_labels_matching_the_project() -> None:
     assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
     version = re.search(r"^ARG VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     assert version is not None
-    assert version.group(1) == PYPROJECT["project"]["version"]
+    # pyproject.toml takes its version from the package, where it is set once.
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
+    assert version.group(1) == __version__
 
 
 def test_dockerignore_lets_in_exactly_what_the_build_stage_copies() -> None:

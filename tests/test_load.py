@@ -159,15 +159,15 @@ def test_counters_render_again_only_when_an_accounts_counts_change() -> None:
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    from exporter.collector import COUNTS, STATUS, NeoCollector
+    from exporter.collector import NeoCollector, Part
     from exporter.counting import CounterValue, Counts
     from exporter.server import Renders
     from exporter.snapshot import SnapshotStore
 
     store = SnapshotStore(("acme", "beta"), 60.0)
     live, per_snapshot, per_counts = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
-    per_snapshot.register(NeoCollector(store, STATUS))
-    per_counts.register(NeoCollector(store, COUNTS))
+    per_snapshot.register(NeoCollector(store, Part.STATUS))
+    per_counts.register(NeoCollector(store, Part.COUNTS))
     rendered: list[CollectorRegistry] = []
 
     def encoder(registry: CollectorRegistry) -> bytes:

@@ -15,8 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.config import AlertThresholds, Config, config_from_mapping
 from exporter.counting import TopTask, TopTasks
 from exporter.instrumentation import ExporterMetrics
-from exporter.models import SpendingCap, parse_task
-from exporter.server import Cell, PageContext, headline, landing_page, status_rows
+from exporter.models import CreditBalance, SpendingCap, parse_task
 from exporter.snapshot import (
     AccountInfo,
     AuditResult,
@@ -24,6 +23,7 @@ from exporter.snapshot import (
     SnapshotStore,
 )
 from exporter.state import StateHealth
+from exporter.status_page import Cell, PageContext, headline, landing_page, status_rows
 from tests.conftest import parse_exposition, sample
 
 NOW = 1_800_000_000.0
@@ -127,7 +127,11 @@ def test_the_page_shows_spend_top_tasks_state_and_configuration_without_a_secret
         "acme",
         lambda a: replace(
             a,
-            info=AccountInfo(cap=cap, endpoints={e: UP for e in ("summary", "user", "credits")}),
+            info=AccountInfo(
+                cap=cap,
+                credits=CreditBalance(available=1234.5, issued=None, used=None, expires_at=None),
+                endpoints={e: UP for e in ("summary", "user", "credits")},
+            ),
             top_tasks=(TopTask(1, "t-1", "Recon of app.example.com", "", 41.5),),
             watermark=NOW - 30,
         ),
@@ -143,7 +147,8 @@ def test_the_page_shows_spend_top_tasks_state_and_configuration_without_a_secret
     assert '<meta http-equiv="refresh" content="30">' in page
     # 90 % is above this account's warning threshold (50 %), below the critical one (95 %).
     assert '<td class="warn">90%: 450.00 of 500.00 USD, 50.00 left</td>' in page
-    assert "#1 41.5: Recon of app.example.com (task t-1)" in page
+    assert "<td>1,234.5 credits</td>" in page  # each number with its unit
+    assert "#1 41.5 credits: Recon of app.example.com (task t-1)" in page
     assert "https://acme.example" in page and "/var/lib/neo/state.db" in page
     assert "hourly_credits 5000, spending_cap_warning_ratio 0.5" in page
     assert TOKEN not in page

@@ -4,7 +4,7 @@
 the API's requests; `FakeNeoServer` (server.py) serves it over HTTP on loopback, with the
 /_fake/ control plane (control.py); `python -m tests.fakeneo` (cli.py) runs it as a process.
 It serves `/api/v1/usage/streams`, `/api/v1/usage/tasks[/{task_id}]`, `/api/v1/usage/summary`,
-`/api/v1/user` and `/api/v1/billing/credits` as described in shared/neo-usage-openapi.yaml,
+`/api/v1/user` and `/api/v1/billing/credits` as described in docs/neo-api/usage-openapi.yaml,
 injects faults (error statuses, resets, timeouts, slow or truncated bodies, bad JSON, endless
 paging, wrong totals; faults.py), logs requests (requestlog.py), and computes the ground truth
 (`FakeNeo.truth`, truth.py) straight from the rows it serves, so that tests can compare the
@@ -83,7 +83,7 @@ observation); per-tool calls and times come from `tool_call_history` where a row
 non-empty one, else from the `tool_breakdown` entries that have `calls` and `duration_ms`.
 """
 
-from exporter.client import STREAMS_PATH
+from exporter.api import STREAMS_PATH
 from tests.fakeneo.api import FakeNeo
 from tests.fakeneo.faults import FAULT_KINDS, INSERTED_PER_FAULT, Fault
 from tests.fakeneo.quirks import ODD_KINDS

@@ -14,14 +14,16 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from exporter.demo import (
+from exporter.api import (
     CREDITS_PATH,
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
     STREAMS_PATH,
     SUMMARY_PATH,
     TASKS_PATH,
     USER_PATH,
+)
+from exporter.demo import (
     BadRequest,
     Stream,
     credit_period,
@@ -119,7 +121,7 @@ def _bool_param(query: Mapping[str, str], name: str) -> bool | None:
 def _parse_list(query: Mapping[str, str], *, tasks: bool) -> tuple[_Selection, int, int]:
     """A list request's selection, limit and offset; empty parameters count as absent."""
     query = {k: v for k, v in query.items() if v != ""}
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = int_param(query, "limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     offset = int_param(query, "offset", 0, 0, None)
     names = ("task_id", "status", "model", "email") + (() if tasks else ("stream_id",))
     filters: list[tuple[str, str | bool]] = [(n, query[n]) for n in names if n in query]

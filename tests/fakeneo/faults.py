@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from exporter.client import STREAMS_PATH
+from exporter.api import STREAMS_PATH
 
 FAULT_KINDS = frozenset(
     {
