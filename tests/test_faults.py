@@ -201,9 +201,9 @@ def test_has_more_that_never_ends_fails_the_read_at_the_page_cap_and_counts_noth
         finally:
             exporter.close()
         truth = neo.truth()
-    # Reported: a failed read, DOWN, and why in the log (the window's read waits for the
-    # lookback's to succeed).
-    assert sample(during, "neo_exporter_polls_total", account="acme", kind="incremental",
+    # Reported: a failed read, DOWN, and why in the log (a first start reads the window
+    # alone: the lookback is its last slice).
+    assert sample(during, "neo_exporter_polls_total", account="acme", kind="reconcile",
                   result="failure") == 1  # fmt: skip
     assert sample(during, "neo_up", account="acme", endpoint="streams") == 0
     assert "more than http.max_pages=20" in caplog.text
