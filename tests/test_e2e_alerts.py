@@ -16,6 +16,7 @@ only its receivers' URLs pointed at a webhook in this test. On one stack, in ord
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -31,6 +32,7 @@ import yaml
 
 from tests.conftest import select
 from tests.processes import (
+    ROOT,
     Proc,
     Webhook,
     fake_api,
@@ -47,6 +49,7 @@ from tests.repo_files import ALERTMANAGER_CONFIG, ALERTMANAGER_TEMPLATES, RULE_F
 pytestmark = pytest.mark.e2e
 
 ACCOUNT = "acme"
+ARTIFACTS = ROOT / "artifacts" / "e2e"
 SPEND, OPS = "neo-spend", "neo-exporter-ops"
 GRAFANA = "https://grafana.example.com"
 SPEND_ALERTS = 'ALERTS{category="spend"}'
@@ -251,6 +254,10 @@ def test_a_genuine_spike_reaches_neo_spend_naming_its_task(stack: Stack) -> None
 
     # Alertmanager waits group_wait (30 s in the shipped config) before the first message.
     alerts = wait_until(named, 90, f"a spend alert naming task {task_id} at {SPEND}")
+    # Alertmanager's notification as the webhook got it, for a person (and amtool) to read.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    body = next(b for b in stack.hook.of(SPEND) if alerts[0] in b["alerts"])
+    (ARTIFACTS / "spike-notification.json").write_text(json.dumps(body, ensure_ascii=False))
     alert = alerts[0]
     assert alert["labels"]["account"] == ACCOUNT
     assert alert["labels"]["category"] == "spend"
