@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("state", "snapshot"),
     ("instrumentation", "collector", "server"),
     ("poller", "account_info"),
-    ("history", "demo"),
+    ("history", "demo", "report"),
     ("app", "signals"),
     ("cli",),
     ("__main__",),
