@@ -4,9 +4,11 @@ Exit codes (docs/configuration.md lists them): 0 on a clean stop, 1 for a failed
 out `--once` or a damaged state file, 2 for a configuration or usage error, 3 when the
 state's directory is missing, 4 when the state cannot be written, 5 when another process
 holds the state's lock, 6 when the listen address cannot be bound, 7 when `history` is
-refused because the state already holds counters. Only `main()` exits.
+refused because the state already holds counters, 8 when `report`'s figures do not agree
+with Neo's own (or its read was incomplete). Only `main()` exits.
 
-`neo-exporter history ...` is a subcommand of its own (`exporter.history` does the work).
+`neo-exporter history ...` and `neo-exporter report ...` are subcommands of their own
+(`exporter.history` and `exporter.report` do the work).
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ from exporter.history import (
     describe,
 )
 from exporter.history import run as run_history
+from exporter.periods import parse_month
+from exporter.report import (
+    FORMATS,
+    GROUPS,
+    ReportError,
+    ReportOptions,
+    ReportUsageError,
+    describe_checks,
+    render,
+    write_atomically,
+)
+from exporter.report import run as run_report
 from exporter.server import ListenError
 from exporter.signals import stop_on_signals
 from exporter.state import (
@@ -58,6 +72,7 @@ log = logging.getLogger("exporter")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_STATE_DIRECTORY, EXIT_STATE_NOT_WRITABLE, EXIT_STATE_IN_USE, EXIT_LISTEN = 3, 4, 5, 6
 EXIT_HISTORY_REFUSED = 7
+EXIT_REPORT_MISMATCH = 8
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,7 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="neo-exporter",
         description="Prometheus exporter for ProjectDiscovery Neo usage.",
         epilog="neo-exporter history --help: the last days of the counters as OpenMetrics "
-        "for promtool, joined to the live series (docs/history.md).",
+        "for promtool, joined to the live series (docs/history.md). neo-exporter report "
+        "--help: a month's spend by team, member, model or task, checked against Neo's "
+        "books (docs/budgets.md).",
     )
     parser.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
     parser.add_argument(
@@ -179,6 +196,97 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     add_logging_flags(parser)
     return parser.parse_args(argv)
+
+
+def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="neo-exporter report",
+        description="A month's spend (UTC, by created_at; the current month up to now) per "
+        "team, member, model or task, read from Neo's listing and checked against Neo's own "
+        "count and summary for the month: exit 0 when they agree within the account's "
+        "audit_drift_ratio and the read was complete, 8 otherwise (docs/budgets.md).",
+    )
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
+    parser.add_argument(
+        "--month", required=True, type=_month, metavar="YYYY-MM", help="the month (UTC)"
+    )
+    parser.add_argument(
+        "--by",
+        choices=tuple(GROUPS),
+        default="team",
+        help="one row per team (the config's teams:, the default), member (email), model or "
+        "task (task_id and task_title)",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default="csv", help="csv (the default), markdown or json"
+    )
+    parser.add_argument(
+        "--output", metavar="PATH", help="write the report to this file (default: stdout)"
+    )
+    parser.add_argument(
+        "--account",
+        dest="accounts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this account of the config (repeatable; default: every account)",
+    )
+    add_logging_flags(parser)
+    return parser.parse_args(argv)
+
+
+def _month(text: str) -> str:
+    try:
+        year, month = parse_month(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"{year:04d}-{month:02d}"
+
+
+def report_main(argv: Sequence[str], stop: threading.Event) -> int:
+    """`neo-exporter report`: the report on stdout or in --output, Neo's figures on stderr."""
+    args = parse_report_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    options = ReportOptions(
+        month=args.month,
+        by=args.by,
+        format=args.format,
+        output=args.output,
+        accounts=tuple(args.accounts),
+    )
+    try:
+        config = load_config(args.config_file, os.environ)
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        report = run_report(config, options, stop=stop)
+        text = render(report, options.format)
+        if options.output is None:
+            sys.stdout.buffer.write(text.encode())
+            sys.stdout.flush()
+        else:
+            write_atomically(options.output, text)
+    except ConfigError as exc:
+        print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ReportUsageError as exc:
+        print(f"neo-exporter report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ReportError as exc:
+        log.error("report failed: %s", exc)
+        return EXIT_FAILURE
+    # Neo's figures beside the report's go to stderr whatever the log level: they are
+    # what says whether the report can be trusted.
+    for line in describe_checks(report):
+        print(line, file=sys.stderr)
+    if not report.agrees:
+        where = "on stdout" if options.output is None else f"in {options.output}"
+        print(
+            f"neo-exporter report: the report ({where}) does not agree with Neo's books; "
+            f"exit status {EXIT_REPORT_MISMATCH}",
+            file=sys.stderr,
+        )
+        return EXIT_REPORT_MISMATCH
+    return EXIT_OK
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -337,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stop_on_signals(stop):
         if argv[:1] == ["history"]:
             return history_main(argv[1:], stop)
+        if argv[:1] == ["report"]:
+            return report_main(argv[1:], stop)
         code, leave = _main(argv, stop, started)
     if leave:
         _leave_requests_in_flight(code)

@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("instrumentation", "collector", "status_page", "read_failure", "audit"),
     ("server",),
     ("poller", "account_info"),
-    ("history", "demo"),
+    ("history", "demo", "report"),
     ("app", "signals"),
     ("cli",),
     ("__main__",),

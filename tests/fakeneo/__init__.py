@@ -58,7 +58,9 @@ command-line flag; quirks.py) that makes it behave otherwise, so that tests can 
   from the shown rows; the tasks listing's `total` counts listed tasks) and in
   `/usage/summary`, `/billing/credits` and the spending cap. `truth()` is Neo's books and
   includes them; `truth(listed_only=True)` (`/_fake/truth?listed_only=1`) is what the
-  listings show.
+  listings show. `truth_by(field)` (`/_fake/truth/groups?by=email|model|task_id`, same
+  `from`, `to` and `listed_only`) sums the same streams' count and money per member, model
+  or task, for the monthly report.
 - When a row shows up: only once its execution has ended (`created_at + total_execution_ms`),
   and `late_fraction` / `--late-fraction` of them up to `max_late` / `--max-late` later.
 - A task's `created_at` and `model` are its first stream's, its `status` its latest
@@ -89,7 +91,7 @@ from tests.fakeneo.faults import FAULT_KINDS, INSERTED_PER_FAULT, Fault
 from tests.fakeneo.quirks import ODD_KINDS
 from tests.fakeneo.requestlog import RequestRecord
 from tests.fakeneo.server import FakeNeoServer
-from tests.fakeneo.truth import Truth
+from tests.fakeneo.truth import GroupTotals, Truth
 
 __all__ = [
     "FAULT_KINDS",
@@ -99,6 +101,7 @@ __all__ = [
     "FakeNeo",
     "FakeNeoServer",
     "Fault",
+    "GroupTotals",
     "RequestRecord",
     "Truth",
 ]

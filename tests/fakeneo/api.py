@@ -63,7 +63,7 @@ from tests.fakeneo.rows import (
     _summarize,
     _task_row,
 )
-from tests.fakeneo.truth import Truth, _compute_truth, _countable
+from tests.fakeneo.truth import GroupTotals, Truth, _compute_groups, _compute_truth, _countable
 
 V = TypeVar("V")
 
@@ -414,6 +414,24 @@ class FakeNeo:
         """Sums over the countable streams visible at `now` created in [start, end], as served
         at `now`: Neo's books, hidden streams included; with listed_only, only the streams
         the listings show. (With tie_seconds, created_at is the truncated time.)"""
+        return _compute_truth(self._truth_rows(start, end, now, listed_only))
+
+    def truth_by(
+        self,
+        field: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        now: float | None = None,
+        listed_only: bool = False,
+    ) -> dict[str, GroupTotals]:
+        """The same streams as `truth`, their count and money summed per value of `field`
+        (`email`, `model` or `task_id`; "" for a row without an email or task id)."""
+        return _compute_groups(self._truth_rows(start, end, now, listed_only), field)
+
+    def _truth_rows(
+        self, start: float | None, end: float | None, now: float | None, listed_only: bool
+    ) -> list[dict[str, Any]]:
         with self._lock:
             at = self._clock() if now is None else now
             self._advance_live(at)
@@ -429,7 +447,7 @@ class FakeNeo:
             ]
         # Entries never change (replace_row swaps in a new one), so this needs no lock.
         rows = (_row(e, view) for e in entries)
-        return _compute_truth(row for row in rows if _countable(row))
+        return [row for row in rows if _countable(row)]
 
     # --- requests -----------------------------------------------------------------------
 

@@ -102,6 +102,15 @@ def _control(
             _time_arg(query.get("to")),
             listed_only=query.get("listed_only", "").lower() in ("1", "true", "yes"),
         ).to_json(),
+        ("GET", "/_fake/truth/groups"): lambda: {
+            key: totals.to_json()
+            for key, totals in neo.truth_by(
+                query.get("by", ""),
+                _time_arg(query.get("from")),
+                _time_arg(query.get("to")),
+                listed_only=query.get("listed_only", "").lower() in ("1", "true", "yes"),
+            ).items()
+        },
         ("GET", "/_fake/requests"): lambda: [r.to_json() for r in neo.requests_log],
         ("DELETE", "/_fake/requests"): clear_log,
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from exporter.demo import parse_iso_us
 from tests.fakeneo.reading import (
+    _amount_of,
     _byok_of,
     _count_of,
     _dict,
@@ -193,3 +194,49 @@ def _compute_truth(rows: Iterable[dict[str, Any]]) -> Truth:
         stream_duration=histogram("stream_duration"),
         step_latency=histogram("step_latency"),
     )
+
+
+# The row fields the truth can group by (the monthly report's --by member, model, task).
+GROUP_FIELDS = ("email", "model", "task_id")
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """A group's streams and money, summed as an exact report sums them."""
+
+    streams: int
+    credits: float
+    llm_cost: float
+    neo_cost: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "credits": self.credits,
+            "llm_cost": self.llm_cost,
+            "neo_cost": self.neo_cost,
+        }
+
+
+def _group_key(row: dict[str, Any], field: str) -> str:
+    """A row's group: the model as a label (`unknown` when unusable); an email or task id
+    trimmed, or "" when the row has none."""
+    value = row.get(field)
+    if field == "model":
+        return _label_of(value)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _compute_groups(rows: Iterable[dict[str, Any]], field: str) -> dict[str, GroupTotals]:
+    """Streams and money (absent, null or unusable money is 0) per value of `field`."""
+    if field not in GROUP_FIELDS:
+        raise ValueError(f"the truth groups by one of {', '.join(GROUP_FIELDS)}, not {field!r}")
+    money: dict[str, list[list[float]]] = defaultdict(lambda: [[], [], []])
+    for row in rows:
+        sums = money[_group_key(row, field)]
+        for i, name in enumerate(("neo_credits", "llm_cost", "neo_cost")):
+            sums[i].append(_amount_of(row.get(name)))
+    return {
+        key: GroupTotals(len(sums[0]), math.fsum(sums[0]), math.fsum(sums[1]), math.fsum(sums[2]))
+        for key, sums in money.items()
+    }
