@@ -437,11 +437,11 @@ def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> Non
         == 2
     )
     assert (
-        "account=unknown incremental read failed: streams: gave up after 2 attempts (last: DNS "
+        "account=unknown reconcile read failed: streams: gave up after 2 attempts (last: DNS "
         "lookup of neo-exporter-test.invalid failed ("
     ) in result.stderr
     assert (
-        "account=broken incremental read failed: streams: gave up after 2 attempts (last: "
+        "account=broken reconcile read failed: streams: gave up after 2 attempts (last: "
         f"connection refused by 127.0.0.1:{refused})"
     ) in result.stderr
     assert SECRET not in result.stdout + result.stderr
