@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,10 +131,12 @@ def screenshot(
     """
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
-    profile = shot.parent / "chromium-profile"
-    _chromium(chromium, url, [f"--screenshot={shot}"], profile, size, settle_ms)
-    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
-    dom = _chromium(chromium, url, ["--dump-dom"], profile, size, settle_ms)
+    # A profile of its own: Chromium locks it, and tests may take pictures side by side.
+    with tempfile.TemporaryDirectory(prefix="neo-exporter-chromium-") as profile_dir:
+        profile = Path(profile_dir)
+        _chromium(chromium, url, [f"--screenshot={shot}"], profile, size, settle_ms)
+        assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
+        dom = _chromium(chromium, url, ["--dump-dom"], profile, size, settle_ms)
     assert "<body" in dom.stdout, f"Chromium rendered no DOM of {url}: {dom.stderr[-2000:]}"
     return dom.stdout
 
