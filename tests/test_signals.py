@@ -22,17 +22,17 @@ from tests.processes import ENV, ROOT, fake_api, spawn, write_config
 pytestmark = pytest.mark.e2e
 
 TRIES_IN_PROCESS = 300
+HISTORY_LABELS = ("--label", "job=neo-exporter", "--label", "instance=127.0.0.1:9636")
 # (command, the line that says it is under way, the exit statuses a stop may end with):
 # --once and history exit 1 when stopped before the end, 0 when they finished first.
 COMMANDS = {
     "exporter": (("--web.listen-address", "127.0.0.1:0"), r"listening on", {0}),
     "once": (("--once",), r"reading|read of|poll", {0, 1}),
     "history": (
-        ("history", "--days", "2", "--output", "{run}/history.om", "--label", "job=neo-exporter",
-         "--label", "instance=127.0.0.1:9636"),
+        ("history", "--days", "2", "--output", "{run}/history.om", *HISTORY_LABELS),
         r"history: reading",
         {0, 1},
-    ),  # fmt: skip
+    ),
 }
 TRIES_PER_COMMAND = 6
 
