@@ -879,7 +879,8 @@ LAST_CATCH_UP_TIMESTAMP_SECONDS = Metric(
     ("account",),
     (
         "Unix time of the last commit that read a backlog into counters already published: counter "
-        "increases up to then hold past spend, which the spend alerts leave out (0: none yet)."
+        "increases up to then hold past spend (the spend alerts read neo_recent_*, by when the "
+        "spend happened, instead) (0: none yet)."
     ),
     unit="Unix seconds",
     source="-",

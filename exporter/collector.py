@@ -3,6 +3,9 @@
 `collect()` does no I/O and takes no lock held by a poll: it reads one immutable snapshot,
 so concurrent scrapes never race and vanished label sets simply disappear.
 Every business metric carries `account`. HELP names the API field behind each metric.
+Each function's docstring shows lines of its exposition, verbatim (labels in the order the
+client renders them) from the golden snapshot in tests/golden/, which tests/test_golden.py
+checks.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def _gauges(metrics: tuple[Metric, ...]) -> dict[Metric, GaugeMetricFamily]:
 def stream_counters(snapshot: Snapshot) -> Iterator[Family]:
     """Counters from each stream, and the per-agent and per-tool breakdowns.
 
-    neo_credits_total{account="acme",model="gpt-5",status="completed",byok="false"} 12.5
-    neo_credits_created{account="acme",model="gpt-5",status="completed",byok="false"} 1.76e+09
+    neo_credits_total{account="acme",byok="false",model="gpt-5",status="completed"} 12.5
+    neo_credits_created{account="acme",byok="false",model="gpt-5",status="completed"} 1.76e+09
     neo_tool_calls_by_tool_total{account="acme",tool="nuclei"} 310.0
     """
     families = {metric.name: _counter(metric) for metric in m.STREAM_COUNTERS + m.BREAKDOWNS}
@@ -63,8 +66,8 @@ def stream_counters(snapshot: Snapshot) -> Iterator[Family]:
 def histograms(snapshot: Snapshot) -> Iterator[Family]:
     """Histograms of tool call durations, stream durations and per-stream step latency.
 
-    neo_stream_duration_seconds_bucket{account="acme",model="gpt-5",le="60.0"} 41.0
-    neo_stream_duration_seconds_bucket{account="acme",model="gpt-5",le="+Inf"} 50.0
+    neo_stream_duration_seconds_bucket{account="acme",le="60.0",model="gpt-5"} 41.0
+    neo_stream_duration_seconds_bucket{account="acme",le="+Inf",model="gpt-5"} 50.0
     neo_stream_duration_seconds_count{account="acme",model="gpt-5"} 50.0
     neo_stream_duration_seconds_sum{account="acme",model="gpt-5"} 2210.4
     neo_stream_duration_seconds_created{account="acme",model="gpt-5"} 1.76e+09
@@ -190,7 +193,7 @@ def cap_and_billing_gauges(snapshot: Snapshot) -> Iterator[Family]:
 def top_tasks(snapshot: Snapshot) -> Iterator[Family]:
     """The window's most expensive tasks by credits, one series per rank.
 
-    neo_top_task_credits{account="acme",rank="1",task_id="3f2c",task_title="Recon",email=""} 41.2
+    neo_top_task_credits{account="acme",email="",rank="1",task_id="3f2c",task_title="Recon"} 41.2
     """
     family = _gauge(m.TOP_TASK_CREDITS)
     for account in snapshot.accounts:
@@ -206,10 +209,10 @@ def recent_spend(snapshot: Snapshot) -> Iterator[Family]:
     (0 for every window, with no culprit, until the first whole read of the window).
 
     neo_recent_credits{account="acme",window="15m"} 412.5
-    neo_recent_cost_usd{account="acme",window="1h"} 18.25
-    neo_recent_top_task_credits{account="acme",window="15m",rank="1",task_id="3f2a",task_title="Nightly scan"} 380.0
-    neo_recent_top_model_credits{account="acme",window="15m",rank="1",model="claude-sonnet-4-5"} 300.0
-    neo_recent_top_member_credits{account="acme",window="15m",rank="1",email="ana@example.com"} 290.0
+    neo_recent_cost_usd{account="acme",window="1h"} 20.0
+    neo_recent_top_task_credits{account="acme",rank="1",task_id="3f2c",task_title="Recon",window="15m"} 380.0
+    neo_recent_top_model_credits{account="acme",model="claude-sonnet-4-5",rank="1",window="15m"} 300.0
+    neo_recent_top_member_credits{account="acme",email="ana@example.com",rank="1",window="15m"} 290.0
     """  # noqa: E501
     families = _gauges(m.RECENT)
     ranked = (
@@ -239,7 +242,7 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
     neo_up{account="acme",endpoint="streams"} 1.0
     neo_exporter_last_success_timestamp_seconds{account="acme",endpoint="streams"} 1.76e+09
     neo_exporter_last_catch_up_timestamp_seconds{account="acme"} 0.0
-    neo_exporter_changed_records_total{account="acme"} 0.0
+    neo_exporter_changed_records_total{account="acme"} 3.0
     neo_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
     """
     up = _gauge(m.UP)
@@ -286,7 +289,7 @@ def health(snapshot: Snapshot) -> Iterator[Family]:
 def revisions(snapshot: Snapshot) -> Iterator[Family]:
     """What the API revised after the exporter had counted it (durable, from the state).
 
-    neo_exporter_revisions_total{account="acme",field="neo_credits",direction="up"} 12.0
+    neo_exporter_revisions_total{account="acme",direction="up",field="neo_credits"} 12.0
     neo_exporter_revised_down_total{account="acme",field="neo_credits"} 0.35
     """
     families = {metric.name: _counter(metric) for metric in (m.REVISIONS, m.REVISED_DOWN)}

@@ -221,6 +221,20 @@ def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return lines.append
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist worker hands its figures to the main process, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = session.config.stash.get(FIGURES, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the main process: a worker's figures (see pytest_sessionfinish)."""
+    figures = getattr(node, "workeroutput", {}).get("figures", [])
+    node.config.stash.setdefault(FIGURES, []).extend(figures)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     lines = config.stash.get(FIGURES, [])
     if lines:

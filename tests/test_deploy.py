@@ -55,9 +55,10 @@ EXPORTER_PORT = 9636
 
 
 def require_dir(path: Path, what: str) -> Path:
-    """Rules and dashboards are written separately; without them, say so and skip."""
-    if not path.is_dir() or not any(path.iterdir()):
-        pytest.skip(f"{path.relative_to(ROOT)} is missing or empty: no {what} to check yet")
+    """A directory of the repository's own (rules, dashboards): missing or empty fails."""
+    assert path.is_dir() and any(path.iterdir()), (
+        f"{path.relative_to(ROOT)} is missing or empty: no {what}"
+    )
     return path
 
 
@@ -284,10 +285,7 @@ def mount_tree(service: str, root: Path) -> Path:
         if not source.startswith("."):
             continue  # a named volume: empty at first start
         host = (COMPOSE_DIR / source).resolve()
-        if not host.exists():
-            if host in (RULES_DIR.resolve(), DASHBOARD_DIR.resolve()):
-                require_dir(host, f"mounted files for {service}")
-            pytest.fail(f"{service}: mounts {source}, which does not exist")
+        assert host.exists(), f"{service}: mounts {source}, which does not exist"
         inside = root / PurePosixPath(target).relative_to("/")
         inside.parent.mkdir(parents=True, exist_ok=True)
         inside.symlink_to(host)
@@ -886,10 +884,9 @@ def test_service_monitor_scrapes_the_service_as_the_job_the_alerts_expect(
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
     assert job == "neo-exporter"
-    if RULES_DIR.is_dir():
-        text = "".join(path.read_text() for path in RULES_DIR.glob("*.rules.yml"))
-        wanted = set(re.findall(r'job="([^"]+)"', text))
-        assert wanted <= {job}, f"the rules select job {wanted}, the ServiceMonitor gives {job}"
+    text = "".join(path.read_text() for path in require_dir(RULES_DIR, "rules").glob("*.rules.yml"))
+    wanted = set(re.findall(r'job="([^"]+)"', text))
+    assert wanted == {job}, f"the rules select job {wanted}, the ServiceMonitor gives {job}"
 
 
 def test_prometheus_rule_runbook_links_take_the_base_url_set_once_in_the_values(

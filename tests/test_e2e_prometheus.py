@@ -30,6 +30,7 @@ from tests.processes import (
     Proc,
     fake_api,
     free_port,
+    prometheus_graph_legend,
     require_tool,
     screenshot,
     start_exporter,
@@ -363,9 +364,11 @@ def test_screenshot_of_the_spend_rate_during_the_spike(spiked: Stack) -> None:
     query = urllib.parse.urlencode(
         {"g0.expr": SPEND_RATE, "g0.tab": "0", "g0.range_input": "1m", "g0.stacked": "0"}
     )
-    screenshot(
+    dom = screenshot(
         chromium,
         f"{spiked.prometheus_url}/graph?{query}",
         ARTIFACTS / "spend-rate-spike.png",
         settle_ms=10_000,  # the page's own queries finish before the picture is taken
     )
+    # The page drew the account's spend rate, the one series the query gives, and no error.
+    assert prometheus_graph_legend(dom) == [{"account": ACCOUNT}]

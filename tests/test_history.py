@@ -68,6 +68,7 @@ from tests.processes import (
     Proc,
     fake_api,
     free_port,
+    prometheus_graph_legend,
     require_module,
     require_tool,
     screenshot,
@@ -1019,8 +1020,12 @@ def test_a_graph_of_30_days_of_daily_spend_from_the_history(world: World) -> Non
     params = urllib.parse.urlencode(
         {"g0.expr": expr, "g0.tab": "0", "g0.stacked": "1", "g0.range_input": "31d"}
     )
-    screenshot(chromium, f"{url}/graph?{params}", ARTIFACTS / "daily-spend-30d.png",
-               size="1400,900", settle_ms=15_000)  # fmt: skip
+    dom = screenshot(chromium, f"{url}/graph?{params}", ARTIFACTS / "daily-spend-30d.png",
+                     size="1400,900", settle_ms=15_000)  # fmt: skip
+    # The page drew one line per model that Prometheus holds a daily spend for, and no error.
+    models = sorted(series["metric"]["model"] for series in query(url, expr, world.join))
+    assert len(models) >= 2
+    assert sorted(entry["model"] for entry in prometheus_graph_legend(dom)) == models
 
 
 # --- the shipped procedures: compose and Helm (no Docker engine or cluster here) ----------------

@@ -64,3 +64,55 @@ def later():
     assert len(imports_of_test_modules(source)) == 6
     helpers = "from tests.conftest import sample\nfrom tests.processes import ENV\nimport pytest\n"
     assert imports_of_test_modules(helpers) == []
+
+
+SKIPS = ("skip", "skipif", "importorskip")
+
+
+def skips_in(source: str, allowed_in: str | None = None) -> list[str]:
+    """`pytest.skip(...)`, `pytest.importorskip(...)`, `@pytest.mark.skip(if)`: each a way to
+    pass a test that did not run; those inside the function `allowed_in` are left out."""
+    tree = ast.parse(source)
+    allowed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == allowed_in:
+            allowed = set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in SKIPS and node.lineno not in allowed
+    ]
+
+
+def test_every_skip_goes_through_the_one_path_that_ci_turns_into_a_failure() -> None:
+    """processes.unavailable skips, or fails under NEO_EXPORTER_REQUIRE_TOOLS as CI runs."""
+    offenders = {
+        str(path.relative_to(TESTS)): found
+        for path in sorted(TESTS.rglob("*.py"))
+        if (
+            found := skips_in(
+                path.read_text(), "unavailable" if path.name == "processes.py" else None
+            )
+        )
+    }
+    assert offenders == {}, "call tests.processes.unavailable instead"
+    (only,) = skips_in((TESTS / "processes.py").read_text())
+    assert only.endswith(": pytest.skip")
+
+
+def test_the_skip_check_sees_every_way_of_skipping() -> None:
+    source = """
+import pytest
+from tests.processes import unavailable
+
+@pytest.mark.skipif(True, reason="x")
+def test_a():
+    pytest.skip("y")
+
+yaml = pytest.importorskip("yaml")
+
+@pytest.mark.skip
+def test_b():
+    unavailable("z")
+"""
+    assert len(skips_in(source)) == 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import resource
-import shutil
 import socket
 import subprocess
 import time
@@ -34,6 +33,7 @@ from tests.processes import (
     run_cli,
     start_exporter,
     truth,
+    unavailable,
     wait_until,
     write_config,
 )
@@ -65,8 +65,9 @@ def threads_of(pid: int) -> int:
     return int(match.group(1))
 
 
-def screenshot(url: str, name: str) -> Path:
-    """A headless Chromium picture of the page under artifacts/status/, for a person to see."""
+def screenshot(url: str, name: str) -> str:
+    """A headless Chromium picture of the page under artifacts/status/, for a person to see;
+    returns the DOM Chromium renders of it."""
     return take_screenshot(
         require_tool("chromium"), url, ARTIFACTS / f"{name}.png", size="1400,1200"
     )
@@ -160,12 +161,10 @@ def unwritable(path: Path) -> Iterator[None]:
         finally:
             path.chmod(mode)
         return
-    chattr = shutil.which("chattr")
-    if chattr is None:
-        pytest.skip("running as root without chattr: cannot make a file unwritable")
+    chattr = require_tool("chattr")  # modes do not stop root; the immutable attribute does
     made = subprocess.run([chattr, "+i", str(path)], capture_output=True, check=False)
     if made.returncode != 0:
-        pytest.skip(f"chattr +i is not permitted here: {made.stderr.decode().strip()}")
+        unavailable(f"chattr +i is not permitted here: {made.stderr.decode().strip()}")
     try:
         yield
     finally:
@@ -409,7 +408,15 @@ def test_the_status_page_headline_says_healthy_degraded_or_down_naming_hosts_and
             assert "<th>state</th>" in page and str(tmp_path / "state.db") in page
             assert SECRET not in page + proc.output
             assert "fake-admin-token" not in page + proc.output
-            screenshot(url + "/", level)
+            # What a browser shows: the headline, and a row of reads for each account.
+            dom = screenshot(url + "/", level)
+            assert re.search(
+                rf'class="headline {level}"[^>]*>.*?<strong>{level.capitalize()}</strong>',
+                dom,
+                re.S,
+            )
+            for account in accounts:
+                assert f"<tr><th>{account['name']}</th>" in dom, account["name"]
         finally:
             assert proc.stop() == 0
     assert "Traceback" not in proc.output

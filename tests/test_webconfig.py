@@ -31,7 +31,7 @@ from exporter.webconfig import (
     load_web_config,
     web_config_from_mapping,
 )
-from tests.processes import ENV, fake_api, run_cli, spawn, write_config
+from tests.processes import ENV, fake_api, require_tool, run_cli, spawn, write_config
 from tests.tls_helpers import Pki, make_pki
 
 PASSWORD = "correct horse battery staple"
@@ -329,9 +329,7 @@ def test_openssl_completes_a_verified_handshake_and_is_refused_below_min_version
     pki: Pki,
 ) -> None:
     """openssl s_client, as an independent TLS implementation, completes the handshake."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl not installed")
+    openssl = require_tool("openssl")
     web = web_config_from_mapping(
         {"tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
                                "min_version": "TLS13"}},
