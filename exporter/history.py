@@ -662,6 +662,9 @@ def describe(summary: HistorySummary) -> Iterator[str]:
     yield (
         f"history: samples from {format_timestamp(summary.start)} to "
         f"{format_timestamp(summary.join)}; the state {summary.state_path} holds every stream "
-        f"up to {format_timestamp(summary.end)}: start the exporter on it, and load the file "
-        "with promtool tsdb create-blocks-from openmetrics (docs/history.md)"
+        f"up to {format_timestamp(summary.end)}. Next, as the user Prometheus runs as: "
+        f"prometheus/backfill-history.sh {summary.output} PROMETHEUS_DATA_DIR "
+        "prometheus/rules/neo-recording.rules.yml (blocks of the file, and of the recording "
+        "rules computed over it, moved into Prometheus' data directory); then start the "
+        "exporter on this state (docs/history.md)"
     )
