@@ -30,9 +30,16 @@ from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
-from exporter.server import ExporterServer, Include, listen_socket
+from exporter.server import ExporterServer, Include, ListenError, listen_socket
 from exporter.snapshot import SnapshotStore
-from exporter.state import MEMORY, State, check_state_path, open_state
+from exporter.state import (
+    MEMORY,
+    State,
+    StateLockedError,
+    check_state_path,
+    lock_holder,
+    open_state,
+)
 from exporter.status_page import PageContext
 from exporter.webconfig import WebConfigFile
 
@@ -172,7 +179,20 @@ def run(
     (the state file, its lock), so a start that cannot listen leaves nothing behind.
     """
     check_state_path(config.state.path)
-    listener = listen_socket(parse_listen(config.web.listen_address))
+    try:
+        listener = listen_socket(parse_listen(config.web.listen_address))
+    except ListenError as exc:
+        who = lock_holder(config.state.path) if exc.in_use else None
+        if who is None:
+            raise
+        # The same config started twice: another port would only meet the held state.
+        raise StateLockedError(
+            config.state.path,
+            who,
+            f"another neo-exporter already runs with this config (it holds this state, and "
+            f"{config.web.listen_address} is in use). Leave that one running, or stop it "
+            "first; a second exporter needs a state.path and a listen address of its own",
+        ) from None
     try:
         exporter = build(config, stop, clock)
     except BaseException:

@@ -66,6 +66,7 @@ from exporter.state import (
     WATERMARK_STREAMS,
     StagedState,
     State,
+    StateLockedError,
     check_state_path,
     histogram_bounds,
     open_state,
@@ -568,10 +569,17 @@ def run(
     )  # fmt: skip
     # Refused or nothing to do: said before anything is created or copied (an init
     # container asks at every pod start, and a big state takes a while to copy).
-    if not _precheck(config, accounts, options):
-        every = tuple(a.name for a in accounts)
-        return replace(summary, skipped=every, seconds=monotonic() - started)
-    staging = _Staging(config, options.output)
+    try:
+        if not _precheck(config, accounts, options):
+            every = tuple(a.name for a in accounts)
+            return replace(summary, skipped=every, seconds=monotonic() - started)
+        staging = _Staging(config, options.output)
+    except StateLockedError as exc:
+        # --once, the exporter's advice, would not seed anything: the history needs the state.
+        raise exc.advising(
+            "the history seeds this state and needs it to itself: stop the exporter first, "
+            "run the history, then start the exporter again"
+        ) from None
     clients: list[NeoClient] = []
     try:
         state = staging.open_state(config)

@@ -595,6 +595,7 @@ def test_a_running_exporter_holds_the_state_and_the_history_waits_for_nobody(
         lock.release()
     assert result.returncode == EXIT_IN_USE
     assert "is in use by another neo-exporter (pid" in result.stderr
+    assert "stop the exporter first" in result.stderr and "--once" not in result.stderr
 
 
 @pytest.mark.e2e
