@@ -535,7 +535,8 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
     ("case", "status", "message"),
     [
         ("unreachable", EXIT_FAILURE, r"history failed: account acme: streams: gave up after "
-         r"\d+ attempts \(last: connection refused by 127\.0\.0\.1:\d+\); nothing was written"),
+         r"\d+ attempts \(last: connection refused by 127\.0\.0\.1:\d+\); check base_url \(or "
+         r"NEO_API_URL\); nothing was written"),
         ("wrong token", EXIT_FAILURE, r"history failed: account acme: streams: HTTP 401 .* the "
          r"API rejected the token; .*nothing was written"),
         ("output not writable", EXIT_FAILURE, r"history failed: cannot write the history file "
