@@ -466,6 +466,14 @@ def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> Non
     config = status_config(tmp_path / "config.yaml", accounts, tmp_path / "state.db")
     result = run_cli("--once", "--config.file", str(config), env=ENV)
     assert result.returncode == 1
+    # It ends on one line that says what failed, account by account.
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--once failed (exit 1; the metrics printed are incomplete): unknown: streams" in last
+    assert re.search(
+        r"; broken: streams[^;]* failed \(streams: gave up after 2 attempts \(last: connection "
+        rf"refused by 127\.0\.0\.1:{refused}\); check base_url \(or NEO_API_URL\)\)$",
+        last,
+    ), last
     samples = parse_exposition(result.stdout)
     requests_total = "neo_exporter_api_requests_total"
     assert (
@@ -479,11 +487,11 @@ def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> Non
         == 2
     )
     assert (
-        "account=unknown incremental read failed: streams: gave up after 2 attempts (last: DNS "
+        "account=unknown reconcile read failed: streams: gave up after 2 attempts (last: DNS "
         "lookup of neo-exporter-test.invalid failed ("
     ) in result.stderr
     assert (
-        "account=broken incremental read failed: streams: gave up after 2 attempts (last: "
+        "account=broken reconcile read failed: streams: gave up after 2 attempts (last: "
         f"connection refused by 127.0.0.1:{refused})"
     ) in result.stderr
     assert SECRET not in result.stdout + result.stderr
