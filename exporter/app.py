@@ -30,9 +30,16 @@ from exporter.config import Config, config_from_mapping, format_duration
 from exporter.config import parse_listen_address as parse_listen
 from exporter.instrumentation import ExporterMetrics, process_registry
 from exporter.poller import FULL_READS_AT_ONCE, AccountPoller, FullReads
-from exporter.server import ExporterServer, Include, listen_socket
+from exporter.server import ExporterServer, Include, ListenError, listen_socket
 from exporter.snapshot import SnapshotStore
-from exporter.state import MEMORY, State, check_state_path, open_state
+from exporter.state import (
+    MEMORY,
+    State,
+    StateLockedError,
+    check_state_path,
+    lock_holder,
+    open_state,
+)
 from exporter.status_page import PageContext
 from exporter.webconfig import WebConfigFile
 
@@ -172,7 +179,20 @@ def run(
     (the state file, its lock), so a start that cannot listen leaves nothing behind.
     """
     check_state_path(config.state.path)
-    listener = listen_socket(parse_listen(config.web.listen_address))
+    try:
+        listener = listen_socket(parse_listen(config.web.listen_address))
+    except ListenError as exc:
+        who = lock_holder(config.state.path) if exc.in_use else None
+        if who is None:
+            raise
+        # The same config started twice: another port would only meet the held state.
+        raise StateLockedError(
+            config.state.path,
+            who,
+            f"another neo-exporter already runs with this config (it holds this state, and "
+            f"{config.web.listen_address} is in use). Leave that one running, or stop it "
+            "first; a second exporter needs a state.path and a listen address of its own",
+        ) from None
     try:
         exporter = build(config, stop, clock)
     except BaseException:
@@ -296,12 +316,42 @@ def run_once(
         for _, thread, _ in jobs:
             thread.join(max(0.0, stop_deadline - time.monotonic()))
     ok = not timed_out and all(result == [True] for _, _, result in jobs)
+    if not ok:
+        # The reads' own errors scroll by among the progress lines: one line to end on.
+        log.error(
+            "--once failed (exit 1; the metrics printed are incomplete): %s",
+            _once_failures(exporter, jobs),
+        )
     exposition = generate_latest(exporter.registry)
     stuck = sum(thread.is_alive() for _, thread, _ in jobs)
     if not stuck:
         exporter.close()
     # else the state is left open: a thread may still commit; the process exits at once.
     return OnceResult(exposition, ok, stuck)
+
+
+def _once_failures(exporter: Exporter, jobs: list[tuple[str, threading.Thread, list[bool]]]) -> str:
+    """`a: streams, tasks (streams: gave up ...); b: not finished within --once.timeout`."""
+    unfinished = {name for name, thread, _ in jobs if thread.is_alive()}
+    failed = {name for name, thread, result in jobs if not thread.is_alive() and result != [True]}
+    parts = []
+    for account in exporter.store.get().accounts:
+        health = {**account.endpoints, **account.info.endpoints}
+        down = [
+            endpoint
+            for endpoint in ENDPOINTS
+            if endpoint in health
+            and health[endpoint].up is False
+            and endpoint not in account.info.unavailable_until
+        ]
+        if down:
+            # Its error names the endpoint already.
+            parts.append(f"{account.name}: {', '.join(down)} failed ({health[down[0]].last_error})")
+        elif account.name in unfinished:
+            parts.append(f"{account.name}: not finished within --once.timeout")
+        elif account.name in failed:
+            parts.append(f"{account.name}: a read failed (see above)")
+    return "; ".join(parts)
 
 
 def _once_waiting(exporter: Exporter, jobs: list[tuple[str, threading.Thread, list[bool]]]) -> str:

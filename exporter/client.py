@@ -67,6 +67,7 @@ CODE_DNS = "dns_error"
 CODE_REFUSED = "connection_refused"
 CODE_TLS = "tls_error"
 CODE_CONNECTION = "connection_error"  # anything else: reset, truncated body, proxy, ...
+UNREACHABLE = (CODE_DNS, CODE_REFUSED)  # no answer from the address: a wrong base_url, often
 NO_STATUS_CODES = (CODE_TIMEOUT, CODE_DNS, CODE_REFUSED, CODE_TLS, CODE_CONNECTION)
 
 
@@ -236,7 +237,9 @@ class NeoClient:
             self.last_failure = cause
             if attempt >= self._http.max_retries or not budget.take():
                 attempts = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
-                raise ApiError(f"{endpoint}: gave up after {attempts} (last: {cause})")
+                # No answer from that address at all: most often the address itself is wrong.
+                where = "; check base_url (or NEO_API_URL)" if reason in UNREACHABLE else ""
+                raise ApiError(f"{endpoint}: gave up after {attempts} (last: {cause}){where}")
             self._on_retry(endpoint, reason)
             delay = self._backoff(attempt)
             if retry_after is not None:

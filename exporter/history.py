@@ -66,6 +66,7 @@ from exporter.state import (
     WATERMARK_STREAMS,
     StagedState,
     State,
+    StateLockedError,
     check_state_path,
     histogram_bounds,
     open_state,
@@ -568,10 +569,17 @@ def run(
     )  # fmt: skip
     # Refused or nothing to do: said before anything is created or copied (an init
     # container asks at every pod start, and a big state takes a while to copy).
-    if not _precheck(config, accounts, options):
-        every = tuple(a.name for a in accounts)
-        return replace(summary, skipped=every, seconds=monotonic() - started)
-    staging = _Staging(config, options.output)
+    try:
+        if not _precheck(config, accounts, options):
+            every = tuple(a.name for a in accounts)
+            return replace(summary, skipped=every, seconds=monotonic() - started)
+        staging = _Staging(config, options.output)
+    except StateLockedError as exc:
+        # --once, the exporter's advice, would not seed anything: the history needs the state.
+        raise exc.advising(
+            "the history seeds this state and needs it to itself: stop the exporter first, "
+            "run the history, then start the exporter again"
+        ) from None
     clients: list[NeoClient] = []
     try:
         state = staging.open_state(config)
@@ -662,6 +670,9 @@ def describe(summary: HistorySummary) -> Iterator[str]:
     yield (
         f"history: samples from {format_timestamp(summary.start)} to "
         f"{format_timestamp(summary.join)}; the state {summary.state_path} holds every stream "
-        f"up to {format_timestamp(summary.end)}: start the exporter on it, and load the file "
-        "with promtool tsdb create-blocks-from openmetrics (docs/history.md)"
+        f"up to {format_timestamp(summary.end)}. Next, as the user Prometheus runs as: "
+        f"prometheus/backfill-history.sh {summary.output} PROMETHEUS_DATA_DIR "
+        "prometheus/rules/neo-recording.rules.yml (blocks of the file, and of the recording "
+        "rules computed over it, moved into Prometheus' data directory); then start the "
+        "exporter on this state (docs/history.md)"
     )

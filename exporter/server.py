@@ -41,6 +41,10 @@ WRITE_TIMEOUT = 60.0
 class ListenError(Exception):
     """The listen address cannot be bound; the message names it and says why."""
 
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use  # another socket listens there
+
 
 def _shown(address: tuple[str, int]) -> str:
     host, port = address
@@ -71,7 +75,9 @@ def listen_socket(address: tuple[str, int], backlog: int = LISTEN_BACKLOG) -> so
             hint = exc.strerror or type(exc).__name__
             if isinstance(exc, socket.gaierror):
                 hint = f"the host name cannot be resolved ({hint})"
-        raise ListenError(f"cannot listen on {_shown(address)}: {hint}") from None
+        raise ListenError(
+            f"cannot listen on {_shown(address)}: {hint}", in_use=exc.errno == errno.EADDRINUSE
+        ) from None
     return sock
 
 

@@ -105,7 +105,23 @@ class StatePathError(StateError):
 
 
 class StateLockedError(StateError):
-    """Another process holds the state file's lock."""
+    """Another process holds the state file's lock; the message ends with what to do."""
+
+    ADVICE = (
+        "run one exporter per state file. For a one-off read while it runs, use --once, which "
+        "reads into a temporary state by default"
+    )
+
+    def __init__(self, path: str, who: str, advice: str = ADVICE) -> None:
+        self.path, self.who = path, who
+        super().__init__(
+            f"state file {path!r} is in use by another neo-exporter ({who}; lock "
+            f"{path}{LOCK_SUFFIX}): {advice}"
+        )
+
+    def advising(self, advice: str) -> StateLockedError:
+        """The same refusal, with the advice that fits the command refused."""
+        return StateLockedError(self.path, self.who, advice)
 
 
 class StateWriteError(StateError):
@@ -133,6 +149,13 @@ def check_state_path(path: str) -> None:
             f"state.path: directory {directory} {what} (create it, or point state.path at an "
             "existing directory)",
             missing_directory=True,
+        )
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        # chown or chmod cannot help here (a read-only root file system, a ro mount).
+        raise StatePathError(
+            f"state.path: {directory} is on a read-only file system: point state.path at a "
+            "writable volume (a mounted one, in a container)",
+            missing_directory=False,
         )
     user = f"this user (uid {os.geteuid()})"
     if os.path.isdir(full):
@@ -170,14 +193,9 @@ class StateLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = _holder(fd)
             os.close(fd)
-            who = f"pid {holder}" if holder.isdigit() else "a process"
-            raise StateLockedError(
-                f"state file {path!r} is in use by another neo-exporter ({who}; lock "
-                f"{self.path}): run one exporter per state file. For a one-off read while it "
-                "runs, use --once, which reads into a temporary state by default"
-            ) from None
+            raise StateLockedError(path, who) from None
         except BaseException:
             os.close(fd)
             raise
@@ -189,6 +207,28 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+
+def _holder(fd: int) -> str:
+    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f"pid {holder}" if holder.isdigit() else "a process"
+
+
+def lock_holder(path: str) -> str | None:
+    """Who holds the state's lock ("pid N"), or None when nobody does. Creates nothing."""
+    if path == MEMORY:
+        return None
+    try:
+        fd = os.open(path + LOCK_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no exporter ever ran on it, or it cannot be looked at
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # releases the probe's shared lock with it
+    return None
 
 
 @dataclass(frozen=True, slots=True)

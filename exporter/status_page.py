@@ -133,10 +133,18 @@ def headline(
     accounts = snapshot.accounts
     streams_down = [p for p in failing if p.endpoint == "streams"]
     if accounts and len(streams_down) == len(accounts):
-        return "down", (
-            f"no account's usage can be read: {listing(failing)}. The last committed values "
-            "are still served"
-        )
+        # An account that was never live (a first start) has no values to fall back on.
+        published = [a.name for a in accounts if a.counts.counters or a.recent]
+        if not published:
+            served = "Nothing is published yet: no account's counters were ever read"
+        elif len(published) < len(accounts):
+            served = (
+                f"The last committed values of {', '.join(published)} are still served; "
+                "nothing is published yet for the others"
+            )
+        else:
+            served = "The last committed values are still served"
+        return "down", f"no account's usage can be read: {listing(failing)}. {served}"
     if failing:
         names = {p.account for p in failing}
         return "degraded", (

@@ -72,11 +72,20 @@ if [ "$#" -gt 0 ]; then
   # A long retention: the default 15 days would delete the older blocks at once.
   "$prometheus" --config.file="$work/staging.yml" --storage.tsdb.path="$work/blocks" \
     --storage.tsdb.retention.time=100y --web.listen-address="127.0.0.1:$port" \
-    --log.level=warn >"$work/staging.log" 2>&1 &
+    --log.level=info >"$work/staging.log" 2>&1 &
   staging_pid=$!
   tries=0
-  until "$promtool" query instant "http://127.0.0.1:$port" 'vector(1)' >/dev/null 2>&1; do
+  # The port is asked only once the staging Prometheus says it holds it: whatever else
+  # listens there must never answer for it (its rules would be evaluated on other data).
+  until grep -q "Server is ready to receive web requests" "$work/staging.log" &&
+    "$promtool" query instant "http://127.0.0.1:$port" 'vector(1)' >/dev/null 2>&1; do
     tries=$((tries + 1))
+    if ! kill -0 "$staging_pid" 2>/dev/null &&
+      grep -q "address already in use" "$work/staging.log"; then
+      echo "backfill: port $port is already in use on 127.0.0.1; the staging Prometheus" \
+        "needs a free one: set STAGING_PORT to another port" >&2
+      exit 1
+    fi
     if [ "$tries" -ge 60 ] || ! kill -0 "$staging_pid" 2>/dev/null; then
       echo "backfill: the staging Prometheus on 127.0.0.1:$port did not start:" >&2
       cat "$work/staging.log" >&2
@@ -98,7 +107,7 @@ if [ "$#" -gt 0 ]; then
     grep -e "importer error" -e "level=error" "$work/rules.log" >&2
     exit 1
   fi
-  kill "$staging_pid"
+  kill "$staging_pid" 2>/dev/null || true
   wait "$staging_pid" || true
   staging_pid=""
 fi

@@ -590,7 +590,8 @@ def test_a_refused_connection_names_the_host_and_port_and_counts_as_connection_r
         client.get_json("/api/v1/user", {"token": TOKEN}, "user")
     message = str(caught.value)
     assert (
-        message == f"user: gave up after 1 attempt (last: connection refused by 127.0.0.1:{port})"
+        message == f"user: gave up after 1 attempt (last: connection refused by 127.0.0.1:{port}); "
+        "check base_url (or NEO_API_URL)"
     )
     assert seen == [("user", "connection_refused")]
     assert TOKEN not in message
@@ -604,6 +605,7 @@ def test_a_failed_dns_lookup_names_the_host_and_counts_as_dns_error() -> None:
     assert message.startswith(
         "user: gave up after 1 attempt (last: DNS lookup of neo-exporter-test.invalid failed ("
     ), message
+    assert message.endswith("); check base_url (or NEO_API_URL)"), message
     assert seen == [("user", "dns_error")]
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -535,7 +536,8 @@ def test_the_command_shows_progress_then_a_summary_and_is_refused_the_second_tim
     ("case", "status", "message"),
     [
         ("unreachable", EXIT_FAILURE, r"history failed: account acme: streams: gave up after "
-         r"\d+ attempts \(last: connection refused by 127\.0\.0\.1:\d+\); nothing was written"),
+         r"\d+ attempts \(last: connection refused by 127\.0\.0\.1:\d+\); check base_url \(or "
+         r"NEO_API_URL\); nothing was written"),
         ("wrong token", EXIT_FAILURE, r"history failed: account acme: streams: HTTP 401 .* the "
          r"API rejected the token; .*nothing was written"),
         ("output not writable", EXIT_FAILURE, r"history failed: cannot write the history file "
@@ -595,6 +597,7 @@ def test_a_running_exporter_holds_the_state_and_the_history_waits_for_nobody(
         lock.release()
     assert result.returncode == EXIT_IN_USE
     assert "is in use by another neo-exporter (pid" in result.stderr
+    assert "stop the exporter first" in result.stderr and "--once" not in result.stderr
 
 
 @pytest.mark.e2e
@@ -632,6 +635,60 @@ def test_the_backfill_script_passes_shellcheck() -> None:
     )
     assert result.returncode == 0, result.stdout
     assert os.access(script, os.X_OK)
+
+
+def test_the_last_line_names_the_backfill_script_with_its_recording_rules() -> None:
+    summary = HistorySummary(
+        accounts=("acme",), skipped=(), start=1.7e9, join=1.7e9 + 3600, end=1.7e9 + 3900,
+        rows=10, pages=1, streams=10, bad_rows=0, series=4, samples=40, bytes=512,
+        seconds=1.0, output="neo-history.om.gz", state_path="state.db",
+    )  # fmt: skip
+    *_, last = history.describe(summary)
+    assert (
+        "prometheus/backfill-history.sh neo-history.om.gz PROMETHEUS_DATA_DIR "
+        "prometheus/rules/neo-recording.rules.yml"
+    ) in last
+    assert "recording rules" in last and "start the exporter" in last
+
+
+@pytest.mark.e2e
+def test_the_backfill_script_with_its_staging_port_taken_says_so_before_any_rule(
+    tmp_path: Path,
+) -> None:
+    require_tool("promtool"), require_tool("prometheus")
+    history_file, data, calls = tmp_path / "h.om", tmp_path / "data", tmp_path / "calls"
+    history_file.write_text(
+        "# TYPE neo_streams counter\nneo_streams_total 1 1700000000\n"
+        "neo_streams_total 2 1700000300\n# EOF\n"
+    )
+    # promtool through a shim that notes each call, to see which ran.
+    shim = tmp_path / "promtool"
+    shim.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexec {require_tool("promtool")} "$@"\n')
+    shim.chmod(0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken.setblocking(False)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BACKFILL), str(history_file), str(data),
+             str(RULES / "neo-recording.rules.yml")],
+            env={**os.environ, "STAGING_PORT": str(port), "PROMTOOL": str(shim),
+                 "PROMETHEUS": require_tool("prometheus")},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            taken.accept()  # nothing ever connected to whatever holds the port
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"backfill: port {port} is already in use on 127.0.0.1; the staging Prometheus needs "
+        "a free one: set STAGING_PORT to another port"
+    ) in result.stderr
+    assert "No such process" not in result.stderr
+    ran = calls.read_text()
+    assert "create-blocks-from openmetrics" in ran
+    assert "create-blocks-from rules" not in ran and "query" not in ran
+    assert not list(data.glob(".neo-history.*")) and not list(data.glob("*/meta.json"))
 
 
 # --- end to end: 30 days, promtool, two real Prometheus ---------------------------------------

@@ -11,6 +11,7 @@ import re
 import resource
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,17 @@ def test_a_second_exporter_on_the_same_state_exits_at_once_naming_the_file_and_t
         first, url = start_exporter("--config.file", str(config), env=ENV)
         try:
             wait_until(lambda: ready(url), 30, "the first exporter ready")
+            # The same config started again, its address included: the port is in use, and
+            # it is this exporter that uses it. Another port would only meet the held state.
+            again = run_cli(
+                "--config.file", str(config), "--web.listen-address", url.split("//")[1], env=ENV
+            )
+            assert again.returncode == EXIT_STATE_IN_USE, again.stderr
+            assert (
+                f"(pid {first.popen.pid}; lock {state}.lock): another neo-exporter already runs "
+                "with this config"
+            ) in again.stderr
+            assert "pick another" not in again.stderr and "Traceback" not in again.stderr
             started = time.monotonic()
             second = run_cli(
                 "--config.file", str(config), "--web.listen-address", "127.0.0.1:0", env=ENV
@@ -294,6 +306,36 @@ def test_a_state_unwritable_at_run_time_shows_on_the_page_and_in_a_metric_and_co
     )
 
 
+def test_a_state_on_a_read_only_file_system_is_told_to_move_not_to_chmod(tmp_path: Path) -> None:
+    """A read-only mount, made in a user and mount namespace of the exporter's own."""
+    unshare = require_tool("unshare")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml", f"http://127.0.0.1:{free_port()}", volume / "state.db"
+    )
+    # Once with a state file already there, once without.
+    for make in ("touch state.db", "true"):
+        script = (
+            f'mount -t tmpfs none "$1" && cd "$1" && {make} && mount -o remount,ro "$1" && '
+            'shift && exec "$@"'
+        )
+        result = subprocess.run(
+            [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+             str(volume), sys.executable, "-m", "exporter", "--config.file", str(config)],
+            cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        if "mount" in result.stderr and "exporter" not in result.stderr:
+            pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
+        assert result.returncode == EXIT_STATE_NOT_WRITABLE, result.stderr
+        assert (
+            f"state.path: {volume} is on a read-only file system: point state.path at a "
+            "writable volume"
+        ) in result.stderr
+        assert "chmod" not in result.stderr and "Traceback" not in result.stderr
+
+
 # --- the listen address ----------------------------------------------------------------------
 
 
@@ -431,6 +473,14 @@ def test_dns_and_refused_connections_are_counted_by_cause(tmp_path: Path) -> Non
     config = status_config(tmp_path / "config.yaml", accounts, tmp_path / "state.db")
     result = run_cli("--once", "--config.file", str(config), env=ENV)
     assert result.returncode == 1
+    # It ends on one line that says what failed, account by account.
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--once failed (exit 1; the metrics printed are incomplete): unknown: streams" in last
+    assert re.search(
+        r"; broken: streams[^;]* failed \(streams: gave up after 2 attempts \(last: connection "
+        rf"refused by 127\.0\.0\.1:{refused}\); check base_url \(or NEO_API_URL\)\)$",
+        last,
+    ), last
     samples = parse_exposition(result.stdout)
     requests_total = "neo_exporter_api_requests_total"
     assert (

@@ -13,7 +13,7 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.config import AlertThresholds, Config, config_from_mapping
-from exporter.counting import TopTask, TopTasks
+from exporter.counting import CounterValue, Counts, TopTask, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import CreditBalance, SpendingCap, parse_task
 from exporter.snapshot import (
@@ -87,6 +87,23 @@ def test_every_streams_read_failing_is_down_and_a_read_that_never_worked_dates_f
     level, text = headline(snapshots.get(), None, NOW, STARTED)
     assert level == "down"
     assert text.startswith("no account's usage can be read: a: streams (since 2027-01-15 07:00")
+
+
+def test_every_read_failing_on_a_first_start_says_nothing_is_published_yet() -> None:
+    down = {"streams": EndpointHealth(False, None, "x"), "tasks": UP}
+    snapshots = store("a", "b")
+    snapshots.update("a", lambda a: replace(a, endpoints=down))
+    snapshots.update("b", lambda a: replace(a, endpoints=down))
+    level, text = headline(snapshots.get(), None, NOW, STARTED)
+    assert level == "down" and "last committed values" not in text
+    assert text.endswith("Nothing is published yet: no account's counters were ever read")
+    # Once an account's counters were published, they are what is served.
+    counts = Counts({("neo_streams_total", ("m",)): CounterValue(1.0, NOW - 60)}, {})
+    snapshots.update("a", lambda a: replace(a, counts=counts))
+    level, text = headline(snapshots.get(), None, NOW, STARTED)
+    assert text.endswith(
+        "The last committed values of a are still served; nothing is published yet for the others"
+    )
 
 
 def test_a_state_that_cannot_be_written_is_down_whatever_the_reads_say() -> None:
