@@ -58,6 +58,18 @@ class AuditResult:
         return None if self.neo_credits is None else self.neo_credits - self.counted_credits
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetValue:
+    """One budget's figures for its current period (config budgets:)."""
+
+    name: str
+    unit: str  # "credits" | "usd"
+    limit: float
+    spent: float  # of the streams created in [start, now], as counted
+    start: float  # the current period's [start, end), Unix seconds
+    end: float
+
+
 # Account-level endpoints, each read on its own interval (see exporter.account_info).
 ACCOUNT_ENDPOINTS = ("summary", "user", "credits")
 
@@ -95,6 +107,8 @@ class AccountSnapshot:
     # Rows the last read of each list endpoint missed against the API's own count (0: none).
     missing_rows: Mapping[str, int] = field(default_factory=dict)
     audit: AuditResult | None = None
+    # Published once the account is live (its first whole read is complete).
+    budgets: tuple[BudgetValue, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
