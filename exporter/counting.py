@@ -455,6 +455,15 @@ class Tally:
             {tool: [calls, seconds] for tool, calls, seconds in record.tool_usage},
         )
 
+    def _gain(self, labels: tuple[str, ...], team: str | None, index: int, delta: float) -> None:
+        """A revision's increase of stream amount `index`: to its stream counter under the
+        first labels, and to the team's counter of it."""
+        self.bump(STREAM_COUNTERS[index], labels, delta)
+        if team is not None:
+            for metric, team_index in _TEAM_AMOUNTS:
+                if team_index == index:
+                    self.bump(metric, (team,), delta)
+
     def revise(
         self, old: Counted, record: StreamRecord, team: str | None
     ) -> tuple[Counted, bool, int]:
@@ -483,11 +492,7 @@ class Tally:
             delta = now - amounts[index]
             source = _REVISED_AS[index]
             if delta > 0:
-                self.bump(STREAM_COUNTERS[index], labels, delta)
-                if team is not None:
-                    for metric, team_index in _TEAM_AMOUNTS:
-                        if team_index == index:
-                            self.bump(metric, (team,), delta)
+                self._gain(labels, team, index, delta)
                 amounts[index] = now
                 if source is not None:
                     events.add((source, DIRECTION_UP))

@@ -624,7 +624,6 @@ class State:
                 work.start_revisions()
                 work.start_teams(self._team_names())
             new_rows: list[tuple[object, ...]] = []
-            changed_rows: list[tuple[object, ...]] = []
             revised: list[StreamRecord] = []
             who = self._attribution
             for stream_id, record in batch.items():
@@ -657,44 +656,52 @@ class State:
                     result.duplicates += 1
                     continue
                 revised.append(record)
-            stored_of = self._counted_of(account, [r.stream_id for r in revised])
-            for record in revised:
-                stream_id = record.stream_id
-                stored, first_team = stored_of[stream_id]
-                if stored is None:
-                    # A row of schema version 1: its counted values were not kept, so this
-                    # version becomes its baseline (see _migrate_from_1).
-                    counted, lowered = work.baseline(record), False
-                else:
-                    before = Counted.loads(stored)
-                    # Increases go to the team it was first counted under, whatever the
-                    # config or the row's email say now.
-                    counted, lowered, events = work.revise(before, record, first_team)
-                    if events or counted != before:
-                        result.changed += 1
-                        result.changed_ids.append(stream_id)
-                        if lowered:
-                            result.decreased_ids.append(stream_id)
-                        result.repairs.update(record.repairs)
-                        work.count_changed()
-                    # Else only what no metric reads changed (its bytes: another field, or
-                    # a fingerprint of an older make-up): the new fingerprint is kept alone.
-                changed_rows.append(
-                    (
-                        record.fingerprint,
-                        counted.dumps(),
-                        counted.amounts[1],
-                        counted.amounts[2],
-                        counted.amounts[3],
-                        account,
-                        stream_id,
-                    )
-                )
+            changed_rows = self._revise(account, work, revised, result)
             result.new = len(new_rows)
             work.freeze()
             if new_rows or changed_rows:
                 self._commit(account, acct, work, new_rows, changed_rows)
             return result
+
+    def _revise(
+        self, account: str, work: Tally, revised: list[StreamRecord], result: IngestResult
+    ) -> list[tuple[object, ...]]:
+        """Count the revisions of seen streams into `work`; their rows' new values."""
+        changed_rows: list[tuple[object, ...]] = []
+        stored_of = self._counted_of(account, [r.stream_id for r in revised])
+        for record in revised:
+            stream_id = record.stream_id
+            stored, first_team = stored_of[stream_id]
+            if stored is None:
+                # A row of schema version 1: its counted values were not kept, so this
+                # version becomes its baseline (see _migrate_from_1).
+                counted, lowered = work.baseline(record), False
+            else:
+                before = Counted.loads(stored)
+                # Increases go to the team it was first counted under, whatever the
+                # config or the row's email say now.
+                counted, lowered, events = work.revise(before, record, first_team)
+                if events or counted != before:
+                    result.changed += 1
+                    result.changed_ids.append(stream_id)
+                    if lowered:
+                        result.decreased_ids.append(stream_id)
+                    result.repairs.update(record.repairs)
+                    work.count_changed()
+                # Else only what no metric reads changed (its bytes: another field, or
+                # a fingerprint of an older make-up): the new fingerprint is kept alone.
+            changed_rows.append(
+                (
+                    record.fingerprint,
+                    counted.dumps(),
+                    counted.amounts[1],
+                    counted.amounts[2],
+                    counted.amounts[3],
+                    account,
+                    stream_id,
+                )
+            )
+        return changed_rows
 
     def _team_names(self) -> tuple[str, ...]:
         return (*self._attribution.teams.names, UNASSIGNED_TEAM)

@@ -5,14 +5,18 @@ read back to a period older than the window, and the rollover at midnight UTC.""
 from __future__ import annotations
 
 import math
+import random
 import re
+import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from exporter.config import Config, TeamConfig, TeamsConfig, config_from_mapping
 from exporter.history import HistoryOptions
@@ -22,6 +26,15 @@ from exporter.state import Attribution, State
 from tests.conftest import ManualClock, SampleKey, sample, scrape, select, truth_mismatches
 from tests.fakeneo import FakeNeo, FakeNeoServer
 from tests.fakeneo.truth import Truth
+from tests.processes import (
+    ENV,
+    fake_api,
+    metrics,
+    start_exporter,
+    truth_from_json,
+    wait_until,
+    write_config,
+)
 from tests.records import BOUNDS, LIMITS, record
 
 DAY = 86400.0
@@ -108,6 +121,30 @@ def team_mismatches(
 
 def spent(samples: Mapping[SampleKey, float], budget: str, unit: str = "credits") -> float:
     return sample(samples, "neo_budget_spent", account="acme", budget=budget, unit=unit)
+
+
+def budget_start(samples: Mapping[SampleKey, float], budget: str) -> float:
+    return sample(
+        samples, "neo_budget_period_start_timestamp_seconds", account="acme", budget=budget
+    )
+
+
+def budget_mismatches(
+    samples: Mapping[SampleKey, float],
+    month: Mapping[str | None, Truth],
+    today: Mapping[str | None, Truth],
+) -> list[str]:
+    """acc-month, red-month and blue-day against the truth since their periods' starts."""
+    wants = {
+        "acc-month": sum(by_team(month, "credits").values()),
+        "red-month": by_team(month, "credits")["red"],
+        "blue-day": by_team(today, "credits")["blue"],
+    }
+    return [
+        f"{name}: {spent(samples, name)} != truth {want}"
+        for name, want in wants.items()
+        if not math.isclose(spent(samples, name), want, rel_tol=1e-9, abs_tol=1e-9)
+    ]
 
 
 @pytest.fixture
@@ -285,3 +322,67 @@ def test_the_history_writes_the_team_counters_up_to_its_join(
     assert set(last) == set(want)
     for team, value in want.items():
         assert math.isclose(last[team], value, rel_tol=1e-9), team
+
+
+# --- a real exporter killed with SIGKILL, against the fake API in its own process --------
+
+
+def _truth_by_email(fake_url: str, start: float) -> dict[str | None, Any]:
+    """The fake process's truth_by_email since `start` (keyed as conftest expects)."""
+    data = requests.get(
+        f"{fake_url}/_fake/truth/by_email", params={"from": str(start)}, timeout=10
+    ).json()
+    return {email: truth_from_json(truth) for email, truth in data}
+
+
+@pytest.mark.e2e
+def test_team_counters_and_budgets_stay_exact_across_sigkill_restarts(
+    tmp_path: Path, figures: Any
+) -> None:
+    rng = random.Random(2020)
+    emails = ",".join(f"{address}={weight}" for address, weight in EMAILS)
+    # The last minute's streams are revised 20 s after they show up: while the exporter
+    # is killed and restarted, and after.
+    with fake_api(
+        "--seed", "21", "--streams", "2000", "--history", "60s", "--late-fraction", "0",
+        "--latency-ms", "10", "--revise", "0.3", "--revise-after", "20s", f"--emails={emails}",
+    ) as (_, fake_url):  # fmt: skip
+        revised_by = time.time() + 25
+        state = tmp_path / "state.db"
+        config = write_config(
+            tmp_path / "config.yaml", fake_url, state, teams=TEAMS, budgets=BUDGETS
+        )
+        kills = 0
+        for _ in range(6):
+            proc, url = start_exporter("--config.file", str(config), env=ENV)
+            time.sleep(rng.uniform(0.3, 1.5))
+            proc.popen.send_signal(signal.SIGKILL)
+            proc.popen.wait(10)
+            kills += 1
+        proc, url = start_exporter("--config.file", str(config), env=ENV)
+        try:
+
+            def exact() -> tuple[dict[SampleKey, float], dict[str, float]] | None:
+                if time.time() < revised_by:
+                    return None  # revisions still to come
+                samples = metrics(url)
+                month = _truth_by_email(fake_url, budget_start(samples, "acc-month"))
+                today = _truth_by_email(fake_url, budget_start(samples, "blue-day"))
+                if team_mismatches(samples, month) or budget_mismatches(samples, month, today):
+                    return None
+                return samples, by_team(month, "credits")
+
+            samples, teams = wait_until(exact, 90, "team counters and budgets equal the truth")
+            streams = sum(sample(samples, "neo_team_streams_total", account="acme", team=team)
+                          for team in teams)  # fmt: skip
+            # Some were counted at their first figures, then revised up.
+            revised = sample(samples, "neo_exporter_changed_records_total", account="acme")
+        finally:
+            assert proc.stop() == 0
+    assert streams == 2000 and all(value > 0 for value in teams.values())
+    assert revised > 0
+    figures(
+        f"teams under SIGKILL: {kills} kills, 2000 streams, {revised:.0f} revised after counting: "
+        + ", ".join(f"{team} {value:.2f}" for team, value in sorted(teams.items()))
+        + " credits and both month budgets equal the truth"
+    )
