@@ -162,9 +162,14 @@ def write_exporter_config(path: Path, fake_url: str, state: Path) -> Path:
         "teams": {"red": ["alice@example.com", "*@exämple.org"], "blue": ["bob@example.com"]},
         "budgets": [
             {"name": "acc-month", "account": ACCOUNT, "period": "month", "credits": 100000},
-            {"name": "red-month", "account": ACCOUNT, "team": "red", "period": "month",
-             "credits": 50},
-        ],  # fmt: skip
+            {
+                "name": "red-month",
+                "account": ACCOUNT,
+                "team": "red",
+                "period": "month",
+                "credits": 50,
+            },
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return path
