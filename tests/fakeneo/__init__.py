@@ -59,6 +59,10 @@ command-line flag; quirks.py) that makes it behave otherwise, so that tests can 
   `/usage/summary`, `/billing/credits` and the spending cap. `truth()` is Neo's books and
   includes them; `truth(listed_only=True)` (`/_fake/truth?listed_only=1`) is what the
   listings show.
+- Who creates tasks. Default: the demo's eight people (`members=N` / `--members N`: N of them).
+  `emails=[(address, weight), ...]` / `--emails ADDR=WEIGHT,...`: those addresses, any
+  Unicode; an empty address is a task whose rows carry `"email": null`. `truth_by_email()`
+  (`/_fake/truth/by_email`) is the truth of each address's streams apart (teams, budgets).
 - When a row shows up: only once its execution has ended (`created_at + total_execution_ms`),
   and `late_fraction` / `--late-fraction` of them up to `max_late` / `--max-late` later.
 - A task's `created_at` and `model` are its first stream's, its `status` its latest
