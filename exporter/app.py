@@ -135,6 +135,7 @@ def build(config: Config, stop: threading.Event, clock: Callable[[], float]) -> 
                 audit_interval=config.audit.interval,
                 task_titles=config.metrics.task_titles,
                 full_reads=full_reads,
+                budgets=config.budgets,
             )
         )
         info_pollers.append(

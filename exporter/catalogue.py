@@ -770,6 +770,124 @@ RECENT = (
     RECENT_TOP_MEMBER_COST_USD,
 )
 
+# --- teams (counted per stream, like the stream counters)
+
+TEAM_LABELS = ("account", "team")
+TEAM_STREAMS = Metric(
+    "neo_team_streams_total",
+    COUNTER,
+    TEAM_LABELS,
+    (
+        "Streams that ended, by the team of the stream's email (config teams:, first match; "
+        f"unassigned otherwise), each stream counted once (field email of {_STREAMS_API}). "
+        f"{_REFRESH}"
+    ),
+    unit="streams",
+    source="`stream_id`, `email`",
+    meaning="streams that ended, by team",
+)
+TEAM_CREDITS = Metric(
+    "neo_team_credits_total",
+    COUNTER,
+    TEAM_LABELS,
+    (
+        "Neo credits consumed, by the team of the stream's email (config teams:), each stream "
+        f"counted once; revisions add to the team first counted (field neo_credits of "
+        f"{_STREAMS_API}). {_REFRESH}"
+    ),
+    unit="credits",
+    source="`neo_credits`, `email`",
+    meaning="Neo credits consumed, by team",
+)
+TEAM_LLM_COST_USD = Metric(
+    "neo_team_llm_cost_usd_total",
+    COUNTER,
+    TEAM_LABELS,
+    (
+        "LLM cost of BYOK runs in USD, by the team of the stream's email (config teams:), each "
+        f"stream counted once (field llm_cost of {_STREAMS_API}). {_REFRESH}"
+    ),
+    unit="USD",
+    source="`llm_cost`, `email`",
+    meaning="LLM cost of BYOK runs, by team",
+)
+TEAM_PLATFORM_COST_USD = Metric(
+    "neo_team_platform_cost_usd_total",
+    COUNTER,
+    TEAM_LABELS,
+    (
+        "Neo platform fee of BYOK runs in USD, by the team of the stream's email (config "
+        f"teams:), each stream counted once (field neo_cost of {_STREAMS_API}). {_REFRESH}"
+    ),
+    unit="USD",
+    source="`neo_cost`, `email`",
+    meaning="Neo's platform fee for BYOK runs, by team",
+)
+TEAM_COUNTERS = (TEAM_STREAMS, TEAM_CREDITS, TEAM_LLM_COST_USD, TEAM_PLATFORM_COST_USD)
+
+# --- budgets (config budgets:, from the state's streams of the current period)
+
+_BUDGET_REFRESH = "Refreshed every poll of the streams."
+BUDGET_LIMIT = Metric(
+    "neo_budget_limit",
+    GAUGE,
+    ("account", "budget", "unit"),
+    (
+        "The budget's limit for its period (config field budgets[].credits or budgets[].usd). "
+        f"{_BUDGET_REFRESH}"
+    ),
+    unit="credits or USD",
+    source="config",
+    meaning="the budget's limit (`budgets[].credits` or `.usd`); `unit` is `credits` or `usd`",
+)
+BUDGET_SPENT = Metric(
+    "neo_budget_spent",
+    GAUGE,
+    ("account", "budget", "unit"),
+    (
+        "Spend of the streams created in the budget's current period (from "
+        "neo_budget_period_start_timestamp_seconds), of its team and model if scoped: credits "
+        f"(field neo_credits) or BYOK USD (field llm_cost) of {_STREAMS_API}, revisions "
+        f"included; 0 again when a period starts. {_BUDGET_REFRESH}"
+    ),
+    unit="credits or USD",
+    source="`neo_credits` or `llm_cost`, by `created_at`",
+    meaning=(
+        "spend of the streams created in the current period (of the budget's team and model), "
+        "revisions included; starts again from 0 with each period"
+    ),
+)
+BUDGET_PERIOD_START_TIMESTAMP_SECONDS = Metric(
+    "neo_budget_period_start_timestamp_seconds",
+    GAUGE,
+    ("account", "budget"),
+    (
+        "Unix time at which the budget's current period began (config field budgets[].period: "
+        f"UTC day, week from Monday, month). {_BUDGET_REFRESH}"
+    ),
+    unit="Unix seconds",
+    source="config",
+    meaning="start of the budget's current period (00:00 UTC of a day, a Monday, a 1st)",
+)
+BUDGET_PERIOD_END_TIMESTAMP_SECONDS = Metric(
+    "neo_budget_period_end_timestamp_seconds",
+    GAUGE,
+    ("account", "budget"),
+    (
+        "Unix time at which the budget's current period ends, the next one's start (config "
+        f"field budgets[].period). {_BUDGET_REFRESH}"
+    ),
+    unit="Unix seconds",
+    source="config",
+    meaning="end of the budget's current period (the next one's start)",
+)
+BUDGETS = (
+    BUDGET_LIMIT,
+    BUDGET_SPENT,
+    BUDGET_PERIOD_START_TIMESTAMP_SECONDS,
+    BUDGET_PERIOD_END_TIMESTAMP_SECONDS,
+)
+
 # --- health
 
 UP = Metric(
@@ -1024,7 +1142,7 @@ ALERT_THRESHOLD = Metric(
     source="config",
     meaning=(
         "the account's alert thresholds (`alerts.thresholds`, `accounts[].alert_thresholds`), "
-        "which the shipped alerts compare against; `threshold` is one of the twelve names in "
+        "which the shipped alerts compare against; `threshold` is one of the names in "
         "[configuration](configuration.md#alerts); ratios are shares, `_seconds` in seconds"
     ),
 )
@@ -1260,6 +1378,8 @@ COLLECTED: tuple[Metric, ...] = (
     + BILLING
     + TOP_TASKS
     + RECENT
+    + TEAM_COUNTERS
+    + BUDGETS
     + HEALTH
 )
 """What the collector emits, from the snapshot."""
@@ -1274,6 +1394,7 @@ DOC_TABLES: tuple[tuple[str, tuple[Metric, ...]], ...] = (
     ("Account: summary, spending cap, credit balance", SUMMARY + CAP + BILLING),
     ("Culprits: top tasks and per-member spend", TOP_TASKS + MEMBERS),
     ("Recent spend, by when it happened: the spend alerts and their culprits", RECENT),
+    ("Teams and budgets", TEAM_COUNTERS + BUDGETS),
     ("Exporter health", HEALTH + PROCESS),
     ("The process", STANDARD),
 )

@@ -53,8 +53,13 @@ def stream_counters(snapshot: Snapshot) -> Iterator[Family]:
     neo_credits_total{account="acme",byok="false",model="gpt-5",status="completed"} 12.5
     neo_credits_created{account="acme",byok="false",model="gpt-5",status="completed"} 1.76e+09
     neo_tool_calls_by_tool_total{account="acme",tool="nuclei"} 310.0
+    neo_team_credits_total{account="acme",team="red"} 8.5
+    neo_team_credits_total{account="acme",team="unassigned"} 4.6
     """
-    families = {metric.name: _counter(metric) for metric in m.STREAM_COUNTERS + m.BREAKDOWNS}
+    families = {
+        metric.name: _counter(metric)
+        for metric in m.STREAM_COUNTERS + m.BREAKDOWNS + m.TEAM_COUNTERS
+    }
     for account in snapshot.accounts:
         for (metric, labels), value in account.counts.counters.items():
             family = families.get(metric)
@@ -236,6 +241,29 @@ def recent_spend(snapshot: Snapshot) -> Iterator[Family]:
     yield from families.values()
 
 
+def budgets(snapshot: Snapshot) -> Iterator[Family]:
+    """Each configured budget: its limit, what its current period has spent, the period.
+
+    neo_budget_limit{account="acme",budget="acme-month",unit="credits"} 100000.0
+    neo_budget_spent{account="acme",budget="acme-month",unit="credits"} 5210.35
+    neo_budget_period_start_timestamp_seconds{account="acme",budget="acme-month"} 1.7645472e+09
+    neo_budget_period_end_timestamp_seconds{account="acme",budget="acme-month"} 1.7672256e+09
+    """
+    families = _gauges(m.BUDGETS)
+    for account in snapshot.accounts:
+        for budget in account.budgets:
+            with_unit = [account.name, budget.name, budget.unit]
+            families[m.BUDGET_LIMIT].add_metric(with_unit, budget.limit)
+            families[m.BUDGET_SPENT].add_metric(with_unit, budget.spent)
+            families[m.BUDGET_PERIOD_START_TIMESTAMP_SECONDS].add_metric(
+                [account.name, budget.name], budget.start
+            )
+            families[m.BUDGET_PERIOD_END_TIMESTAMP_SECONDS].add_metric(
+                [account.name, budget.name], budget.end
+            )
+    yield from families.values()
+
+
 def health(snapshot: Snapshot) -> Iterator[Family]:
     """The exporter's view of each account: up, freshness, state, build.
 
@@ -356,6 +384,7 @@ class NeoCollector(Collector):
         yield from cap_and_billing_gauges(snapshot)
         yield from top_tasks(snapshot)
         yield from recent_spend(snapshot)
+        yield from budgets(snapshot)
         yield from health(snapshot)
         yield from audit(snapshot)
 

@@ -332,7 +332,7 @@ MAX_TOP_TASKS: Final = 100  # one series per rank: bounded by design
 MAX_MEMBERS: Final = 1000
 MAX_CONNECTIONS: Final = 10000
 # Thresholds that are shares (0 to 1); the others are any number >= 0.
-RATIO_THRESHOLDS: Final = ("error_ratio", "audit_drift_ratio")
+RATIO_THRESHOLDS: Final = ("error_ratio", "audit_drift_ratio", "budget_forecast_min_elapsed_ratio")
 # Thresholds in seconds: a duration (30m, 3d) or a number of seconds.
 SECONDS_THRESHOLDS: Final = (
     "data_lag_seconds",

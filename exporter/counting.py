@@ -47,6 +47,17 @@ _BY_AGENT = m.AGENT_TRIGGERS_BY_AGENT.name
 _CALLS_BY_TOOL = m.TOOL_CALLS_BY_TOOL.name
 _TIME_BY_TOOL = m.TOOL_TIME_BY_TOOL_SECONDS.name
 _CHANGED = m.CHANGED_RECORDS.name
+# The team counters, each with the index in `stream_amounts` of the amount it adds.
+TEAM_COUNTERS = tuple(metric.name for metric in m.TEAM_COUNTERS)
+_TEAM_AMOUNTS = tuple(
+    (metric.name, m.STREAM_COUNTERS.index(source))
+    for metric, source in (
+        (m.TEAM_STREAMS, m.STREAMS),
+        (m.TEAM_CREDITS, m.CREDITS),
+        (m.TEAM_LLM_COST_USD, m.LLM_COST_USD),
+        (m.TEAM_PLATFORM_COST_USD, m.PLATFORM_COST_USD),
+    )
+)
 _REVISIONS = m.REVISIONS.name
 _REVISED_DOWN = m.REVISED_DOWN.name
 TOOL_CALL_DURATION = m.TOOL_CALL_DURATION_SECONDS.name
@@ -58,6 +69,7 @@ _LABEL_NAMES: dict[str, tuple[str, ...]] = {
     for metric in (
         *m.STREAM_COUNTERS,
         *m.BREAKDOWNS,
+        *m.TEAM_COUNTERS,
         *m.HISTOGRAMS,
         m.CHANGED_RECORDS,
         m.REVISIONS,
@@ -258,6 +270,7 @@ class PendingChanges:
         # Within one transaction a label value always folds the same way: remember it.
         self._folded: dict[tuple[str, str], str] = {}
         self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
+        self._team_slots: dict[str, list[tuple[list[float], int]]] = {}
         # Per tool name as the API sends it: its calls and time totals and its durations.
         self._tool_slots: dict[str, tuple[list[float], list[float], list[float]]] = {}
         self.counters: dict[Key, CounterValue] = {}
@@ -320,6 +333,14 @@ class PendingChanges:
         for label in ("model", "status", "is_byok"):
             self.bump(_REVISIONS, (label, DIRECTION_CHANGED), 0.0)
 
+    def start_teams(self, teams: Sequence[str]) -> None:
+        """Start the team counters of the configured teams (and `unassigned`) at 0, for
+        `increase()`: each known label set exists from the first publish."""
+        for team in teams:
+            for metric in TEAM_COUNTERS:
+                if (metric, (team,)) not in self._totals.counters:
+                    self.bump(metric, (team,), 0.0)
+
     def count_changed(self) -> None:
         """One more counted stream that the API revised."""
         self.bump(_CHANGED, (), 1.0)
@@ -352,9 +373,10 @@ class PendingChanges:
     def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
         self._histogram(metric, labels).observe(value)
 
-    def add(self, record: StreamRecord) -> tuple[str, tuple[float, ...], bytes]:
-        """Add one new stream's values; returns its (folded) status, its amounts and what
-        was counted for it as stored (`Counted`'s JSON, written without building one)."""
+    def add(self, record: StreamRecord, team: str) -> tuple[str, tuple[float, ...], bytes]:
+        """Add one new stream's values, to its team's counters too; returns its (folded)
+        status, its amounts and what was counted for it as stored (`Counted`'s JSON,
+        written without building one)."""
         fold_label = self._fold
         model = fold_label("model", record.model)
         status = fold_label("status", record.status)
@@ -366,6 +388,13 @@ class PendingChanges:
         amounts = stream_amounts(record)
         for slot, amount in zip(slots, amounts, strict=True):
             slot[0] += amount
+        team_slots = self._team_slots.get(team)
+        if team_slots is None:
+            team_slots = self._team_slots[team] = [
+                (self._slot((metric, (team,))), index) for metric, index in _TEAM_AMOUNTS
+            ]
+        for slot, index in team_slots:
+            slot[0] += amounts[index]
         for agent, count in record.agent_breakdown:
             self.bump(_BY_AGENT, (fold_label("agent", agent),), float(count))
         tool_slots = self._tool_slots
@@ -427,8 +456,22 @@ class PendingChanges:
             {tool: [calls, seconds] for tool, calls, seconds in record.tool_usage},
         )
 
-    def revise(self, old: Counted, record: StreamRecord) -> tuple[Counted, bool, int]:
+    def _gain(self, labels: tuple[str, ...], team: str | None, index: int, delta: float) -> None:
+        """A revision's increase of stream amount `index`: to its stream counter under the
+        first labels, and to the team's counter of it."""
+        self.bump(STREAM_COUNTER_NAMES[index], labels, delta)
+        if team is not None:
+            for metric, team_index in _TEAM_AMOUNTS:
+                if team_index == index:
+                    self.bump(metric, (team,), delta)
+
+    def revise(
+        self, old: Counted, record: StreamRecord, team: str | None
+    ) -> tuple[Counted, bool, int]:
         """Add what a revised stream gained; count what it lost or relabelled.
+
+        What it gained goes to `team`, the team it was first counted under (None: counted
+        before the state kept teams, so its team counters never held it: nothing is added).
 
         Returns the new counted values, whether anything could not be applied (a value
         went down, or a label changed: counters keep the first figures and labels), and how
@@ -450,7 +493,7 @@ class PendingChanges:
             delta = now - amounts[index]
             source = _REVISED_AS[index]
             if delta > 0:
-                self.bump(STREAM_COUNTER_NAMES[index], labels, delta)
+                self._gain(labels, team, index, delta)
                 amounts[index] = now
                 if source is not None:
                     events.add((source, DIRECTION_UP))

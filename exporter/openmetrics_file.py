@@ -21,7 +21,9 @@ from exporter.counting import Counts, HistogramValue
 
 # The exporter's counters and histograms that come from the streams: what the history holds.
 # Its own counters (revisions, changed records) describe the exporter and start with it.
-COUNTERS: tuple[Metric, ...] = m.STREAM_COUNTERS + m.BREAKDOWNS  # what history writes
+COUNTERS: tuple[Metric, ...] = (
+    m.STREAM_COUNTERS + m.BREAKDOWNS + m.TEAM_COUNTERS
+)  # what history writes
 _COUNTERS = frozenset(metric.name for metric in COUNTERS)
 _HISTOGRAMS = frozenset(metric.name for metric in m.HISTOGRAMS)
 _format_value: Callable[[float], str] = utils.floatToGoString

@@ -55,7 +55,7 @@ from exporter.client import (
     ReadOutcome,
     Stopped,
 )
-from exporter.config import AccountConfig, PollingConfig
+from exporter.config import AccountConfig, BudgetConfig, PollingConfig
 from exporter.counting import RECENT_WINDOWS, RecentSpend, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
@@ -69,11 +69,13 @@ from exporter.models import (
     raw_stream_id,
     row_value,
 )
+from exporter.periods import period_bounds
 from exporter.read_failure import read_error
 from exporter.snapshot import (
     AccountChange,
     AccountSnapshot,
     AuditResult,
+    BudgetValue,
     EndpointHealth,
     ReadProgress,
     SnapshotStore,
@@ -84,6 +86,7 @@ from exporter.state import (
     WATERMARK_SWEEP_CURSOR,
     WATERMARK_SWEEP_TO,
     State,
+    StateError,
 )
 
 log = logging.getLogger(__name__)
@@ -218,8 +221,10 @@ class AccountPoller:
         task_titles: bool = True,
         audit_interval: float = 0.0,
         full_reads: FullReads | None = None,
+        budgets: tuple[BudgetConfig, ...] = (),
     ) -> None:
         self.name = account.name
+        self._budgets = tuple(b for b in budgets if b.account == account.name)
         self._full_reads = full_reads or FullReads()
         self._top_tasks = top_tasks  # how many of the window's tasks to rank by credits
         self._task_emails = task_emails
@@ -248,6 +253,12 @@ class AccountPoller:
         self._slice_failures = 0
         self._last_catch_up: float | None = None
         self._settled = False  # a first result (data or a failure) has been published
+        try:
+            # Every team's counters exist at 0 before its first stream (else the first
+            # stream's spend would not show in increase()); ingest adds them too.
+            state.start_teams(self.name, clock())
+        except StateError as exc:
+            log.error("account=%s %s", self.name, exc)
         self._publish()
 
     # --- scheduling ----------------------------------------------------------------------
@@ -347,7 +358,12 @@ class AccountPoller:
             self._state.save_marks(
                 self.name,
                 {WATERMARK_STREAMS: span.end},
-                prune_before=span.end - self._polling.window - self._polling.lookback,
+                prune_before=min(
+                    [
+                        span.end - self._polling.window - self._polling.lookback,
+                        *self._period_starts(span.end),
+                    ]
+                ),
             )
             if span.catching_up and not self._sweep_needed and self.live:
                 self._backlog = False
@@ -371,7 +387,7 @@ class AccountPoller:
             )
             if not due:
                 return True
-            sweep_to, cursor = now, now - self._polling.window
+            sweep_to, cursor = now, self._sweep_start(now)
             state.save_marks(name, {WATERMARK_SWEEP_TO: sweep_to, WATERMARK_SWEEP_CURSOR: cursor})
             self._sweep_needed = False
         self._set_catching_up()
@@ -384,8 +400,9 @@ class AccountPoller:
             if not first and until is not None and self._clock() >= until:
                 return True  # the incremental read is due: the sweep resumes after it
             first = False
-            # Rows older than the window have left it while the sweep was paused.
-            cursor = max(cursor, self._clock() - self._polling.window)
+            # Rows older than the window (or the budgets' periods) have left it while the
+            # sweep was paused.
+            cursor = max(cursor, self._sweep_start(self._clock()))
             end = sweep_to
             try:
                 if slice_length is None:
@@ -425,6 +442,36 @@ class AccountPoller:
         self._backlog = False
         self._set_catching_up()
         return True
+
+    def _period_starts(self, now: float) -> list[float]:
+        """The start of each budget's current period (the state keeps their rows)."""
+        return [period_bounds(budget.period, now)[0] for budget in self._budgets]
+
+    def _sweep_start(self, now: float) -> float:
+        """Where a read of the window starts: the window's oldest end, and, for the first
+        whole read, the start of the budgets' current periods when that is older, so that
+        neo_budget_spent is exact from the first publish (docs/budgets.md: read back)."""
+        start = now - self._polling.window
+        if self.live:
+            return start
+        return min([start, *self._period_starts(now)])
+
+    def _budget_values(self, now: float) -> tuple[BudgetValue, ...]:
+        """Each budget's spend over its current period, from the state: one indexed read of
+        the period's rows per budget."""
+        values = []
+        for budget in self._budgets:
+            start, end = period_bounds(budget.period, now)
+            spent = self._state.spent(
+                self.name,
+                start,
+                end,
+                usd=budget.unit == "usd",
+                team=budget.team,
+                model=budget.model,
+            )
+            values.append(BudgetValue(budget.name, budget.unit, budget.limit, spent, start, end))
+        return tuple(values)
 
     def _after_slice(self, outcome: ReadOutcome, end: float, sweep_to: float) -> None:
         if end >= sweep_to and outcome.complete:
@@ -666,6 +713,9 @@ class AccountPoller:
             watermark = self._state.watermark(self.name, WATERMARK_STREAMS)
             last_catch_up = self._last_catch_up
             in_window: tuple[dict[str, int], int] | None = None
+            budgets: tuple[BudgetValue, ...] | None = None
+            if window and self.live:
+                budgets = self._budget_values(self._clock())
             if window:
                 since = self._clock() - self._polling.window
                 in_window = (
@@ -695,6 +745,8 @@ class AccountPoller:
                     a = replace(a, counts=counts)
                 if recent is not None:
                     a = replace(a, recent=recent)
+                if budgets is not None:
+                    a = replace(a, budgets=budgets)
                 return a if change is None else change(a)
 
             size = self._state.size_bytes() if window else None

@@ -58,6 +58,18 @@ class AuditResult:
         return None if self.neo_credits is None else self.neo_credits - self.counted_credits
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetValue:
+    """One budget's figures for its current period (config budgets:)."""
+
+    name: str
+    unit: str  # "credits" | "usd"
+    limit: float
+    spent: float  # of the streams created in [start, now], as counted
+    start: float  # the current period's [start, end), Unix seconds
+    end: float
+
+
 # Account-level endpoints, each read on its own interval (see exporter.account_info).
 
 
@@ -96,6 +108,8 @@ class AccountSnapshot:
     audit: AuditResult | None = None
     # The spend of the streams that ended lately, by trailing window (empty until live).
     recent: tuple[RecentSpend, ...] = ()
+    # Published once the account is live (its first whole read is complete).
+    budgets: tuple[BudgetValue, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from exporter import catalogue as m
-from exporter.config import Config, LabelLimits, TeamsConfig
+from exporter.config import UNASSIGNED_TEAM, Config, LabelLimits, TeamsConfig
 from exporter.counting import (
     RECENT_TOP,
     Counted,
@@ -646,6 +646,35 @@ class State:
             ]
         return len(credits), math.fsum(credits)
 
+    def spent(
+        self,
+        account: str,
+        start: float,
+        end: float,
+        *,
+        usd: bool,
+        team: str | None = None,
+        model: str | None = None,
+    ) -> float:
+        """Credits (or, with `usd`, the BYOK LLM cost) of the streams created in [start, end),
+        of `team` and `model` when given: a budget's spend, as counted (revisions included).
+
+        One range read of the (account, created_ts) index per budget.
+        """
+        column = "llm_cost" if usd else "credits"
+        where = ["account = ?", "created_ts >= ?", "created_ts < ?"]
+        params: list[object] = [account, start, end]
+        for name, value in (("team", team), ("model", model)):
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT TOTAL({column}) FROM streams WHERE {' AND '.join(where)}",  # noqa: S608
+                params,
+            ).fetchone()
+        return float(row[0])
+
     def seen_streams(self, account: str) -> int:
         with self._lock:
             return sum(self._account(account).seen_by_status.values())
@@ -677,14 +706,15 @@ class State:
             work = PendingChanges(acct, self._limits, self._bounds, now)
             if batch:
                 work.start_revisions()
+                work.start_teams(self._team_names())
             new_rows: list[tuple[object, ...]] = []
-            changed_rows: list[tuple[object, ...]] = []
             revised: list[StreamRecord] = []
             who = self._attribution
             for stream_id, record in batch.items():
                 known = existing.get(stream_id)
                 if known is None:
-                    status, amounts, counted_json = work.add(record)
+                    team = who.teams.team_of(record.email)
+                    status, amounts, counted_json = work.add(record, team)
                     new_rows.append(
                         (
                             account,
@@ -699,7 +729,7 @@ class State:
                             record.task_id,
                             record.task_title if who.titles else None,
                             record.model,
-                            who.teams.team_of(record.email),
+                            team,
                             record.email if who.members else None,
                             record.ended_ts,
                         )
@@ -710,58 +740,91 @@ class State:
                     result.duplicates += 1
                     continue
                 revised.append(record)
-            stored_of = self._counted_of(account, [r.stream_id for r in revised])
-            for record in revised:
-                stream_id, stored = record.stream_id, stored_of[record.stream_id]
-                if stored is None:
-                    # A row of schema version 1: its counted values were not kept, so this
-                    # version becomes its baseline (see _migrate_from_1).
-                    counted, lowered = work.baseline(record), False
-                else:
-                    before = Counted.loads(stored)
-                    counted, lowered, events = work.revise(before, record)
-                    if events or counted != before:
-                        result.changed += 1
-                        result.changed_ids.append(stream_id)
-                        if lowered:
-                            result.decreased_ids.append(stream_id)
-                        result.repairs.update(record.repairs)
-                        work.count_changed()
-                    # Else only what no metric reads changed (its bytes: another field, or
-                    # a fingerprint of an older make-up): the new fingerprint is kept alone.
-                changed_rows.append(
-                    (
-                        record.fingerprint,
-                        counted.dumps(),
-                        counted.amounts[1],
-                        counted.amounts[2],
-                        counted.amounts[3],
-                        account,
-                        stream_id,
-                    )
-                )
+            changed_rows = self._revise(account, work, revised, result)
             result.new = len(new_rows)
             work.freeze()
             if new_rows or changed_rows:
                 self._commit(account, acct, work, new_rows, changed_rows)
             return result
 
+    def _revise(
+        self, account: str, work: PendingChanges, revised: list[StreamRecord], result: IngestResult
+    ) -> list[tuple[object, ...]]:
+        """Count the revisions of seen streams into `work`; their rows' new values."""
+        changed_rows: list[tuple[object, ...]] = []
+        stored_of = self._counted_of(account, [r.stream_id for r in revised])
+        for record in revised:
+            stream_id = record.stream_id
+            stored, first_team = stored_of[stream_id]
+            if stored is None:
+                # A row of schema version 1: its counted values were not kept, so this
+                # version becomes its baseline (see _migrate_from_1).
+                counted, lowered = work.baseline(record), False
+            else:
+                before = Counted.loads(stored)
+                # Increases go to the team it was first counted under, whatever the
+                # config or the row's email say now.
+                counted, lowered, events = work.revise(before, record, first_team)
+                if events or counted != before:
+                    result.changed += 1
+                    result.changed_ids.append(stream_id)
+                    if lowered:
+                        result.decreased_ids.append(stream_id)
+                    result.repairs.update(record.repairs)
+                    work.count_changed()
+                # Else only what no metric reads changed (its bytes: another field, or
+                # a fingerprint of an older make-up): the new fingerprint is kept alone.
+            changed_rows.append(
+                (
+                    record.fingerprint,
+                    counted.dumps(),
+                    counted.amounts[1],
+                    counted.amounts[2],
+                    counted.amounts[3],
+                    account,
+                    stream_id,
+                )
+            )
+        return changed_rows
+
+    def _team_names(self) -> tuple[str, ...]:
+        return (*self._attribution.teams.names, UNASSIGNED_TEAM)
+
+    def start_teams(self, account: str, now: float) -> None:
+        """Give `account` a team counter at 0 for every configured team (and `unassigned`)
+        that has none yet: each known label set exists from the first publish, even before
+        a stream of it was counted."""
+        with self._lock:
+            acct = self._account(account)
+            work = PendingChanges(acct, self._limits, self._bounds, now)
+            work.start_teams(self._team_names())
+            work.freeze()
+            if work.counters:
+                self._commit(account, acct, work, [], [])
+
     def _existing(self, account: str, ids: Sequence[str]) -> dict[str, str]:
         """The fingerprints of the ids already seen (re-reads are mostly these)."""
         return dict(self._select(account, "fingerprint", ids))
 
-    def _counted_of(self, account: str, ids: Sequence[str]) -> dict[str, str | None]:
-        """What was counted for these seen ids (only revised ones need it)."""
-        return dict(self._select(account, "counted", ids))
+    def _counted_of(
+        self, account: str, ids: Sequence[str]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """What was counted for these seen ids, and the team they were counted under (only
+        revised ones need it)."""
+        return {
+            stream_id: (counted, team)
+            for stream_id, counted, team in self._select(account, "counted, team", ids)
+        }
 
-    def _select(self, account: str, column: str, ids: Sequence[str]) -> list[tuple[str, Any]]:
-        rows: list[tuple[str, Any]] = []
+    def _select(self, account: str, columns: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(stream_id, *columns) of the seen ones of `ids`."""
+        rows: list[tuple[Any, ...]] = []
         step = 500  # well under SQLite's host-parameter limit
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             marks = ",".join("?" * len(chunk))
             rows += self._db.execute(
-                f"SELECT stream_id, {column} FROM streams "  # noqa: S608
+                f"SELECT stream_id, {columns} FROM streams "  # noqa: S608
                 f"WHERE account = ? AND stream_id IN ({marks})",
                 (account, *chunk),
             ).fetchall()

@@ -131,7 +131,13 @@ def series_panel(
 
 
 def bars_panel(
-    title: str, description: str, unit: str, *queries: prom.Dataquery, w: int = 12, h: int = 8
+    title: str,
+    description: str,
+    unit: str,
+    *queries: prom.Dataquery,
+    w: int = 12,
+    h: int = 8,
+    time_from: str | None = None,
 ) -> bargauge.Panel:
     panel = (
         bargauge.Panel()
@@ -145,6 +151,8 @@ def bars_panel(
         .display_mode(common.BarGaugeDisplayMode.BASIC)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
     )
+    if time_from:
+        panel = panel.time_from(time_from)
     return with_queries(panel, *queries)
 
 
@@ -485,6 +493,84 @@ def spend_over_time_row() -> Iterator[Builder[Any]]:
     )
 
 
+def teams_row() -> Iterator[Builder[Any]]:
+    # Teams and budgets come from the config (teams:, budgets:); see docs/budgets.md. Team
+    # counters carry no model label: a stream counts for one team, whatever its model.
+    yield dash.Row("Teams and budgets (config teams: and budgets:; no model label)")
+    yield series_panel(
+        "Credit spend rate by team",
+        "Credits per hour, by the team of each stream's creator (unassigned: no team's "
+        "address, or no email).",
+        CREDITS_PER_HOUR,
+        query(
+            f"sum by (team) (rate(neo_team_credits_total{{{ACC}}}[$__rate_interval])) * 3600",
+            "{{team}}",
+        ),
+        stacked=True,
+    )
+    yield series_panel(
+        "USD spend rate by team (BYOK)",
+        "LLM cost paid to your provider plus Neo's platform fee, per hour, by team.",
+        USD,
+        query(
+            f"sum by (team) (rate(neo_team_llm_cost_usd_total{{{ACC}}}[$__rate_interval])"
+            f" + rate(neo_team_platform_cost_usd_total{{{ACC}}}[$__rate_interval])) * 3600",
+            "{{team}}",
+        ),
+        stacked=True,
+    )
+    yield series_panel(
+        "Budget burn-down",
+        "Each budget's spend in its current period (back to 0 when a period starts), the "
+        "forecast for the period's end (spend so far plus the last 6 hours' pace times the "
+        "time left) and the limit, in the budget's unit (credits or USD).",
+        "none",
+        query(f"max by (budget, unit) (neo_budget_spent{{{ACC}}})", "{{budget}} spent ({{unit}})"),
+        query(
+            f"max by (budget, unit) (account_budget:neo_budget_spent:forecast{{{ACC}}})",
+            "{{budget}} forecast ({{unit}})",
+        ),
+        query(f"max by (budget, unit) (neo_budget_limit{{{ACC}}})", "{{budget}} limit ({{unit}})"),
+        w=24,
+    )
+    yield bars_panel(
+        "Budgets spent ratio",
+        "Each budget's spend in its current period as a share of its limit.",
+        "percentunit",
+        query(
+            f"sort_desc(max by (budget) (neo_budget_spent{{{ACC}}} / neo_budget_limit{{{ACC}}}))",
+            "{{budget}}",
+            instant=True,
+        ),
+        w=8,
+    )
+    yield bars_panel(
+        "Credits month to date by team",
+        "Credits since the 1st of the month (UTC), by team.",
+        "none",
+        query(
+            f"sort_desc(sum by (team) (increase(neo_team_credits_total{{{ACC}}}[$__range])))",
+            "{{team}}",
+            instant=True,
+        ),
+        w=8,
+        time_from="now/M",
+    )
+    yield bars_panel(
+        "USD month to date by team (BYOK)",
+        "LLM cost plus platform fee since the 1st of the month (UTC), by team.",
+        USD,
+        query(
+            f"sort_desc(sum by (team) (increase(neo_team_llm_cost_usd_total{{{ACC}}}[$__range])"
+            f" + increase(neo_team_platform_cost_usd_total{{{ACC}}}[$__range])))",
+            "{{team}}",
+            instant=True,
+        ),
+        w=8,
+        time_from="now/M",
+    )
+
+
 def streams_row() -> Iterator[Builder[Any]]:
     yield dash.Row("Streams")
     yield series_panel(
@@ -735,6 +821,7 @@ def spend_overview() -> dash.Dashboard:
         spend_row(),
         balance_row(),
         spend_over_time_row(),
+        teams_row(),
         streams_row(),
         tools_row(),
         window_row(),

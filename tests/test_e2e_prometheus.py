@@ -158,6 +158,19 @@ def write_exporter_config(path: Path, fake_url: str, state: Path) -> Path:
         "http": {"backoff_base": "50ms", "backoff_max": "200ms"},
         "audit": {"interval": "2s"},
         "state": {"path": str(state)},
+        # The fake's people: alice is red, bob blue, the rest unassigned; one budget of the
+        # account and one of a team, for the teams and budgets panels and rules.
+        "teams": {"red": ["alice@example.com", "*@exämple.org"], "blue": ["bob@example.com"]},
+        "budgets": [
+            {"name": "acc-month", "account": ACCOUNT, "period": "month", "credits": 100000},
+            {
+                "name": "red-month",
+                "account": ACCOUNT,
+                "team": "red",
+                "period": "month",
+                "credits": 50,
+            },
+        ],
     }
     path.write_text(yaml.safe_dump(config))
     return path

@@ -1472,3 +1472,16 @@ def test_help_names_the_accepted_tokens_and_each_default() -> None:
     assert "fake-admin-token" in text
     assert "fake-member-token" in text
     assert "(default: 1000)" in text  # --streams
+
+
+def test_emails_switch_serves_its_addresses_null_for_none_and_a_truth_per_address() -> None:
+    emails = [("zoë@exämple.org", 2.0), ("bo@example.com", 1.0), ("", 1.0)]
+    neo = FakeNeo(seed=4, clock=lambda: 2_000_000.0, emails=emails)
+    rows = neo.generate(300, 1_900_000.0, 1_999_000.0, late_fraction=0.0)
+    assert {row["email"] for row in rows} == {"zoë@exämple.org", "bo@example.com", None}
+    by_email = neo.truth_by_email()
+    assert set(by_email) == {"zoë@exämple.org", "bo@example.com", None}
+    whole = neo.truth()
+    for field in ("streams", "credits", "llm_cost"):
+        parts = math.fsum(v for t in by_email.values() for v in getattr(t, field).values())
+        assert math.isclose(parts, math.fsum(getattr(whole, field).values()), rel_tol=1e-12)

@@ -61,6 +61,10 @@ command-line flag; quirks.py) that makes it behave otherwise, so that tests can 
   listings show. `truth_by(field)` (`/_fake/truth/groups?by=email|model|task_id`, same
   `from`, `to` and `listed_only`) sums the same streams' count and money per member, model
   or task, for the monthly report.
+- Who creates tasks. Default: the demo's eight people (`members=N` / `--members N`: N of them).
+  `emails=[(address, weight), ...]` / `--emails ADDR=WEIGHT,...`: those addresses, any
+  Unicode; an empty address is a task whose rows carry `"email": null`. `truth_by_email()`
+  (`/_fake/truth/by_email`) is the truth of each address's streams apart (teams, budgets).
 - When a row shows up: only once its execution has ended (`created_at + total_execution_ms`),
   and `late_fraction` / `--late-fraction` of them up to `max_late` / `--max-late` later.
 - A task's `created_at` and `model` are its first stream's, its `status` its latest

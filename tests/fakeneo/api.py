@@ -25,11 +25,14 @@ from exporter.api import (
 )
 from exporter.demo import (
     BadRequest,
+    People,
     Stream,
     credit_period,
     credits_body,
+    cumulative,
     int_param,
     iso_us,
+    names,
     parse_iso_us,
     time_param,
     to_us,
@@ -148,7 +151,8 @@ class FakeNeo:
     at most), `tie_seconds` (created_at at whole seconds, tasks in bursts, ties shuffled per
     request), `odd_fields` (share of streams with odd field forms), `revise` and
     `revise_after` (share of streams served lower first, and for how many seconds after they
-    become visible), `hide` (share of streams in Neo's books but never listed). Which streams
+    become visible), `hide` (share of streams in Neo's books but never listed), `emails`
+    (who creates tasks, weighted; "" for no email). Which streams
     a share picks depends only on the seed and the stream's id.
     """
 
@@ -173,6 +177,7 @@ class FakeNeo:
         revise: float = 0.0,
         revise_after: float = 5.0,
         hide: float = 0.0,
+        emails: Sequence[tuple[str, float]] | None = None,
     ) -> None:
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be asc or desc, not {order!r}")
@@ -201,7 +206,9 @@ class FakeNeo:
         self._cap = cap
         self._issued = issued_credits
         # members: how many team members create tasks (None: the demo's eight).
-        self._traffic = TieTraffic(seed, team(members), ties=tie_seconds)
+        # emails: who creates tasks, as (address, weight); "" is a task with no email (null).
+        people = team(members) if emails is None else People(names(emails), cumulative(emails))
+        self._traffic = TieTraffic(seed, people, ties=tie_seconds)
         # billing=False: the account is on no plan, and /billing/credits answers 404.
         self._billing = billing
         self.latency = latency
@@ -448,6 +455,37 @@ class FakeNeo:
         # Entries never change (replace_row swaps in a new one), so this needs no lock.
         rows = (_row(e, view) for e in entries)
         return [row for row in rows if _countable(row)]
+
+    def truth_by_email(
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        now: float | None = None,
+        listed_only: bool = False,
+    ) -> dict[str | None, Truth]:
+        """`truth()` of each creator's streams, by the row's `email` as served (None: no
+        email, or not a string)."""
+        with self._lock:
+            at = self._clock() if now is None else now
+            self._advance_live(at)
+            view = self._at(to_us(at))
+            entries = [
+                e
+                for e in self._rows
+                if e.visible_us <= view.now_us
+                and (isinstance(e, _Gen) or e.in_truth)
+                and not (listed_only and _hidden(e))
+                and (start is None or e.created_us / 1_000_000 >= start)
+                and (end is None or e.created_us / 1_000_000 <= end)
+            ]
+        groups: dict[str | None, list[dict[str, Any]]] = {}
+        for entry in entries:
+            row = _row(entry, view)
+            if _countable(row):
+                email = row.get("email")
+                groups.setdefault(email if isinstance(email, str) else None, []).append(row)
+        return {email: _compute_truth(rows) for email, rows in groups.items()}
 
     # --- requests -----------------------------------------------------------------------
 

@@ -139,9 +139,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cap", action="store_true", help="the user has no spending cap")
     parser.add_argument("--members", type=int, default=None, help="team members creating tasks")
     parser.add_argument(
+        "--emails",
+        type=_emails,
+        default=None,
+        metavar="ADDR=WEIGHT,...",
+        help="who creates tasks, with weights (an empty ADDR: tasks with no email)",
+    )
+    parser.add_argument(
         "--no-billing", action="store_true", help="no billing plan: /billing/credits answers 404"
     )
     return parser.parse_args(argv)
+
+
+def _emails(text: str) -> list[tuple[str, float]]:
+    """`ADDR=WEIGHT,...` as (address, weight) pairs; a bare ADDR weighs 1."""
+    pairs = []
+    for item in text.split(","):
+        address, _, weight = item.rpartition("=") if "=" in item else (item, "", "1")
+        pairs.append((address.strip(), float(weight)))
+    return pairs
 
 
 def _fake_of(args: argparse.Namespace) -> FakeNeo:
@@ -152,6 +168,7 @@ def _fake_of(args: argparse.Namespace) -> FakeNeo:
         latency=args.latency_ms / 1000,
         cap=None if args.no_cap else 500.0,
         members=args.members,
+        emails=args.emails,
         billing=not args.no_billing,
         from_inclusive=not args.from_exclusive,
         to_inclusive=not args.to_exclusive,

@@ -111,6 +111,15 @@ def _control(
                 listed_only=query.get("listed_only", "").lower() in ("1", "true", "yes"),
             ).items()
         },
+        # [[email or null, truth], ...]: each creator's streams apart (teams, budgets).
+        ("GET", "/_fake/truth/by_email"): lambda: [
+            [email, truth.to_json()]
+            for email, truth in neo.truth_by_email(
+                _time_arg(query.get("from")),
+                _time_arg(query.get("to")),
+                listed_only=query.get("listed_only", "").lower() in ("1", "true", "yes"),
+            ).items()
+        ],
         ("GET", "/_fake/requests"): lambda: [r.to_json() for r in neo.requests_log],
         ("DELETE", "/_fake/requests"): clear_log,
     }

@@ -69,6 +69,8 @@ def _stream_row(gen: _Gen, at: _At, *, detail: bool = True) -> dict[str, Any]:
     """A generated stream as the API sends it at `at`; without detail, less its breakdowns
     and history."""
     row = stream_row(gen.stream, detail=detail)
+    if not row["email"]:
+        row["email"] = None  # a task of no one (emails= with ""): the API sends null
     if at.seconds:
         row["created_at"] = _iso_s(gen.created_us)
     quirks = gen.quirks
@@ -108,7 +110,8 @@ def _attr(entry: _Entry, name: str) -> object:
             return entry.stream.status
         if name == "stream_id":
             return entry.stream.stream_id
-        return getattr(entry.stream.task, name, None)
+        value = getattr(entry.stream.task, name, None)
+        return None if name == "email" and not value else value  # "": served as null
     row = entry.row
     return row.get(name) if isinstance(row, dict) else None
 
