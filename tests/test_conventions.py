@@ -64,7 +64,11 @@ def test_every_metric_a_shipped_rule_or_panel_reads_is_served(tmp_path: Path) ->
             api,
             tmp_path / "state.db",
             metrics={"members": {"enabled": True}},
-        )
+            # The budget rules read the budget gauges: a config with a budget serves them.
+            teams={"red": ["alice@example.com"]},
+            budgets=[{"name": "acme-month", "account": "acme", "period": "month",
+                      "credits": 1000}],
+        )  # fmt: skip
         proc, url = start_exporter("--config.file", str(config), env=ENV)
         try:
             first = names_in(requests.get(f"{url}/metrics", timeout=10).text)

@@ -327,7 +327,7 @@ def test_a_state_on_a_read_only_file_system_is_told_to_move_not_to_chmod(tmp_pat
             check=False,
         )  # fmt: skip
         if "mount" in result.stderr and "exporter" not in result.stderr:
-            pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
+            unavailable(f"no mount namespace here: {result.stderr.strip()}")
         assert result.returncode == EXIT_STATE_NOT_WRITABLE, result.stderr
         assert (
             f"state.path: {volume} is on a read-only file system: point state.path at a "
