@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporter import catalogue
 from exporter.config import AlertThresholds, Config, config_from_mapping
 from exporter.counting import CounterValue, Counts, TopTask, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import CreditBalance, SpendingCap, parse_task
-from exporter import catalogue
 from exporter.snapshot import (
     AccountInfo,
     AuditResult,
