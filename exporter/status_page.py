@@ -40,7 +40,7 @@ TOP_TASKS_SHOWN = 5
 HOUR = 3600
 CHART_MAX_SECONDS = 7 * 86400  # as the poller publishes `hourly`
 CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM = 720, 110, 8, 16
-BUDGET_WIDTH = 320
+BUDGET_WIDTH = 240
 UNITS = {"credits": "credits", "usd": "USD"}
 DOCS = (
     ("configuration.md", "configuration, flags, exit codes"),
@@ -58,7 +58,8 @@ table{border-collapse:collapse;margin-bottom:1em}tr{border-bottom:1px solid #ddd
 .down,.headline.down{color:#8a0000}ul.problems li{margin:.2em 0}
 .muted{color:#666}code{background:#f4f4f4;padding:0 .2em}
 svg text{font-size:11px;fill:#555}.bar{fill:#3a78c2}.spent{fill:#3a78c2}
-.forecast{fill:#a9c6ea}.over{fill:#e8a0a0}.limit{stroke:#8a0000;stroke-width:2}"""
+.forecast{fill:#a9c6ea}.over{fill:#e8a0a0}.limit{stroke:#8a0000;stroke-width:2}
+.budgets td,.budgets th{white-space:nowrap}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +323,7 @@ def spend_chart(account: AccountSnapshot, now: float, window_seconds: float) -> 
     hours = last - first + 1
     step = (CHART_WIDTH - CHART_LEFT) / hours
     plot = CHART_HEIGHT - CHART_BOTTOM - 14  # room for the max label above
+    width = f"{max(step - 1, 1):.1f}"
     bars = []
     for hour, credits in sorted(by_hour.items()):
         tall = max(1.0, plot * credits / top)
@@ -329,8 +331,8 @@ def spend_chart(account: AccountSnapshot, now: float, window_seconds: float) -> 
         y = CHART_HEIGHT - CHART_BOTTOM - tall
         tip = f"{_hour(hour * HOUR)} UTC: {credits:,.1f} credits"
         bars.append(
-            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(step - 1, 1):.1f}" '
-            f'height="{tall:.1f}"><title>{html.escape(tip)}</title></rect>'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{width}" height="{tall:.1f}">'
+            f"<title>{html.escape(tip)}</title></rect>"
         )
     base = CHART_HEIGHT - CHART_BOTTOM
     label = f"max {top:,.1f} credits/hour"
@@ -339,7 +341,9 @@ def spend_chart(account: AccountSnapshot, now: float, window_seconds: float) -> 
         f'aria-label="credits per hour of {html.escape(account.name)}">'
         f'<text x="{CHART_LEFT}" y="10">{html.escape(label)}</text>'
         f'<line x1="{CHART_LEFT}" y1="{base}" x2="{CHART_WIDTH}" y2="{base}" stroke="#999"/>'
+        + '<g class="bar">'
         + "".join(bars)
+        + "</g>"
         + f'<text x="{CHART_LEFT}" y="{CHART_HEIGHT - 3}">{_hour(first * HOUR)}</text>'
         f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT - 3}" text-anchor="end">'
         f"{_hour(last * HOUR)} UTC</text></svg>"
@@ -373,9 +377,15 @@ def budget_row(budget: BudgetValue, now: float) -> str:
         f'<svg width="{BUDGET_WIDTH + 2}" height="18" role="img" '
         f'aria-label="{html.escape(budget.name)}">'
         f'<rect x="0" y="3" width="{BUDGET_WIDTH}" height="12" fill="#eee"/>'
-        f'<rect class="{"over" if over else "forecast"}" x="0" y="3" '
-        f'width="{width(ahead):.1f}" height="12"/>'
-        f'<rect class="spent" x="0" y="3" width="{width(budget.spent):.1f}" height="12"/>'
+        f'<rect class="forecast" x="0" y="3" width="{width(min(ahead, budget.limit)):.1f}" '
+        'height="12"/>'
+        + (
+            f'<rect class="over" x="{limit_x:.1f}" y="3" '
+            f'width="{width(ahead - budget.limit):.1f}" height="12"/>'
+            if over
+            else ""
+        )
+        + f'<rect class="spent" x="0" y="3" width="{width(budget.spent):.1f}" height="12"/>'
         f'<line class="limit" x1="{limit_x:.1f}" y1="0" x2="{limit_x:.1f}" y2="18"/></svg>'
     )
     cells = (
@@ -397,7 +407,8 @@ def budget_table(account: AccountSnapshot, now: float) -> str:
         return ""
     rows = "".join(budget_row(budget, now) for budget in account.budgets)
     return (
-        "<table><tr><th>budget</th><th>spent, forecast, limit</th><th>spent</th>"
+        '<table class="budgets"><tr><th>budget</th><th>spent, forecast, limit</th>'
+        "<th>spent</th>"
         "<th>forecast at period end</th><th>limit</th><th>period (UTC)</th></tr>"
         f"{rows}</table>"
         '<p class="muted">Forecast: spent + (spent &divide; elapsed) &times; remaining, the '
@@ -609,7 +620,7 @@ refreshes every {REFRESH_SECONDS}s.</p>
 <th>credits left</th><th>top tasks by credits</th></tr>
 {spend_rows}
 </table>
-<h2>Spend per hour, budgets and teams</h2>
+<h2 id="spend-per-hour">Spend per hour, budgets and teams</h2>
 <p class="muted">Credits of the streams that ended in each UTC hour (hover a bar for its
 figure); team totals since the counters began.</p>
 {charts}
