@@ -103,6 +103,7 @@ PROGRESS_EVERY = 5.0  # seconds between progress log lines of a long read
 LOGGED_SKIPS = 5  # per read; the rest are summed in one line
 MAX_SKIPS_REMEMBERED = 10_000  # bad rows told apart within a read (memory stays bounded)
 SLICE_FAILURES = 3  # sweeps in a row a slice may fail before it is skipped
+HOURLY_CHART_SECONDS = 7 * 86400  # the status page charts spend per hour over at most this
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,12 +725,16 @@ class AccountPoller:
                 )
             counts = self._state.counts(self.name) if self.live else None
             recent: tuple[RecentSpend, ...] | None = None
+            hourly: tuple[tuple[float, float], ...] | None = None
             if window and self.live:
                 now = self._clock()
                 recent = tuple(
                     self._state.recent_spend(self.name, now, label, seconds)
                     for label, seconds in RECENT_WINDOWS
                 )
+                # The status page's chart: a week at most keeps it a few KB.
+                chart = min(self._polling.window, HOURLY_CHART_SECONDS)
+                hourly = self._state.hourly_spend(self.name, now - chart)
 
             def publish(a: AccountSnapshot) -> AccountSnapshot:
                 a = replace(
@@ -745,6 +750,8 @@ class AccountPoller:
                     a = replace(a, counts=counts)
                 if recent is not None:
                     a = replace(a, recent=recent)
+                if hourly is not None:
+                    a = replace(a, hourly=hourly)
                 if budgets is not None:
                     a = replace(a, budgets=budgets)
                 return a if change is None else change(a)

@@ -110,6 +110,9 @@ class AccountSnapshot:
     recent: tuple[RecentSpend, ...] = ()
     # Published once the account is live (its first whole read is complete).
     budgets: tuple[BudgetValue, ...] = ()
+    # (hour start, credits) of the streams that ended in each UTC hour of the last
+    # min(window, 7 days), hours with none left out; for the status page's chart.
+    hourly: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -610,6 +610,18 @@ class State:
             window, seconds, credits, cost_usd, *task_ranks, *model_ranks, *member_ranks
         )
 
+    def hourly_spend(self, account: str, since: float) -> tuple[tuple[float, float], ...]:
+        """(hour start, credits) of the account's streams that ended after `since`, by the
+        UTC hour they ended in (as the recent-spend gauges count them); hours with none are
+        left out. One indexed range read (streams_by_end)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT CAST(ended_ts / 3600 AS INTEGER), SUM(credits) FROM streams "
+                "WHERE account = ? AND ended_ts > ? GROUP BY 1 ORDER BY 1",
+                (account, since),
+            ).fetchall()
+        return tuple((float(hour * 3600), float(credits)) for hour, credits in rows)
+
     def _older_by_status(self, account: str, before: float) -> list[tuple[str, int]]:
         return self._db.execute(
             "SELECT status, COUNT(*) FROM streams WHERE account = ? AND created_ts < ? "

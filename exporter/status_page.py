@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter import catalogue as m
 from exporter.api import ACCOUNT_ENDPOINTS, LISTINGS
 from exporter.config import AlertThresholds, Config, format_duration
 from exporter.snapshot import (
     AccountSnapshot,
     AuditResult,
+    BudgetValue,
     EndpointHealth,
     Snapshot,
 )
@@ -35,6 +37,11 @@ class PageContext:
 
 REFRESH_SECONDS = 30
 TOP_TASKS_SHOWN = 5
+HOUR = 3600
+CHART_MAX_SECONDS = 7 * 86400  # as the poller publishes `hourly`
+CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM = 720, 110, 8, 16
+BUDGET_WIDTH = 240
+UNITS = {"credits": "credits", "usd": "USD"}
 DOCS = (
     ("configuration.md", "configuration, flags, exit codes"),
     ("metrics.md", "metrics reference"),
@@ -49,7 +56,10 @@ table{border-collapse:collapse;margin-bottom:1em}tr{border-bottom:1px solid #ddd
 .healthy,.up{background:#dff5df}.degraded,.warn,.unavailable{background:#fff0c2}
 .down{background:#f8d0d0;font-weight:bold}.starting,.pending{background:#e6eefa}
 .down,.headline.down{color:#8a0000}ul.problems li{margin:.2em 0}
-.muted{color:#666}code{background:#f4f4f4;padding:0 .2em}"""
+.muted{color:#666}code{background:#f4f4f4;padding:0 .2em}
+svg text{font-size:11px;fill:#555}.bar{fill:#3a78c2}.spent{fill:#3a78c2}
+.forecast{fill:#a9c6ea}.over{fill:#e8a0a0}.limit{stroke:#8a0000;stroke-width:2}
+.budgets td,.budgets th{white-space:nowrap}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +297,162 @@ def _spend_cells(account: AccountSnapshot, config: Config | None) -> list[Cell]:
     return [window, cap_cell, left_cell, top_cell]
 
 
+def _hour(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:00", time.gmtime(ts))
+
+
+def spend_chart(account: AccountSnapshot, now: float, window_seconds: float) -> str:
+    """Credits per UTC hour (of the streams that ended in it) as an inline SVG bar chart.
+
+    One rect per hour with spend, each with a <title> for hover text; hours without spend are
+    gaps. No script, no external asset: the page works offline and under a strict CSP.
+    """
+    span = min(window_seconds, CHART_MAX_SECONDS) if window_seconds > 0 else CHART_MAX_SECONDS
+    last = int(now // HOUR)
+    first = int((now - span) // HOUR) + 1
+    by_hour: dict[int, float] = {}
+    for start, credits in account.hourly:
+        # A stream whose end is ahead of our clock has happened: it goes in the current hour.
+        hour = min(int(start // HOUR), last)
+        if hour >= first:
+            by_hour[hour] = by_hour.get(hour, 0.0) + credits
+    by_hour = {hour: credits for hour, credits in by_hour.items() if credits > 0}
+    if not by_hour:
+        return '<p class="muted">no spend yet in the last ' + format_duration(round(span)) + "</p>"
+    top = max(by_hour.values())
+    hours = last - first + 1
+    step = (CHART_WIDTH - CHART_LEFT) / hours
+    plot = CHART_HEIGHT - CHART_BOTTOM - 14  # room for the max label above
+    width = f"{max(step - 1, 1):.1f}"
+    bars = []
+    for hour, credits in sorted(by_hour.items()):
+        tall = max(1.0, plot * credits / top)
+        x = CHART_LEFT + (hour - first) * step
+        y = CHART_HEIGHT - CHART_BOTTOM - tall
+        tip = f"{_hour(hour * HOUR)} UTC: {credits:,.1f} credits"
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{width}" height="{tall:.1f}">'
+            f"<title>{html.escape(tip)}</title></rect>"
+        )
+    base = CHART_HEIGHT - CHART_BOTTOM
+    label = f"max {top:,.1f} credits/hour"
+    return (
+        f'<svg class="chart" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" role="img" '
+        f'aria-label="credits per hour of {html.escape(account.name)}">'
+        f'<text x="{CHART_LEFT}" y="10">{html.escape(label)}</text>'
+        f'<line x1="{CHART_LEFT}" y1="{base}" x2="{CHART_WIDTH}" y2="{base}" stroke="#999"/>'
+        + '<g class="bar">'
+        + "".join(bars)
+        + "</g>"
+        + f'<text x="{CHART_LEFT}" y="{CHART_HEIGHT - 3}">{_hour(first * HOUR)}</text>'
+        f'<text x="{CHART_WIDTH}" y="{CHART_HEIGHT - 3}" text-anchor="end">'
+        f"{_hour(last * HOUR)} UTC</text></svg>"
+    )
+
+
+def forecast(budget: BudgetValue, now: float) -> float:
+    """The spend at the period's end at the period's average pace so far (the recording
+    rule uses the last 6 h's rate instead: docs/budgets.md)."""
+    elapsed = min(now, budget.end) - budget.start
+    remaining = budget.end - max(now, budget.start)
+    if elapsed <= 0 or remaining <= 0:
+        return budget.spent
+    return budget.spent + budget.spent / elapsed * remaining
+
+
+def budget_row(budget: BudgetValue, now: float) -> str:
+    """One budget: a bar of spent (dark) and forecast (light) against the limit (red line),
+    and the numbers with their unit."""
+    unit = UNITS.get(budget.unit, budget.unit)
+    ahead = forecast(budget, now)
+    scale = max(budget.limit, ahead, budget.spent) or 1.0
+
+    def width(value: float) -> float:
+        return BUDGET_WIDTH * value / scale
+
+    limit_x = width(budget.limit)
+    over = ahead > budget.limit
+    level = "down" if budget.spent >= budget.limit else "warn" if over else ""
+    bar = (
+        f'<svg width="{BUDGET_WIDTH + 2}" height="18" role="img" '
+        f'aria-label="{html.escape(budget.name)}">'
+        f'<rect x="0" y="3" width="{BUDGET_WIDTH}" height="12" fill="#eee"/>'
+        f'<rect class="forecast" x="0" y="3" width="{width(min(ahead, budget.limit)):.1f}" '
+        'height="12"/>'
+        + (
+            f'<rect class="over" x="{limit_x:.1f}" y="3" '
+            f'width="{width(ahead - budget.limit):.1f}" height="12"/>'
+            if over
+            else ""
+        )
+        + f'<rect class="spent" x="0" y="3" width="{width(budget.spent):.1f}" height="12"/>'
+        f'<line class="limit" x1="{limit_x:.1f}" y1="0" x2="{limit_x:.1f}" y2="18"/></svg>'
+    )
+    cells = (
+        f"{budget.spent:,.2f} {unit}",
+        f"{ahead:,.2f} {unit}",
+        f"{budget.limit:,.2f} {unit}",
+        f"{_utc(budget.start)[:10]} to {_utc(budget.end)[:10]}",
+    )
+    klass = f' class="{level}"' if level else ""
+    return (
+        f"<tr><th>{html.escape(budget.name)}</th><td>{bar}</td>"
+        + "".join(f"<td{klass if i < 2 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells))
+        + "</tr>"
+    )
+
+
+def budget_table(account: AccountSnapshot, now: float) -> str:
+    if not account.budgets:
+        return ""
+    rows = "".join(budget_row(budget, now) for budget in account.budgets)
+    return (
+        '<table class="budgets"><tr><th>budget</th><th>spent, forecast, limit</th>'
+        "<th>spent</th>"
+        "<th>forecast at period end</th><th>limit</th><th>period (UTC)</th></tr>"
+        f"{rows}</table>"
+        '<p class="muted">Forecast: spent + (spent &divide; elapsed) &times; remaining, the '
+        "period's average pace so far. The NeoBudgetForecastOverrun alert's recording rule "
+        "uses the last 6 hours' rate instead (docs/budgets.md).</p>"
+    )
+
+
+TEAM_COLUMNS = (
+    (m.TEAM_STREAMS.name, "streams", "{:,.0f}"),
+    (m.TEAM_CREDITS.name, "credits", "{:,.1f}"),
+    (m.TEAM_LLM_COST_USD.name, "BYOK LLM cost", "{:,.2f} USD"),
+)
+
+
+def team_table(account: AccountSnapshot) -> str:
+    """Team totals since the counters began, from the account's team counters."""
+    teams: dict[str, dict[str, float]] = {}
+    names = {name for name, _, _ in TEAM_COLUMNS}
+    for (metric, labels), value in account.counts.counters.items():
+        if metric in names and labels:
+            teams.setdefault(labels[0], {})[metric] = value.value
+    if not teams:
+        return ""
+    head = "".join(f"<th>{title}</th>" for _, title, _ in TEAM_COLUMNS)
+    rows = "".join(
+        f"<tr><th>{html.escape(team)}</th>"
+        + "".join(f"<td>{fmt.format(values.get(name, 0.0))}</td>" for name, _, fmt in TEAM_COLUMNS)
+        + "</tr>"
+        for team, values in sorted(teams.items())
+    )
+    return f"<table><tr><th>team</th>{head}</tr>{rows}</table>"
+
+
+def spend_section(account: AccountSnapshot, now: float, window_seconds: float) -> str:
+    """The account's chart of credits per hour, its budgets and its teams."""
+    return (
+        f"<h3>{html.escape(account.name)}</h3>"
+        + spend_chart(account, now, window_seconds)
+        + budget_table(account, now)
+        + team_table(account)
+    )
+
+
 def _thresholds_of(name: str, config: Config | None) -> AlertThresholds | None:
     if config is None:
         return None
@@ -381,6 +547,9 @@ def landing_page(snapshot: Snapshot, now: float, page: PageContext | None = None
         + "</tr>"
         for account in snapshot.accounts
     )
+    charts = "\n".join(
+        spend_section(account, now, snapshot.window_seconds) for account in snapshot.accounts
+    )
     status_sections = "\n".join(
         f"<h3>{html.escape(account.name)}</h3><table>"
         + "".join(
@@ -451,6 +620,10 @@ refreshes every {REFRESH_SECONDS}s.</p>
 <th>credits left</th><th>top tasks by credits</th></tr>
 {spend_rows}
 </table>
+<h2 id="spend-per-hour">Spend per hour, budgets and teams</h2>
+<p class="muted">Credits of the streams that ended in each UTC hour (hover a bar for its
+figure); team totals since the counters began.</p>
+{charts}
 <h2>Accounts</h2>
 {status_sections}
 <h2>State</h2>

@@ -674,6 +674,36 @@ def test_recent_spend_counts_streams_by_when_they_ended_and_names_the_top_tasks(
     assert_absent(samples, "neo_recent_top_member_credits", account="acme")  # members off
 
 
+def test_recent_spend_by_hour_is_the_credits_of_the_streams_ended_in_each_hour_of_a_week_at_most(
+    neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
+) -> None:
+    from exporter.models import parse_timestamp
+
+    rows = neo.generate(400, T0 - 9 * DAY, T0 - 1, late_fraction=0.0)
+    rows += neo.generate(20, T0 - 3000, T0 - 1, late_fraction=0.0)
+    exporter = make_exporter(make_config(fake.url, window="10d"))
+    assert exporter.pollers[0].poll_once()
+    hourly = exporter.store.account("acme").hourly
+    # The status page's chart: a week, though the window is longer.
+    since = clock() - 7 * DAY
+    want: dict[float, float] = {}
+    for row in rows:
+        ended = parse_timestamp(row["created_at"]) + float(row["total_execution_ms"]) / 1000
+        if ended > since:
+            hour = ended // 3600 * 3600
+            want[hour] = want.get(hour, 0.0) + float(row["neo_credits"])
+    assert len(want) > 24, "too few hours with spend: the test shows little"
+    assert [start for start, _ in hourly] == sorted(want)
+    for start, credits in hourly:
+        assert credits == pytest.approx(want[start], rel=1e-12)
+    # The same streams as the recent-spend gauges: the hours that cover the last hour hold at
+    # least its spend.
+    recent = sample(scrape(exporter.registry), "neo_recent_credits", account="acme", window="1h")
+    assert recent > 0, "no stream ended in the last hour: the test shows nothing"
+    covering = (clock() - 3600) // 3600 * 3600
+    assert sum(c for start, c in hourly if start >= covering) >= recent - 1e-9
+
+
 def test_a_late_backlog_raises_the_counters_but_not_the_recent_spend(
     neo: FakeNeo, fake: FakeNeoServer, make_exporter: Any, clock: ManualClock
 ) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+import time
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporter import catalogue
 from exporter.config import AlertThresholds, Config, config_from_mapping
 from exporter.counting import CounterValue, Counts, TopTask, TopTasks
 from exporter.instrumentation import ExporterMetrics
@@ -19,11 +21,20 @@ from exporter.models import CreditBalance, SpendingCap, parse_task
 from exporter.snapshot import (
     AccountInfo,
     AuditResult,
+    BudgetValue,
     EndpointHealth,
     SnapshotStore,
 )
 from exporter.state import StateHealth
-from exporter.status_page import Cell, PageContext, headline, landing_page, status_rows
+from exporter.status_page import (
+    Cell,
+    PageContext,
+    forecast,
+    headline,
+    landing_page,
+    spend_chart,
+    status_rows,
+)
 from tests.conftest import parse_exposition, sample
 
 NOW = 1_800_000_000.0
@@ -261,3 +272,125 @@ def test_alert_thresholds_are_exported_per_account_from_the_config() -> None:
     names = {dict(k)["threshold"] for (n, k) in samples if n == "neo_alert_threshold"}
     assert names == {f.name for f in dataclasses.fields(AlertThresholds)}
     assert not re.search(TOKEN, generate_latest(registry).decode())
+
+
+HOUR = 3600.0
+THIS_HOUR = NOW // HOUR * HOUR
+# Credits per hour start: two quiet hours in between (gaps), one hour of zero-credit streams.
+HOURLY = (
+    (THIS_HOUR - 5 * HOUR, 12.5),
+    (THIS_HOUR - 4 * HOUR, 0.0),
+    (THIS_HOUR - HOUR, 40.25),
+    (THIS_HOUR, 3.0),
+)
+BUDGETS = (
+    # Half way through a 10-day period, 30 of 100 credits spent: 60 forecast.
+    BudgetValue("acc-month", "credits", 100.0, 30.0, NOW - 5 * 86400, NOW + 5 * 86400),
+    # A quarter through, 9 of 20 USD spent: 36 forecast, over the limit.
+    BudgetValue("red-usd", "usd", 20.0, 9.0, NOW - 86400, NOW + 3 * 86400),
+)
+TEAMS = {
+    (catalogue.TEAM_STREAMS.name, ("red",)): 7.0,
+    (catalogue.TEAM_CREDITS.name, ("red",)): 55.5,
+    (catalogue.TEAM_LLM_COST_USD.name, ("red",)): 1.25,
+    (catalogue.TEAM_STREAMS.name, ("unassigned",)): 2.0,
+    (catalogue.TEAM_CREDITS.name, ("unassigned",)): 0.75,
+    (catalogue.TEAM_LLM_COST_USD.name, ("unassigned",)): 0.0,
+}
+
+
+def spending_store() -> SnapshotStore:
+    snapshots = store("acc", "quiet")
+    counts = Counts({key: CounterValue(value, STARTED) for key, value in TEAMS.items()}, {})
+    snapshots.update("acc", lambda a: replace(a, hourly=HOURLY, budgets=BUDGETS, counts=counts))
+    return snapshots
+
+
+def section(page: str, account: str) -> str:
+    """The account's part of the spend-per-hour section."""
+    part = page.split(">Spend per hour, budgets and teams</h2>", 1)[1].split("<h2>", 1)[0]
+    return part.split(f"<h3>{account}</h3>", 1)[1].split("<h3>", 1)[0]
+
+
+def test_the_hourly_chart_is_inline_svg_with_a_bar_per_hour_that_spent() -> None:
+    page = landing_page(spending_store().get(), NOW)
+    chart = section(page, "acc")
+    assert chart.count("<svg") >= 1 and "<script" not in page.lower()
+    assert not re.search(r"(?:src|href)=\"https?:", page), "an external asset"
+    bars = re.findall(r"<rect [^>]*><title>([^<]*)</title></rect>", chart)
+    spent = [(start, credits) for start, credits in HOURLY if credits > 0]
+    assert len(bars) == len(spent)
+    for (start, credits), title in zip(spent, bars, strict=True):
+        hour = time.strftime("%Y-%m-%d %H:00", time.gmtime(start))
+        assert title == f"{hour} UTC: {credits:,.1f} credits"
+    assert f"max {max(c for _, c in HOURLY):,.1f} credits/hour" in chart
+    # The axis runs over the whole window (a day here), ending at the current hour.
+    first = time.strftime("%Y-%m-%d %H:00", time.gmtime(THIS_HOUR - 23 * HOUR))
+    assert f">{first}</text>" in chart
+    assert f">{time.strftime('%Y-%m-%d %H:00', time.gmtime(THIS_HOUR))} UTC</text>" in chart
+    assert len(chart.split("<table")[0]) < 4000, "the chart should stay a few KB"
+
+
+def test_a_bar_is_taller_the_more_its_hour_spent() -> None:
+    heights = {
+        title: float(height)
+        for height, title in re.findall(
+            r'height="([\d.]+)"><title>([^<]*)</title>',
+            spend_chart(spending_store().account("acc"), NOW, 86400.0),
+        )
+    }
+    by_credits = sorted(heights, key=lambda t: float(t.rsplit(": ", 1)[1].split()[0]))
+    assert [heights[t] for t in by_credits] == sorted(heights.values())
+    assert len(set(heights.values())) == len(heights)
+
+
+def test_an_account_with_no_spend_yet_says_so_instead_of_an_empty_chart() -> None:
+    quiet = section(landing_page(spending_store().get(), NOW), "quiet")
+    assert "no spend yet in the last 1d" in quiet and "<svg" not in quiet
+    # Spend older than the chart's span is not shown either.
+    snapshots = store("old")
+    snapshots.update("old", lambda a: replace(a, hourly=((THIS_HOUR - 30 * HOUR, 5.0),)))
+    assert "no spend yet" in spend_chart(snapshots.account("old"), NOW, 86400.0)
+
+
+def test_each_budget_shows_spent_forecast_and_limit_with_its_unit() -> None:
+    part = section(landing_page(spending_store().get(), NOW), "acc")
+    for budget in BUDGETS:
+        unit = {"credits": "credits", "usd": "USD"}[budget.unit]
+        row = part.split(f"<th>{budget.name}</th>", 1)[1].split("</tr>", 1)[0]
+        elapsed, remaining = NOW - budget.start, budget.end - NOW
+        ahead = budget.spent + budget.spent / elapsed * remaining
+        assert forecast(budget, NOW) == ahead
+        for value in (budget.spent, ahead, budget.limit):
+            assert f"{value:,.2f} {unit}" in row
+        assert row.count("<svg") == 1
+    assert "average pace so far" in part and "last 6 hours" in part
+    # The forecast over its limit is flagged; the one under it is not.
+    over = part.split("<th>red-usd</th>", 1)[1].split("</tr>", 1)[0]
+    under = part.split("<th>acc-month</th>", 1)[1].split("</tr>", 1)[0]
+    assert 'class="warn"' in over and 'class="over"' in over
+    assert 'class="warn"' not in under and 'class="over"' not in under
+
+
+def test_a_budget_spent_to_its_limit_is_shown_as_exceeded() -> None:
+    budget = BudgetValue("tight", "credits", 10.0, 10.0, NOW - 3600, NOW + 3600)
+    snapshots = store("acc")
+    snapshots.update("acc", lambda a: replace(a, budgets=(budget,)))
+    row = section(landing_page(snapshots.get(), NOW), "acc").split("<th>tight</th>", 1)[1]
+    assert '<td class="down">10.00 credits</td>' in row
+    # Before the period starts elapsed time is nil: the forecast is what was spent.
+    ahead = BudgetValue("next", "usd", 10.0, 0.0, NOW + 60, NOW + 3600)
+    assert forecast(ahead, NOW) == 0.0
+
+
+def test_team_totals_come_from_the_team_counters() -> None:
+    part = section(landing_page(spending_store().get(), NOW), "acc")
+    for team in ("red", "unassigned"):
+        row = part.split(f"<tr><th>{team}</th>", 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r"<td>([^<]*)</td>", row)
+        assert cells == [
+            f"{TEAMS[(catalogue.TEAM_STREAMS.name, (team,))]:,.0f}",
+            f"{TEAMS[(catalogue.TEAM_CREDITS.name, (team,))]:,.1f}",
+            f"{TEAMS[(catalogue.TEAM_LLM_COST_USD.name, (team,))]:,.2f} USD",
+        ]
+    assert "<th>team</th>" not in section(landing_page(spending_store().get(), NOW), "quiet")
