@@ -466,25 +466,10 @@ class FakeNeo:
     ) -> dict[str | None, Truth]:
         """`truth()` of each creator's streams, by the row's `email` as served (None: no
         email, or not a string)."""
-        with self._lock:
-            at = self._clock() if now is None else now
-            self._advance_live(at)
-            view = self._at(to_us(at))
-            entries = [
-                e
-                for e in self._rows
-                if e.visible_us <= view.now_us
-                and (isinstance(e, _Gen) or e.in_truth)
-                and not (listed_only and _hidden(e))
-                and (start is None or e.created_us / 1_000_000 >= start)
-                and (end is None or e.created_us / 1_000_000 <= end)
-            ]
         groups: dict[str | None, list[dict[str, Any]]] = {}
-        for entry in entries:
-            row = _row(entry, view)
-            if _countable(row):
-                email = row.get("email")
-                groups.setdefault(email if isinstance(email, str) else None, []).append(row)
+        for row in self._truth_rows(start, end, now, listed_only):
+            email = row.get("email")
+            groups.setdefault(email if isinstance(email, str) else None, []).append(row)
         return {email: _compute_truth(rows) for email, rows in groups.items()}
 
     # --- requests -----------------------------------------------------------------------
