@@ -243,6 +243,14 @@ def _month(text: str) -> str:
     return f"{year:04d}-{month:02d}"
 
 
+def _load_subcommand_config(path: str | None) -> Config:
+    """The config of `history` or `report`, its warnings logged."""
+    config = load_config(path, os.environ)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
 def report_main(argv: Sequence[str], stop: threading.Event) -> int:
     """`neo-exporter report`: the report on stdout or in --output, Neo's figures on stderr."""
     args = parse_report_args(argv)
@@ -255,9 +263,7 @@ def report_main(argv: Sequence[str], stop: threading.Event) -> int:
         accounts=tuple(args.accounts),
     )
     try:
-        config = load_config(args.config_file, os.environ)
-        for warning in config.warnings:
-            log.warning("%s", warning)
+        config = _load_subcommand_config(args.config_file)
         report = run_report(config, options, stop=stop)
         text = render(report, options.format)
         if options.output is None:
@@ -323,9 +329,7 @@ def history_main(argv: Sequence[str], stop: threading.Event) -> int:
         target_labels=tuple(args.labels),
     )
     try:
-        config = load_config(args.config_file, os.environ)
-        for warning in config.warnings:
-            log.warning("%s", warning)
+        config = _load_subcommand_config(args.config_file)
         summary = run_history(config, options, stop=stop)
     except ConfigError as exc:
         print(f"neo-exporter: configuration error:\n{exc}", file=sys.stderr)

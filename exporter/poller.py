@@ -56,7 +56,7 @@ from exporter.client import (
     Stopped,
 )
 from exporter.config import AccountConfig, BudgetConfig, PollingConfig
-from exporter.counting import RECENT_WINDOWS, RecentSpend, TopTasks
+from exporter.counting import RECENT_WINDOWS, Counts, RecentSpend, TopTasks
 from exporter.instrumentation import ExporterMetrics
 from exporter.models import (
     RowError,
@@ -253,6 +253,10 @@ class AccountPoller:
         self._sweep_needed = False  # a catch-up could not reach its watermark: sweep now
         self._slice_failures = 0
         self._last_catch_up: float | None = None
+        # The status page's hourly chart, and the commit and hour it was read at.
+        self._chart: tuple[tuple[float, float], ...] = ()
+        self._chart_counts: Counts | None = None
+        self._chart_hour = -1
         self._settled = False  # a first result (data or a failure) has been published
         try:
             # Every team's counters exist at 0 before its first stream (else the first
@@ -732,9 +736,15 @@ class AccountPoller:
                     self._state.recent_spend(self.name, now, label, seconds)
                     for label, seconds in RECENT_WINDOWS
                 )
-                # The status page's chart: a week at most keeps it a few KB.
-                chart = min(self._polling.window, HOURLY_CHART_SECONDS)
-                hourly = self._state.hourly_spend(self.name, now - chart)
+                # The status page's chart: a week at most keeps it a few KB. It reads a
+                # week of rows, so it is read again only after a commit or when the hour
+                # turns, not at every idle poll (the oldest bar may lag an hour behind).
+                hour = math.floor(now / 3600)
+                if counts is not self._chart_counts or hour != self._chart_hour:
+                    chart = min(self._polling.window, HOURLY_CHART_SECONDS)
+                    self._chart = self._state.hourly_spend(self.name, now - chart)
+                    self._chart_counts, self._chart_hour = counts, hour
+                hourly = self._chart
 
             def publish(a: AccountSnapshot) -> AccountSnapshot:
                 a = replace(
