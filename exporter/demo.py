@@ -42,6 +42,7 @@ from exporter.api import (
     TASKS_PATH,
     USER_PATH,
 )
+from exporter.server import PromptShutdown
 
 ADMIN_TOKEN = "fake-admin-token"  # noqa: S105 (the fake's own)
 ADMIN_EMAIL = "admin@example.com"
@@ -857,7 +858,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class ApiServer(ThreadingHTTPServer):
+class ApiServer(PromptShutdown, ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # many clients connecting at once must not be refused
 
@@ -924,7 +925,6 @@ class DemoServer:
             self._server = ApiServer(self._address, self._api, self.handler)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
                 name="fake-neo-api",
                 daemon=True,
             )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import selectors
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -184,7 +186,52 @@ class ConnectionLimiter:
             conn.sock.shutdown(socket.SHUT_RDWR)
 
 
-class ExporterServer(ThreadingHTTPServer):
+class PromptShutdown(socketserver.TCPServer):
+    """A server whose `shutdown()` ends `serve_forever` at once.
+
+    socketserver's own loop notices a shutdown only when its select times out, half a
+    second by default: every stop of the exporter (and of each test's fake API) waited for
+    it. Here a byte on a socket pair wakes the select. Mixed in before the server class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.socket, selectors.EVENT_READ)
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                while not self._stop_requested.is_set():
+                    ready = {key.fileobj for key, _ in selector.select(poll_interval)}
+                    if self._stop_requested.is_set():
+                        break
+                    if self.socket in ready:
+                        # What socketserver's own loop calls (not in typeshed's stubs).
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+                    self.service_actions()
+        finally:
+            self._stop_requested.clear()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop `serve_forever` (running in another thread) and wait until it has."""
+        self._stop_requested.set()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"\0")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+
+class ExporterServer(PromptShutdown, ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(

@@ -17,7 +17,9 @@ from exporter.config import AlertThresholds
 from tests.processes import ROOT, require_tool
 from tests.repo_files import RULE_FILES, documented_metrics, metric_names, rule_groups, rules
 
-UNIT_TESTS = ROOT / "prometheus" / "tests" / "neo-alerts.test.yml"
+UNIT_TEST_DIR = ROOT / "prometheus" / "tests"
+# The alerts' unit tests; the budget alerts' run at a coarser evaluation interval.
+UNIT_TESTS = sorted(UNIT_TEST_DIR.glob("*.test.yml"))
 EXAMPLE_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 DOCS = ROOT / "docs" / "dashboards.md"
 THRESHOLD_PREFIX = "neo:threshold:"
@@ -49,7 +51,8 @@ def test_shipped_rule_files_pass_promtool_check() -> None:
 
 
 def test_promtool_unit_tests_of_the_alerts_pass() -> None:
-    run_promtool("test", "rules", str(UNIT_TESTS), cwd=UNIT_TESTS.parent)
+    assert len(UNIT_TESTS) == 2
+    run_promtool("test", "rules", *(path.name for path in UNIT_TESTS), cwd=UNIT_TEST_DIR)
 
 
 def test_example_prometheus_config_passes_promtool_check() -> None:
@@ -57,13 +60,14 @@ def test_example_prometheus_config_passes_promtool_check() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
-    tests = yaml.safe_load(UNIT_TESTS.read_text())
-    assert {str(Path(f).name) for f in tests["rule_files"]} == {p.name for p in RULE_FILES}
     firing: set[str] = set()
     quiet: set[str] = set()
-    for case in tests["tests"]:
-        for check in case.get("alert_rule_test", []):
-            (firing if check["exp_alerts"] else quiet).add(check["alertname"])
+    for path in UNIT_TESTS:
+        tests = yaml.safe_load(path.read_text())
+        assert {str(Path(f).name) for f in tests["rule_files"]} == {p.name for p in RULE_FILES}
+        for case in tests["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check["exp_alerts"] else quiet).add(check["alertname"])
     names = {alert["alert"] for alert in alerts()}
     assert names - firing == set(), "alerts without a firing test"
     assert names - quiet == set(), "alerts without a test where they must not fire"
@@ -126,11 +130,15 @@ def test_runbook_urls_are_absolute_and_share_one_base_that_one_command_sets(
     changed = script.set_base(copies, base)
     assert changed == sum(p.read_text().count("runbook_url") for p in copies)
     assert script.bases(copies) == {base}
-    for path in copies:
-        for url in re.findall(r"runbook_url: \"?(\S+?)\"?$", path.read_text(), re.MULTILINE):
+    for path, copy in zip(script.files(), copies, strict=True):
+        for url in re.findall(r"runbook_url: \"?(\S+?)\"?$", copy.read_text(), re.MULTILINE):
             assert re.fullmatch(rf"{re.escape(base)}/dashboards\.md#neo[a-z]+", url), url
-    # The rewritten tests still pass against the rewritten rules.
-    run_promtool("test", "rules", str(tmp_path / "tests" / UNIT_TESTS.name), cwd=tmp_path / "tests")
+        # Only the base changed, in the rules and in the tests' expected annotations alike.
+        assert copy.read_text() == path.read_text().replace(script.PLACEHOLDER, base)
+    # So the rewritten tests still pass against the rewritten rules: one file shows it (all
+    # of them would take promtool as long again as test_promtool_unit_tests_of_the_alerts_pass).
+    budget_tests = tmp_path / "tests" / "neo-budget-alerts.test.yml"
+    run_promtool("test", "rules", str(budget_tests), cwd=budget_tests.parent)
 
 
 def test_rules_only_use_documented_metric_names() -> None:

@@ -217,6 +217,24 @@ def serve() -> Iterator[object]:
         server.server_close()
 
 
+@pytest.mark.parametrize("served", [True, False], ids=["after_requests", "idle"])
+def test_shutdown_ends_the_accept_loop_at_once_whatever_its_poll_interval(served: bool) -> None:
+    """The stdlib loop would only notice the shutdown at its next poll, an hour away here."""
+    server = ExporterServer(("127.0.0.1", 0), CollectorRegistry(), SnapshotStore(("acme",), 60.0))
+    thread = threading.Thread(target=server.serve_forever, args=(3600.0,), daemon=True)
+    thread.start()
+    try:
+        if served:
+            assert requests.get(f"{server.url}/-/healthy", timeout=10).status_code == 200
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(10)
+        thread.join(10)
+        assert not stopper.is_alive() and not thread.is_alive()
+    finally:
+        server.server_close()
+
+
 def test_client_certificates_are_verified_and_their_sans_checked(pki: Pki, serve: object) -> None:
     web = web_config_from_mapping(
         {
