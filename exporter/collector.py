@@ -254,7 +254,8 @@ def budgets(snapshot: Snapshot) -> Iterator[Family]:
         for budget in account.budgets:
             with_unit = [account.name, budget.name, budget.unit]
             families[m.BUDGET_LIMIT].add_metric(with_unit, budget.limit)
-            families[m.BUDGET_SPENT].add_metric(with_unit, budget.spent)
+            if budget.spent is not None:  # None: not counted yet (a quiet first start)
+                families[m.BUDGET_SPENT].add_metric(with_unit, budget.spent)
             families[m.BUDGET_PERIOD_START_TIMESTAMP_SECONDS].add_metric(
                 [account.name, budget.name], budget.start
             )

@@ -461,21 +461,23 @@ class AccountPoller:
             return start
         return min([start, *self._period_starts(now)])
 
-    def _budget_values(self, now: float) -> tuple[BudgetValue, ...]:
-        """Each budget's spend over its current period, from the state: one indexed read of
-        the period's rows per budget."""
+    def _budget_values(self, now: float, *, spent: bool) -> tuple[BudgetValue, ...]:
+        """Each budget's period and, if `spent`, its spend over it, from the state: one
+        indexed read of the period's rows per budget."""
         values = []
         for budget in self._budgets:
             start, end = period_bounds(budget.period, now)
-            spent = self._state.spent(
-                self.name,
-                start,
-                end,
-                usd=budget.unit == "usd",
-                team=budget.team,
-                model=budget.model,
-            )
-            values.append(BudgetValue(budget.name, budget.unit, budget.limit, spent, start, end))
+            amount = None
+            if spent:
+                amount = self._state.spent(
+                    self.name,
+                    start,
+                    end,
+                    usd=budget.unit == "usd",
+                    team=budget.team,
+                    model=budget.model,
+                )
+            values.append(BudgetValue(budget.name, budget.unit, budget.limit, amount, start, end))
         return tuple(values)
 
     def _after_slice(self, outcome: ReadOutcome, end: float, sweep_to: float) -> None:
@@ -719,8 +721,9 @@ class AccountPoller:
             last_catch_up = self._last_catch_up
             in_window: tuple[dict[str, int], int] | None = None
             budgets: tuple[BudgetValue, ...] | None = None
-            if window and self.live:
-                budgets = self._budget_values(self._clock())
+            if window or not self._settled:
+                # The limits and periods are known before any read: there from the start.
+                budgets = self._budget_values(self._clock(), spent=self.live)
             if window:
                 since = self._clock() - self._polling.window
                 in_window = (

@@ -65,7 +65,9 @@ class BudgetValue:
     name: str
     unit: str  # "credits" | "usd"
     limit: float
-    spent: float  # of the streams created in [start, now], as counted
+    # Of the streams created in [start, now], as counted; None until the counters are
+    # published (a quiet first start): a 0 that jumped would read as a burst of spend.
+    spent: float | None
     start: float  # the current period's [start, end), Unix seconds
     end: float
 

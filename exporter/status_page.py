@@ -350,29 +350,36 @@ def spend_chart(account: AccountSnapshot, now: float, window_seconds: float) -> 
     )
 
 
-def forecast(budget: BudgetValue, now: float) -> float:
+def forecast(spent: float, budget: BudgetValue, now: float) -> float:
     """The spend at the period's end at the period's average pace so far (the recording
     rule uses the last 6 h's rate instead: docs/budgets.md)."""
     elapsed = min(now, budget.end) - budget.start
     remaining = budget.end - max(now, budget.start)
     if elapsed <= 0 or remaining <= 0:
-        return budget.spent
-    return budget.spent + budget.spent / elapsed * remaining
+        return spent
+    return spent + spent / elapsed * remaining
 
 
 def budget_row(budget: BudgetValue, now: float) -> str:
     """One budget: a bar of spent (dark) and forecast (light) against the limit (red line),
     and the numbers with their unit."""
     unit = UNITS.get(budget.unit, budget.unit)
-    ahead = forecast(budget, now)
-    scale = max(budget.limit, ahead, budget.spent) or 1.0
+    period = f"{_utc(budget.start)[:10]} to {_utc(budget.end)[:10]}"
+    if budget.spent is None:  # the first read is not complete yet
+        return (
+            f"<tr><th>{html.escape(budget.name)}</th><td>not counted yet</td><td></td><td></td>"
+            f"<td>{budget.limit:,.2f} {html.escape(unit)}</td><td>{period}</td></tr>"
+        )
+    spent = budget.spent
+    ahead = forecast(spent, budget, now)
+    scale = max(budget.limit, ahead, spent) or 1.0
 
     def width(value: float) -> float:
         return BUDGET_WIDTH * value / scale
 
     limit_x = width(budget.limit)
     over = ahead > budget.limit
-    level = "down" if budget.spent >= budget.limit else "warn" if over else ""
+    level = "down" if spent >= budget.limit else "warn" if over else ""
     bar = (
         f'<svg width="{BUDGET_WIDTH + 2}" height="18" role="img" '
         f'aria-label="{html.escape(budget.name)}">'
@@ -385,14 +392,14 @@ def budget_row(budget: BudgetValue, now: float) -> str:
             if over
             else ""
         )
-        + f'<rect class="spent" x="0" y="3" width="{width(budget.spent):.1f}" height="12"/>'
+        + f'<rect class="spent" x="0" y="3" width="{width(spent):.1f}" height="12"/>'
         f'<line class="limit" x1="{limit_x:.1f}" y1="0" x2="{limit_x:.1f}" y2="18"/></svg>'
     )
     cells = (
-        f"{budget.spent:,.2f} {unit}",
+        f"{spent:,.2f} {unit}",
         f"{ahead:,.2f} {unit}",
         f"{budget.limit:,.2f} {unit}",
-        f"{_utc(budget.start)[:10]} to {_utc(budget.end)[:10]}",
+        period,
     )
     klass = f' class="{level}"' if level else ""
     return (

@@ -358,9 +358,10 @@ def test_each_budget_shows_spent_forecast_and_limit_with_its_unit() -> None:
     for budget in BUDGETS:
         unit = {"credits": "credits", "usd": "USD"}[budget.unit]
         row = part.split(f"<th>{budget.name}</th>", 1)[1].split("</tr>", 1)[0]
+        assert budget.spent is not None
         elapsed, remaining = NOW - budget.start, budget.end - NOW
         ahead = budget.spent + budget.spent / elapsed * remaining
-        assert forecast(budget, NOW) == ahead
+        assert forecast(budget.spent, budget, NOW) == ahead
         for value in (budget.spent, ahead, budget.limit):
             assert f"{value:,.2f} {unit}" in row
         assert row.count("<svg") == 1
@@ -380,7 +381,17 @@ def test_a_budget_spent_to_its_limit_is_shown_as_exceeded() -> None:
     assert '<td class="down">10.00 credits</td>' in row
     # Before the period starts elapsed time is nil: the forecast is what was spent.
     ahead = BudgetValue("next", "usd", 10.0, 0.0, NOW + 60, NOW + 3600)
-    assert forecast(ahead, NOW) == 0.0
+    assert forecast(0.0, ahead, NOW) == 0.0
+
+
+def test_a_budget_not_counted_yet_shows_its_limit_and_period_but_no_spend() -> None:
+    budget = BudgetValue("fresh", "usd", 250.0, None, NOW - 3600, NOW + 3600)
+    snapshots = store("acc")
+    snapshots.update("acc", lambda a: replace(a, budgets=(budget,)))
+    row = section(landing_page(snapshots.get(), NOW), "acc").split("<th>fresh</th>", 1)[1]
+    row = row.split("</tr>", 1)[0]
+    assert "not counted yet" in row and "250.00 USD" in row
+    assert "<svg" not in row and ">0.00 USD" not in row
 
 
 def test_team_totals_come_from_the_team_counters() -> None:
