@@ -292,6 +292,87 @@ def spend_row() -> Iterator[Builder[Any]]:
     )
 
 
+def top_tasks_table(
+    title: str, description: str, expr: str, columns: tuple[str, ...], *, w: int = 16
+) -> table.Panel:
+    """A table of ranked tasks, one row per series, the value shown as `credits`."""
+    top = query(expr, "{{task_title}}", instant=True).format(prom_model.PromQueryFormat.TABLE)
+    return with_queries(
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit("none")
+        .span(w)
+        .height(9)
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {name: index for index, name in enumerate(columns)},
+                    "renameByName": {"Value": "credits"},
+                },
+            )
+        )
+        .sort_by([common_builders.TableSortByFieldState().display_name("credits").desc(True)]),
+        top,
+    )
+
+
+def recent_row() -> Iterator[Builder[Any]]:
+    """Where a spend alert's link lands: what was spent in the last 15 minutes and hour, by
+    when the streams ended (as the alerts read it), and who spent it."""
+    yield dash.Row("Right now: the last hour's spend and who spent it (what the spend alerts read)")
+    yield stat_panel(
+        "Credits in the last 15 minutes and hour",
+        "Credits of the streams that ended in the last 15 minutes and in the last hour "
+        "(neo_recent_credits, what the spend alerts compare with their thresholds).",
+        "none",
+        query(f"sum by (window) (neo_recent_credits{{{ACC}}})", "{{window}}", instant=True),
+        w=4,
+    )
+    yield stat_panel(
+        "USD in the last 15 minutes and hour (BYOK)",
+        "LLM cost and platform fee of the BYOK streams that ended in the last 15 minutes and "
+        "hour (neo_recent_cost_usd).",
+        USD,
+        query(f"sum by (window) (neo_recent_cost_usd{{{ACC}}})", "{{window}}", instant=True),
+        w=4,
+    )
+    yield top_tasks_table(
+        "Top tasks of the last hour by credits",
+        "The tasks whose streams spent the most credits in the last hour, as the spend "
+        "alerts name them (neo_recent_top_task_credits, 3 per account).",
+        "max by (account, rank, task_id, task_title) "
+        f'(neo_recent_top_task_credits{{{ACC}, window="1h"}})',
+        ("account", "rank", "Value", "task_title", "task_id"),
+    )
+    yield bars_panel(
+        "Top models of the last hour by credits",
+        "The models that spent the most credits in the last hour (neo_recent_top_model_credits).",
+        "none",
+        query(
+            f'sort_desc(sum by (model) (neo_recent_top_model_credits{{{ACC}, window="1h"}}))',
+            "{{model}}",
+            instant=True,
+        ),
+        w=12,
+    )
+    yield bars_panel(
+        "Top members of the last hour by credits",
+        "The members who spent the most credits in the last hour "
+        "(neo_recent_top_member_credits). Empty unless metrics.members.enabled is set.",
+        "none",
+        query(
+            f'sort_desc(sum by (email) (neo_recent_top_member_credits{{{ACC}, window="1h"}}))',
+            "{{email}}",
+            instant=True,
+        ),
+        w=12,
+    )
+
+
 def either(metric: str, fallback: str, how: str = "max") -> str:
     """The balance from /billing/credits, or from the usage summary where billing answers 404."""
     return f"({how} by (account) ({metric}{{{ACC}}}) or {how} by (account) ({fallback}{{{ACC}}}))"
@@ -388,42 +469,13 @@ def balance_row() -> Iterator[Builder[Any]]:
         ),
         w=4,
     )
-    top = query(
+    yield top_tasks_table(
+        "Top tasks by credits in the window",
+        "The most expensive tasks of the exporter's polling.window, in credits (from "
+        "/usage/tasks; metrics.top_tasks of them per account). Look them up in Neo by id. "
+        "The email column is filled only with metrics.members.enabled.",
         f"max by (account, rank, task_id, task_title, email) (neo_top_task_credits{{{ACC}}})",
-        "{{task_title}}",
-        instant=True,
-    ).format(prom_model.PromQueryFormat.TABLE)
-    yield with_queries(
-        table.Panel()
-        .title("Top tasks by credits in the window")
-        .description(
-            "The most expensive tasks of the exporter's polling.window, in credits (from "
-            "/usage/tasks; metrics.top_tasks of them per account). Look them up in Neo by id. "
-            "The email column is filled only with metrics.members.enabled."
-        )
-        .datasource(DS)
-        .unit("none")
-        .span(16)
-        .height(9)
-        .with_transformation(
-            model.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {"Time": True},
-                    "indexByName": {
-                        "account": 0,
-                        "rank": 1,
-                        "Value": 2,
-                        "task_title": 3,
-                        "task_id": 4,
-                        "email": 5,
-                    },
-                    "renameByName": {"Value": "credits"},
-                },
-            )
-        )
-        .sort_by([common_builders.TableSortByFieldState().display_name("credits").desc(True)]),
-        top,
+        ("account", "rank", "Value", "task_title", "task_id", "email"),
     )
     yield bars_panel(
         "Credits by member in the window",
@@ -819,6 +871,7 @@ def spend_overview() -> dash.Dashboard:
     )
     sections = (
         spend_row(),
+        recent_row(),
         balance_row(),
         spend_over_time_row(),
         teams_row(),

@@ -69,6 +69,9 @@ HELD_UNTIL_THE_FIRST_READ = {
         "neo_tool_call_duration_seconds_bucket", "neo_team_credits_total",
         "neo_team_llm_cost_usd_total", "neo_team_platform_cost_usd_total",
         "neo_exporter_revisions_total", "neo_budget_spent",
+        # A culprit is a task, model or member that spent: none before a stream is counted.
+        "neo_recent_top_task_credits", "neo_recent_top_model_credits",
+        "neo_recent_top_member_credits",
     },
     # Neo's own figures: unknown until read, and a 0 would page (credits running out).
     "read from Neo": {

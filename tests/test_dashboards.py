@@ -172,6 +172,8 @@ def test_overview_has_the_sections_the_issue_asks_for() -> None:
     for wanted in (
         "Credits today",
         "Credits in range",
+        "Credits in the last 15 minutes and hour",
+        "Top tasks of the last hour by credits",
         "Credits projected this month",
         "USD today",
         "USD projected this month",
