@@ -207,6 +207,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 server.wait(10)
 
 
+JUMP = "sum(increase(neo_credits_total[2m]))"
+
+
 def test_a_fresh_install_then_a_late_backlog_raise_no_spend_alert(stack: Stack) -> None:
     # The day of history is read and published; rules have been evaluated on it for a while.
     wait_until(
@@ -229,8 +232,12 @@ def test_a_fresh_install_then_a_late_backlog_raise_no_spend_alert(stack: Stack) 
     )
     # The counters jumped by the backlog's spend: a rate of thousands of credits an hour
     # against an average near 50, which rules on the counters' increase took for a spike...
-    jump = query(stack.prometheus_url, "sum(increase(neo_credits_total[2m]))")
-    assert float(jump[0]["value"][1]) > 500
+    # (once Prometheus has scraped them since: a second or so, more on a loaded machine).
+    wait_until(
+        lambda: any(float(r["value"][1]) > 500 for r in query(stack.prometheus_url, JUMP)),
+        30,
+        "Prometheus to see the counters' jump",
+    )
     time.sleep(8)  # ...and eight more rule evaluations on the jumped counters
     raised = spend_alerts_ever(stack.prometheus_url)
     assert raised == [], [a["metric"]["alertname"] for a in raised]
