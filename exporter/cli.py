@@ -133,6 +133,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _add_account_flag(parser: argparse.ArgumentParser) -> None:
+    """`--account NAME`, repeatable, of the subcommands that read some accounts or all."""
+    parser.add_argument(
+        "--account",
+        dest="accounts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this account of the config (repeatable; default: every account)",
+    )
+
+
 def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="neo-exporter history",
@@ -180,14 +192,7 @@ def parse_history_args(argv: Sequence[str]) -> argparse.Namespace:
         help="a label Prometheus adds to the exporter's series when it scrapes them (job, "
         "instance, and what relabelling adds: those of up{job=...}); repeat for each",
     )
-    parser.add_argument(
-        "--account",
-        dest="accounts",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this account of the config (repeatable; default: every account)",
-    )
+    _add_account_flag(parser)
     parser.add_argument(
         "--if-fresh",
         dest="if_fresh",
@@ -223,14 +228,7 @@ def parse_report_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--output", metavar="PATH", help="write the report to this file (default: stdout)"
     )
-    parser.add_argument(
-        "--account",
-        dest="accounts",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this account of the config (repeatable; default: every account)",
-    )
+    _add_account_flag(parser)
     add_logging_flags(parser)
     return parser.parse_args(argv)
 

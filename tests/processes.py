@@ -246,6 +246,18 @@ def metrics(url: str) -> dict[SampleKey, float]:
     return parse_exposition(response.text)
 
 
+def prometheus_query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query of a real Prometheus (at `at`, Unix seconds, or now): its result
+    vector; a query Prometheus rejects fails the test, naming the expression."""
+    params: dict[str, Any] = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    body = requests.get(f"{url}/api/v1/query", params=params, timeout=10).json()
+    assert body["status"] == "success", f"{expr}: {body.get('error')}"
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
 def truth(fake_url: str) -> SimpleNamespace:
     """The fake API process's ground truth, keyed as conftest.truth_mismatches expects."""
     data = requests.get(f"{fake_url}/_fake/truth", timeout=10).json()

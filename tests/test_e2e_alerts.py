@@ -44,6 +44,7 @@ from tests.processes import (
     webhook,
     with_receiver_urls,
 )
+from tests.processes import prometheus_query as query
 from tests.repo_files import ALERTMANAGER_CONFIG, ALERTMANAGER_TEMPLATES, RULE_FILES
 
 pytestmark = pytest.mark.e2e
@@ -68,13 +69,6 @@ class Stack:
     prometheus_url: str
     exporter: Proc
     hook: Webhook
-
-
-def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
-    body = requests.get(f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=5).json()
-    assert body["status"] == "success", f"{expr}: {body.get('error')}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def spend_alerts_ever(prometheus_url: str) -> list[dict[str, Any]]:

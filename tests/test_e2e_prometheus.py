@@ -19,7 +19,6 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -36,6 +35,7 @@ from tests.processes import (
     start_exporter,
     wait_until,
 )
+from tests.processes import prometheus_query as instant
 from tests.repo_files import RULE_FILES, dashboard_exprs, rule_groups, rules
 
 pytestmark = pytest.mark.e2e
@@ -123,14 +123,6 @@ def comparisons_as_bool(expr: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
-
-
-def instant(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
-    response = requests.get(f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=5)
-    body = response.json()
-    assert body["status"] == "success", f"{expr}: {body.get('error')}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def alert_states(prometheus_url: str, name: str) -> list[str]:

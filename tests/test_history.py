@@ -76,6 +76,7 @@ from tests.processes import (
     start_exporter,
     wait_until,
 )
+from tests.processes import prometheus_query as query
 from tests.repo_files import (
     CHART,
     COMPOSE_DIR,
@@ -734,16 +735,6 @@ class World:
     head_min_time: float  # the running Prometheus' head start when its blocks went in
     loaded_at: dict[str, float] = dataclasses.field(default_factory=dict)
     figures: list[str] = dataclasses.field(default_factory=list)
-
-
-def query(url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"query": expr}
-    if at is not None:
-        params["time"] = at
-    body = requests.get(f"{url}/api/v1/query", params=params, timeout=10).json()
-    assert body["status"] == "success", f"{expr}: {body.get('error')}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
 
 
 def scalar(url: str, expr: str, at: float | None = None) -> float | None:
