@@ -16,6 +16,9 @@ import bisect
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add as _add
+from operator import itemgetter
 
 import msgspec
 
@@ -251,7 +254,9 @@ class PendingChanges:
 
     Totals are added to in place (a list per series) and frozen once by `freeze()`: a
     backfill adds a few dozen values per stream, and a new immutable object for each was
-    most of its cost. Each total is summed in the same order as before, so to the last bit.
+    most of its cost. A new stream's amounts wait, in order, with the others of its label
+    set and of its team, and are added to their totals column by column once (`_settle`).
+    Each total is summed in the same order as before, so to the last bit.
     """
 
     def __init__(
@@ -270,7 +275,11 @@ class PendingChanges:
         # Within one transaction a label value always folds the same way: remember it.
         self._folded: dict[tuple[str, str], str] = {}
         self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
-        self._team_slots: dict[str, list[tuple[list[float], int]]] = {}
+        self._team_slots: dict[str, list[list[float]]] = {}
+        # The amounts of the new streams not yet added to those slots, in order.
+        self._stream_waiting: dict[tuple[str, ...], list[tuple[float, ...]]] = {}
+        self._team_waiting: dict[str, list[tuple[float, ...]]] = {}
+        self._agent_slots: dict[str, list[float]] = {}
         # Per tool name as the API sends it: its calls and time totals and its durations.
         self._tool_slots: dict[str, tuple[list[float], list[float], list[float]]] = {}
         self.counters: dict[Key, CounterValue] = {}
@@ -279,8 +288,21 @@ class PendingChanges:
 
     def freeze(self) -> None:
         """Turn the pending totals into `counters` and `histograms` (values to commit)."""
+        self._settle()
         self.counters = {k: CounterValue(v[0], v[1]) for k, v in self._values.items()}
         self.histograms = {k: h.frozen() for k, h in self._hists.items()}
+
+    def _settle(self) -> None:
+        """Add the waiting amounts of new streams to their totals, each column in order."""
+        for labels, rows in self._stream_waiting.items():
+            columns = zip(*rows, strict=True)
+            for slot, column in zip(self._stream_slots[labels], columns, strict=True):
+                slot[0] = reduce(_add, column, slot[0])
+        for team, rows in self._team_waiting.items():
+            for slot, (_, index) in zip(self._team_slots[team], _TEAM_AMOUNTS, strict=True):
+                slot[0] = reduce(_add, map(itemgetter(index), rows), slot[0])
+        self._stream_waiting.clear()
+        self._team_waiting.clear()
 
     def _fold(self, name: str, value: str) -> str:
         """Keep a value if it is known or the label's budget has room; else `other`."""
@@ -381,22 +403,29 @@ class PendingChanges:
         model = fold_label("model", record.model)
         status = fold_label("status", record.status)
         labels = (model, status, record.byok)
-        slots = self._stream_slots.get(labels)
-        if slots is None:
-            slots = [self._slot((metric, labels)) for metric in STREAM_COUNTER_NAMES]
-            self._stream_slots[labels] = slots
         amounts = stream_amounts(record)
-        for slot, amount in zip(slots, amounts, strict=True):
-            slot[0] += amount
-        team_slots = self._team_slots.get(team)
-        if team_slots is None:
-            team_slots = self._team_slots[team] = [
-                (self._slot((metric, (team,))), index) for metric, index in _TEAM_AMOUNTS
-            ]
-        for slot, index in team_slots:
-            slot[0] += amounts[index]
+        waiting = self._stream_waiting.get(labels)
+        if waiting is None:
+            if labels not in self._stream_slots:
+                self._stream_slots[labels] = [
+                    self._slot((metric, labels)) for metric in STREAM_COUNTER_NAMES
+                ]
+            waiting = self._stream_waiting[labels] = []
+        waiting.append(amounts)
+        waiting = self._team_waiting.get(team)
+        if waiting is None:
+            if team not in self._team_slots:
+                self._team_slots[team] = [
+                    self._slot((metric, (team,))) for metric, _ in _TEAM_AMOUNTS
+                ]
+            waiting = self._team_waiting[team] = []
+        waiting.append(amounts)
+        agent_slots = self._agent_slots
         for agent, count in record.agent_breakdown:
-            self.bump(_BY_AGENT, (fold_label("agent", agent),), float(count))
+            slot = agent_slots.get(agent)
+            if slot is None:
+                slot = agent_slots[agent] = self._slot((_BY_AGENT, (fold_label("agent", agent),)))
+            slot[0] += float(count)
         tool_slots = self._tool_slots
         for tool, calls, seconds in record.tool_usage:
             found = tool_slots.get(tool) or self._tool(tool)
@@ -459,6 +488,7 @@ class PendingChanges:
     def _gain(self, labels: tuple[str, ...], team: str | None, index: int, delta: float) -> None:
         """A revision's increase of stream amount `index`: to its stream counter under the
         first labels, and to the team's counter of it."""
+        self._settle()  # in order: after the new streams of this batch waiting to be added
         self.bump(STREAM_COUNTER_NAMES[index], labels, delta)
         if team is not None:
             for metric, team_index in _TEAM_AMOUNTS:

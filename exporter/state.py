@@ -327,6 +327,9 @@ class State:
         self._attribution = attribution or Attribution()
         self._lock = threading.RLock()
         self._accounts: dict[str, _Account] = {}
+        # Each series' label values as stored (its key's JSON), encoded once: every commit
+        # writes back every series it touched, hundreds per backfill batch.
+        self._labels_json: dict[tuple[str, ...], str] = {}
         self._path = path
         self._health = StateHealth(path)
         # One writer per file: taken before SQLite opens it, released after it is closed.
@@ -746,7 +749,8 @@ class State:
                             record.ended_ts,
                         )
                     )
-                    result.repairs.update(record.repairs)
+                    if record.repairs:  # rarely: Counter.update of nothing is not free
+                        result.repairs.update(record.repairs)
                     continue
                 if known == record.fingerprint:
                     result.duplicates += 1
@@ -842,6 +846,12 @@ class State:
             ).fetchall()
         return rows
 
+    def _key_json(self, labels: tuple[str, ...]) -> str:
+        text = self._labels_json.get(labels)
+        if text is None:
+            text = self._labels_json[labels] = json.dumps(labels)
+        return text
+
     @_writes(proves_writable=True)
     def _commit(
         self,
@@ -871,7 +881,7 @@ class State:
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, metric, labels) "
                 "DO UPDATE SET value = excluded.value",
                 [
-                    (account, metric, json.dumps(labels), value.value, value.created)
+                    (account, metric, self._key_json(labels), value.value, value.created)
                     for (metric, labels), value in work.counters.items()
                 ],
             )
@@ -884,7 +894,7 @@ class State:
                     (
                         account,
                         metric,
-                        json.dumps(labels),
+                        self._key_json(labels),
                         json.dumps(value.bounds),
                         json.dumps(value.buckets),
                         value.sum,

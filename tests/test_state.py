@@ -91,6 +91,22 @@ def test_a_revised_stream_adds_its_increases_under_the_labels_first_counted() ->
     assert first.decreased_ids == ["s1"]  # the status change could not be applied
 
 
+def test_one_batch_adds_its_new_streams_in_order_then_its_revisions_to_the_last_bit() -> None:
+    # Float sums depend on their order. A total must come out as the streams' amounts added
+    # one at a time, as they were listed, then the revisions' increases: these amounts give
+    # a different last bit in every other order.
+    state = open_state()
+    state.ingest("a", [record("old", credits=1.8)], now=2000.0)
+    batch = [record("s1", credits=1.1), record("s2", credits=0.1), record("s3", credits=2.6)]
+    batch.append(record("old", credits=3.2))  # a revision: + (3.2 - 1.8)
+    state.ingest("a", batch, now=2001.0)
+    expected = 1.8
+    for amount in (1.1, 0.1, 2.6, 3.2 - 1.8):
+        expected += amount
+    assert value(state, "neo_credits_total", LABELS) == expected
+    assert value(state, catalogue.TEAM_CREDITS.name, ("unassigned",)) == expected
+
+
 def test_a_row_whose_bytes_changed_but_no_counted_value_is_not_a_revision() -> None:
     # Another field (a title, an update time) or a fingerprint of an older make-up.
     state = open_state()
