@@ -938,6 +938,7 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
         ]
     a = accounts
     busy = a.idle_cpu / a.observed * 100
+    tick = 1 / os.sysconf("SC_CLK_TCK")
     at_60 = busy + a.scrape_cpu / 60 * 100
     at_15 = busy + a.scrape_cpu / 15 * 100
     rows += [
@@ -969,8 +970,8 @@ def report(args: argparse.Namespace, workdir: Path) -> int:
             f"{a.accounts} accounts: one scrape of /metrics (gzip)",
             # /proc counts CPU in clock ticks: a cached scrape costs less than one.
             f"{a.scrape_cpu * 1000:.0f} ms of CPU"
-            if a.scrape_cpu >= 1 / os.sysconf("SC_CLK_TCK")
-            else f"under {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms of CPU (one clock tick)",
+            if a.scrape_cpu >= tick
+            else f"under {tick * 1000:.0f} ms of CPU (one clock tick)",
             f"{a.scrape_samples:,} samples, {a.scrape_bytes / 2**20:.1f} MiB",
             "",
             "",

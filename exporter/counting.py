@@ -274,9 +274,7 @@ class PendingChanges:
         self._hists: dict[Key, _Hist] = {}
         # Within one transaction a label value always folds the same way: remember it.
         self._folded: dict[tuple[str, str], str] = {}
-        self._stream_slots: dict[tuple[str, ...], list[list[float]]] = {}
-        self._team_slots: dict[str, list[list[float]]] = {}
-        # The amounts of the new streams not yet added to those slots, in order.
+        # The amounts of the new streams not yet added to their totals, in order.
         self._stream_waiting: dict[tuple[str, ...], list[tuple[float, ...]]] = {}
         self._team_waiting: dict[str, list[tuple[float, ...]]] = {}
         self._agent_slots: dict[str, list[float]] = {}
@@ -296,10 +294,12 @@ class PendingChanges:
         """Add the waiting amounts of new streams to their totals, each column in order."""
         for labels, rows in self._stream_waiting.items():
             columns = zip(*rows, strict=True)
-            for slot, column in zip(self._stream_slots[labels], columns, strict=True):
+            for metric, column in zip(STREAM_COUNTER_NAMES, columns, strict=True):
+                slot = self._slot((metric, labels))
                 slot[0] = reduce(_add, column, slot[0])
         for team, rows in self._team_waiting.items():
-            for slot, (_, index) in zip(self._team_slots[team], _TEAM_AMOUNTS, strict=True):
+            for metric, index in _TEAM_AMOUNTS:
+                slot = self._slot((metric, (team,)))
                 slot[0] = reduce(_add, map(itemgetter(index), rows), slot[0])
         self._stream_waiting.clear()
         self._team_waiting.clear()
@@ -404,22 +404,8 @@ class PendingChanges:
         status = fold_label("status", record.status)
         labels = (model, status, record.byok)
         amounts = stream_amounts(record)
-        waiting = self._stream_waiting.get(labels)
-        if waiting is None:
-            if labels not in self._stream_slots:
-                self._stream_slots[labels] = [
-                    self._slot((metric, labels)) for metric in STREAM_COUNTER_NAMES
-                ]
-            waiting = self._stream_waiting[labels] = []
-        waiting.append(amounts)
-        waiting = self._team_waiting.get(team)
-        if waiting is None:
-            if team not in self._team_slots:
-                self._team_slots[team] = [
-                    self._slot((metric, (team,))) for metric, _ in _TEAM_AMOUNTS
-                ]
-            waiting = self._team_waiting[team] = []
-        waiting.append(amounts)
+        self._stream_waiting.setdefault(labels, []).append(amounts)
+        self._team_waiting.setdefault(team, []).append(amounts)
         agent_slots = self._agent_slots
         for agent, count in record.agent_breakdown:
             slot = agent_slots.get(agent)
